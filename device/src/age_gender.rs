@@ -1,0 +1,228 @@
+//! The age and gender model: load a faceage ONNX file, check its contract, run face crops.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use image::{Rgb, RgbImage};
+use serde::{Deserialize, Serialize};
+use tract_onnx::pb::ModelProto;
+use tract_onnx::prelude::*;
+
+use crate::detect::Face;
+use crate::model_file::ModelContract;
+
+/// One face's reading as the model gives it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Estimate {
+    /// Age in years.
+    pub age: f32,
+    /// Probability that the face is female, 0..1.
+    pub female: f32,
+    /// One standard deviation of the age estimate, years, when the model gives one.
+    pub age_std: Option<f32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Gender {
+    #[serde(rename = "F")]
+    Female,
+    #[serde(rename = "M")]
+    Male,
+}
+
+impl Gender {
+    pub fn letter(self) -> char {
+        match self {
+            Gender::Female => 'F',
+            Gender::Male => 'M',
+        }
+    }
+}
+
+impl Estimate {
+    pub fn gender(&self) -> Gender {
+        if self.female >= 0.5 { Gender::Female } else { Gender::Male }
+    }
+
+    /// Probability of the predicted gender, 0.5..1.
+    pub fn gender_confidence(&self) -> f32 {
+        self.female.max(1.0 - self.female)
+    }
+}
+
+pub struct AgeGenderModel {
+    plan: Arc<TypedRunnableModel>,
+    contract: ModelContract,
+    label: String,
+    /// Positions of the age, female and optional spread outputs among the plan's outputs.
+    outputs: (usize, usize, Option<usize>),
+    file_size: u64,
+}
+
+impl AgeGenderModel {
+    pub fn load(path: &Path) -> Result<Self> {
+        let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read model", path.display()))?;
+        Self::from_bytes(&bytes, &path.display().to_string())
+    }
+
+    /// Loads a model from the bytes of an ONNX file; `label` names it in errors.
+    pub fn from_bytes(bytes: &[u8], label: &str) -> Result<Self> {
+        let proto = crate::onnx::decode_model(bytes, label)?;
+        let contract = ModelContract::from_metadata(&crate::onnx::metadata(&proto), label)?;
+        let outputs = output_positions(&proto, &contract, label)?;
+        check_input(&proto, &contract, label)?;
+        let plan = crate::onnx::runnable(&proto, None, label)?;
+        let model = Self { plan, contract, label: label.to_string(), outputs, file_size: bytes.len() as u64 };
+        // A model that cannot turn a plain grey face into finite numbers (a corrupt scale, a
+        // broken graph) is refused now rather than in front of a camera.
+        let grey = RgbImage::from_pixel(model.input_size(), model.input_size(), Rgb([128, 128, 128]));
+        let probe = model
+            .predict(&[grey.clone(), grey])
+            .with_context(|| format!("{label}: model fails on a test input"))?;
+        for e in &probe {
+            ensure!(
+                e.age.is_finite() && e.female.is_finite() && (0.0..=1.0).contains(&e.female),
+                "{label}: model gives invalid output on a test input (age {}, female {}): corrupt weights or quantization scales?",
+                e.age,
+                e.female
+            );
+        }
+        Ok(model)
+    }
+
+    pub fn contract(&self) -> &ModelContract {
+        &self.contract
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    pub fn file_size(&self) -> u64 {
+        self.file_size
+    }
+
+    pub fn input_size(&self) -> u32 {
+        self.contract.input_size
+    }
+
+    /// The model's input crop of `face`, made the way the model was trained.
+    pub fn crop(&self, frame: &RgbImage, face: &Face) -> RgbImage {
+        self.contract.crop.crop(frame, face, self.input_size())
+    }
+
+    /// Normalised `[N, 3, S, S]` input for `crops` (each `S x S`).
+    pub fn input_tensor(&self, crops: &[RgbImage]) -> Result<Tensor> {
+        let s = self.input_size() as usize;
+        let plane = s * s;
+        let mut data = vec![0f32; crops.len() * 3 * plane];
+        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.contract.std[c]));
+        let shift: [f32; 3] = std::array::from_fn(|c| self.contract.mean[c] / self.contract.std[c]);
+        for (n, crop) in crops.iter().enumerate() {
+            ensure!(
+                crop.dimensions() == (s as u32, s as u32),
+                "crop is {:?}, model wants {s}x{s}",
+                crop.dimensions()
+            );
+            let base = n * 3 * plane;
+            for (i, px) in crop.pixels().enumerate() {
+                for c in 0..3 {
+                    data[base + c * plane + i] = px.0[c] as f32 * scale[c] - shift[c];
+                }
+            }
+        }
+        Ok(Tensor::from_shape(&[crops.len(), 3, s, s], &data)?)
+    }
+
+    /// Runs the model on a batch of crops.
+    pub fn predict(&self, crops: &[RgbImage]) -> Result<Vec<Estimate>> {
+        if crops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let input = self.input_tensor(crops)?;
+        self.predict_tensor(input)
+    }
+
+    /// Runs the model on an already normalised `[N, 3, S, S]` tensor.
+    pub fn predict_tensor(&self, input: Tensor) -> Result<Vec<Estimate>> {
+        let n = input.shape()[0];
+        let outputs = self
+            .plan
+            .run(tvec!(input.into()))
+            .with_context(|| format!("{}: inference failed", self.label))?;
+        let column = |i: usize| -> Result<Vec<f32>> {
+            let t = outputs.get(i).context("missing output")?;
+            let values: Vec<f32> = t.to_plain_array_view::<f32>()?.iter().copied().collect();
+            ensure!(
+                values.len() == n,
+                "{}: output {i} has {} values for {n} faces",
+                self.label,
+                values.len()
+            );
+            Ok(values)
+        };
+        let (age_at, female_at, std_at) = self.outputs;
+        let ages = column(age_at)?;
+        let female = column(female_at)?;
+        let spread = std_at.map(column).transpose()?;
+        Ok((0..n)
+            .map(|i| Estimate { age: ages[i], female: female[i], age_std: spread.as_ref().map(|s| s[i]) })
+            .collect())
+    }
+}
+
+fn output_positions(
+    proto: &ModelProto,
+    contract: &ModelContract,
+    label: &str,
+) -> Result<(usize, usize, Option<usize>)> {
+    let graph = proto.graph.as_ref().context("no graph")?;
+    let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
+    let find = |name: &str| {
+        names
+            .iter()
+            .position(|n| *n == name)
+            .with_context(|| format!("{label}: the contract names output {name:?}, the graph has {names:?}"))
+    };
+    Ok((
+        find(&contract.output_age)?,
+        find(&contract.output_female)?,
+        contract.output_age_std.as_deref().map(find).transpose()?,
+    ))
+}
+
+fn check_input(proto: &ModelProto, contract: &ModelContract, label: &str) -> Result<()> {
+    use tract_onnx::pb::tensor_shape_proto::dimension::Value;
+    use tract_onnx::pb::type_proto::Value as TypeValue;
+    let graph = proto.graph.as_ref().context("no graph")?;
+    let initializers: std::collections::HashSet<&str> =
+        graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let inputs: Vec<_> = graph.input.iter().filter(|i| !initializers.contains(i.name.as_str())).collect();
+    let [input] = inputs.as_slice() else {
+        bail!("{label}: model must have exactly one input, it has {}", inputs.len());
+    };
+    if input.name != contract.input_name {
+        bail!("{label}: the contract names input {:?}, the graph's is {:?}", contract.input_name, input.name);
+    }
+    let dims: Vec<Option<i64>> = match input.r#type.as_ref().and_then(|t| t.value.as_ref()) {
+        Some(TypeValue::TensorType(t)) => t
+            .shape
+            .as_ref()
+            .map(|s| {
+                s.dim
+                    .iter()
+                    .map(|d| match d.value {
+                        Some(Value::DimValue(v)) => Some(v),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    let s = contract.input_size as i64;
+    match dims.as_slice() {
+        [_, Some(3), Some(h), Some(w)] if *h == s && *w == s => Ok(()),
+        other => bail!("{label}: input shape {other:?} does not match the contract [N, 3, {s}, {s}]"),
+    }
+}

@@ -1,0 +1,59 @@
+//! The subcommands of `faceage`, one module each, and the options they share.
+
+pub mod classify;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Result;
+use clap::Args as ClapArgs;
+use faceage_device::{AgeGenderModel, BlazeFace, BlazeFaceVariant, Pipeline};
+
+/// Model files, shared by every subcommand that looks at faces.
+#[derive(ClapArgs, Clone, Debug)]
+pub struct ModelArgs {
+    /// Age/gender model (ONNX with faceage metadata) [default: models/faceage-f32.onnx]
+    #[arg(long, env = "FACEAGE_MODEL")]
+    pub model: Option<PathBuf>,
+    /// BlazeFace detector [default: models/face_detection_back_256x256_barracuda.onnx]
+    #[arg(long, env = "FACEAGE_DETECTOR")]
+    pub detector: Option<PathBuf>,
+    /// Faces scoring below this are ignored.
+    #[arg(long, default_value_t = 0.5)]
+    pub min_score: f32,
+}
+
+impl ModelArgs {
+    pub fn model_path(&self) -> PathBuf {
+        self.model.clone().unwrap_or_else(|| default_model_file("faceage-f32.onnx"))
+    }
+
+    pub fn detector_path(&self) -> PathBuf {
+        self.detector.clone().unwrap_or_else(|| default_model_file(BlazeFaceVariant::Back256.file_name()))
+    }
+
+    pub fn load_pipeline(&self) -> Result<Pipeline> {
+        let mut detector = BlazeFace::load(&self.detector_path())?;
+        detector.min_score = self.min_score;
+        let model = AgeGenderModel::load(&self.model_path())?;
+        Ok(Pipeline::new(Box::new(detector), model))
+    }
+}
+
+/// `models/NAME` next to the working directory, else next to an installed binary
+/// (`<prefix>/bin/faceage` -> `<prefix>/models/NAME`). Falls back to `models/NAME` so the
+/// error message names the path a user expects.
+pub fn default_model_file(name: &str) -> PathBuf {
+    let local = Path::new("models").join(name);
+    if local.exists() {
+        return local;
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        for dir in exe.ancestors().skip(1).take(2) {
+            let candidate = dir.join("models").join(name);
+            if candidate.exists() {
+                return candidate;
+            }
+        }
+    }
+    local
+}

@@ -1,0 +1,27 @@
+//! faceage on the board: the inference pipeline and everything that must behave the same on
+//! the workstation that trains the model and on the board that runs it.
+//!
+//! ```text
+//! frame ─► detect (BlazeFace) ─► align + crop (model file's geometry) ─► age/gender (tract)
+//!       ─► track + fuse ─► count ─► counts log / kiosk view
+//! ```
+//!
+//! The host crate depends on this library (without the `camera`, `kiosk` and `cli` features)
+//! to build its training crops and to verify exported models with the board's own code.
+
+pub mod age_gender;
+pub mod align;
+pub mod chart;
+pub mod detect;
+pub mod draw;
+pub mod geometry;
+pub mod imaging;
+pub mod model_file;
+pub mod onnx;
+pub mod pipeline;
+
+pub use age_gender::{AgeGenderModel, Estimate, Gender};
+pub use align::CropGeometry;
+pub use detect::{BlazeFace, BlazeFaceVariant, Face, FaceDetector};
+pub use model_file::{ModelContract, QuantFormat};
+pub use pipeline::{FaceReading, Pipeline};

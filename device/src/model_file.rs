@@ -1,0 +1,266 @@
+//! The model-file contract between trainer and board.
+//!
+//! Every fact the board needs to use a model travels in the ONNX file's `metadata_props`
+//! under `faceage.*` keys, versioned by `faceage.schema`. The host writes them with
+//! [`ModelContract::to_metadata`]; the board reads them with [`ModelContract::from_metadata`]
+//! and refuses a file whose schema it does not know.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+
+use crate::align::{CROP_METHOD, CropGeometry};
+
+pub const SCHEMA_KEY: &str = "faceage.schema";
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// How a model's weights and activations are stored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum QuantFormat {
+    /// Plain f32.
+    None,
+    /// QuantizeLinear/DequantizeLinear pairs around f32 ops: small file, f32 kernels.
+    Int8Qdq,
+    /// QLinearConv/QLinearMatMul: integer kernels end to end.
+    Int8Qoperator,
+}
+
+impl QuantFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Int8Qdq => "int8-qdq",
+            Self::Int8Qoperator => "int8-qoperator",
+        }
+    }
+}
+
+impl FromStr for QuantFormat {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "none" => Ok(Self::None),
+            "int8-qdq" => Ok(Self::Int8Qdq),
+            "int8-qoperator" => Ok(Self::Int8Qoperator),
+            other => bail!("unknown quantization format {other:?}"),
+        }
+    }
+}
+
+/// Everything the board must know to feed a model and read its answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelContract {
+    /// Short human name, e.g. "faceage-cnn64".
+    pub name: String,
+    /// Input tensor name; layout is NCHW with a dynamic batch: `[N, 3, size, size]`.
+    pub input_name: String,
+    pub input_size: u32,
+    /// Per channel (R, G, B): `x = (pixel / 255 - mean) / std`.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    pub crop: CropGeometry,
+    /// The detector whose boxes the crops were trained on (e.g. "blazeface-back-256").
+    pub detector: String,
+    /// Output with the age in years, shape `[N]`.
+    pub output_age: String,
+    /// Output with the probability that the face is female, shape `[N]`.
+    pub output_female: String,
+    /// Optional output with the age spread (one standard deviation, years), shape `[N]`.
+    pub output_age_std: Option<String>,
+    pub quant_format: QuantFormat,
+    /// How the quantization was calibrated, in words.
+    pub quant_details: String,
+    pub train_data: String,
+    pub train_license: String,
+    pub train_command: String,
+    /// Validation and test metrics measured at export, e.g. `{"test.age_mae": 4.9}`.
+    pub metrics: BTreeMap<String, f64>,
+}
+
+impl ModelContract {
+    /// The `faceage.*` metadata entries for this contract, schema first.
+    pub fn to_metadata(&self) -> Vec<(String, String)> {
+        let list = |v: &[f32; 3]| v.map(|x| x.to_string()).join(",");
+        let mut props = vec![
+            (SCHEMA_KEY, SCHEMA_VERSION.to_string()),
+            ("faceage.name", self.name.clone()),
+            ("faceage.input.name", self.input_name.clone()),
+            ("faceage.input.layout", "NCHW".into()),
+            ("faceage.input.size", self.input_size.to_string()),
+            ("faceage.input.color", "RGB".into()),
+            ("faceage.input.mean", list(&self.mean)),
+            ("faceage.input.std", list(&self.std)),
+            ("faceage.crop.method", CROP_METHOD.into()),
+            ("faceage.crop.scale", self.crop.scale.to_string()),
+            ("faceage.crop.shift_down", self.crop.shift_down.to_string()),
+            ("faceage.crop.max_roll_deg", self.crop.max_roll_deg.to_string()),
+            ("faceage.crop.detector", self.detector.clone()),
+            ("faceage.output.age", self.output_age.clone()),
+            ("faceage.output.female", self.output_female.clone()),
+            ("faceage.quant.format", self.quant_format.as_str().into()),
+            ("faceage.quant.details", self.quant_details.clone()),
+            ("faceage.train.data", self.train_data.clone()),
+            ("faceage.train.license", self.train_license.clone()),
+            ("faceage.train.command", self.train_command.clone()),
+            ("faceage.metrics", serde_json::to_string(&self.metrics).unwrap_or_default()),
+        ];
+        if let Some(std) = &self.output_age_std {
+            props.push(("faceage.output.age_std", std.clone()));
+        }
+        props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    }
+
+    /// Reads and checks the contract; `label` names the file in errors.
+    pub fn from_metadata(props: &BTreeMap<String, String>, label: &str) -> Result<Self> {
+        let get = |key: &str| -> Result<&str> {
+            props.get(key).map(String::as_str).with_context(|| format!("{label}: metadata {key} is missing"))
+        };
+        let parse = |key: &str| -> Result<f32> {
+            let v = get(key)?;
+            v.trim().parse().with_context(|| format!("{label}: metadata {key}={v:?} is not a number"))
+        };
+        let triple = |key: &str| -> Result<[f32; 3]> {
+            let v = get(key)?;
+            let parts: Vec<f32> = v
+                .split(',')
+                .map(|p| p.trim().parse::<f32>())
+                .collect::<Result<_, _>>()
+                .with_context(|| format!("{label}: metadata {key}={v:?} is not three numbers"))?;
+            parts
+                .try_into()
+                .map_err(|_| anyhow::anyhow!("{label}: metadata {key}={v:?} is not three numbers"))
+        };
+
+        let Some(schema) = props.get(SCHEMA_KEY) else {
+            bail!(
+                "{label}: not a faceage model file (no {SCHEMA_KEY} metadata); \
+                 export one with `faceage-host export`"
+            );
+        };
+        match schema.trim().parse::<u32>() {
+            Ok(SCHEMA_VERSION) => {}
+            Ok(v) => bail!(
+                "{label}: model schema {v} is not understood by this faceage \
+                 (it reads schema {SCHEMA_VERSION}); update faceage or re-export the model"
+            ),
+            Err(_) => bail!("{label}: {SCHEMA_KEY}={schema:?} is not a schema number"),
+        }
+        for (key, want) in [
+            ("faceage.input.layout", "NCHW"),
+            ("faceage.input.color", "RGB"),
+            ("faceage.crop.method", CROP_METHOD),
+        ] {
+            let got = get(key)?;
+            if got != want {
+                bail!("{label}: metadata {key}={got:?} is not supported (expected {want:?})");
+            }
+        }
+        let input_size = parse("faceage.input.size")? as u32;
+        if !(16..=512).contains(&input_size) {
+            bail!("{label}: metadata faceage.input.size={input_size} is out of range 16..=512");
+        }
+        let std = triple("faceage.input.std")?;
+        if std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            bail!("{label}: metadata faceage.input.std must be positive");
+        }
+        let crop = CropGeometry {
+            scale: parse("faceage.crop.scale")?,
+            shift_down: parse("faceage.crop.shift_down")?,
+            max_roll_deg: parse("faceage.crop.max_roll_deg")?,
+        };
+        if !(crop.scale.is_finite() && crop.scale > 0.0) {
+            bail!("{label}: metadata faceage.crop.scale must be positive");
+        }
+        let metrics = match props.get("faceage.metrics") {
+            Some(json) => serde_json::from_str(json)
+                .with_context(|| format!("{label}: metadata faceage.metrics is not a JSON object"))?,
+            None => BTreeMap::new(),
+        };
+        let text = |key: &str| props.get(key).cloned().unwrap_or_default();
+        Ok(ModelContract {
+            name: text("faceage.name"),
+            input_name: get("faceage.input.name")?.to_string(),
+            input_size,
+            mean: triple("faceage.input.mean")?,
+            std,
+            crop,
+            detector: text("faceage.crop.detector"),
+            output_age: get("faceage.output.age")?.to_string(),
+            output_female: get("faceage.output.female")?.to_string(),
+            output_age_std: props.get("faceage.output.age_std").cloned(),
+            quant_format: get("faceage.quant.format")?
+                .parse()
+                .with_context(|| format!("{label}: metadata faceage.quant.format"))?,
+            quant_details: text("faceage.quant.details"),
+            train_data: text("faceage.train.data"),
+            train_license: text("faceage.train.license"),
+            train_command: text("faceage.train.command"),
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn example() -> ModelContract {
+        ModelContract {
+            name: "test".into(),
+            input_name: "faces".into(),
+            input_size: 64,
+            mean: [0.5, 0.5, 0.5],
+            std: [0.25, 0.25, 0.25],
+            crop: CropGeometry::default(),
+            detector: "blazeface-back-256".into(),
+            output_age: "age".into(),
+            output_female: "female".into(),
+            output_age_std: Some("age_std".into()),
+            quant_format: QuantFormat::None,
+            quant_details: String::new(),
+            train_data: "UTKFace".into(),
+            train_license: "non-commercial research only".into(),
+            train_command: "faceage-host train".into(),
+            metrics: BTreeMap::from([("test.age_mae".to_string(), 4.5)]),
+        }
+    }
+
+    fn props(c: &ModelContract) -> BTreeMap<String, String> {
+        c.to_metadata().into_iter().collect()
+    }
+
+    #[test]
+    fn contract_round_trips_through_metadata() {
+        let c = example();
+        assert_eq!(ModelContract::from_metadata(&props(&c), "m.onnx").unwrap(), c);
+    }
+
+    #[test]
+    fn missing_schema_is_refused_with_a_hint() {
+        let mut p = props(&example());
+        p.remove(SCHEMA_KEY);
+        let err = ModelContract::from_metadata(&p, "m.onnx").unwrap_err().to_string();
+        assert!(err.contains("m.onnx") && err.contains("not a faceage model"), "{err}");
+    }
+
+    #[test]
+    fn unknown_schema_and_bad_values_are_refused() {
+        let mut p = props(&example());
+        p.insert(SCHEMA_KEY.into(), "2".into());
+        let err = ModelContract::from_metadata(&p, "m.onnx").unwrap_err().to_string();
+        assert!(err.contains("schema 2"), "{err}");
+
+        let mut p = props(&example());
+        p.insert("faceage.input.std".into(), "1,2".into());
+        let err = format!("{:#}", ModelContract::from_metadata(&p, "m.onnx").unwrap_err());
+        assert!(err.contains("faceage.input.std"), "{err}");
+
+        let mut p = props(&example());
+        p.insert("faceage.crop.method".into(), "dlib-68".into());
+        let err = ModelContract::from_metadata(&p, "m.onnx").unwrap_err().to_string();
+        assert!(err.contains("faceage.crop.method"), "{err}");
+    }
+}

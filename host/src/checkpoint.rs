@@ -1,0 +1,61 @@
+//! Checkpoints: one safetensors file holding the weights, the optimiser moments and, in its
+//! metadata, where training stood. safetensors writes through a temporary file and renames it,
+//! so a killed run leaves the previous checkpoint intact.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+
+use crate::train::TrainState;
+
+const STATE_KEY: &str = "faceage.train_state";
+const OPTIM_PREFIX: &str = "optim.";
+
+pub struct Checkpoint {
+    pub params: HashMap<String, Tensor>,
+    pub optimizer: HashMap<String, Tensor>,
+    pub state: Option<TrainState>,
+}
+
+pub fn save(
+    path: &Path,
+    params: &HashMap<String, Tensor>,
+    optimizer: Option<&HashMap<String, Tensor>>,
+    state: &impl Serialize,
+) -> Result<()> {
+    let mut all: Vec<(String, Tensor)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(opt) = optimizer {
+        all.extend(opt.iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v.clone())));
+    }
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
+    safetensors::serialize_to_file(all, Some(metadata), path)
+        .with_context(|| format!("{}: cannot write checkpoint", path.display()))
+}
+
+pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read checkpoint", path.display()))?;
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("{}: not a safetensors checkpoint", path.display()))?;
+    let state = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(STATE_KEY))
+        .map(|json| serde_json::from_str::<TrainState>(json))
+        .transpose()
+        .with_context(|| format!("{}: unreadable training state", path.display()))?;
+    let tensors = candle_core::safetensors::load_buffer(&bytes, device)
+        .with_context(|| format!("{}: unreadable tensors", path.display()))?;
+    let (mut params, mut optimizer) = (HashMap::new(), HashMap::new());
+    for (name, t) in tensors {
+        match name.strip_prefix(OPTIM_PREFIX) {
+            Some(rest) => optimizer.insert(rest.to_string(), t),
+            None => params.insert(name, t),
+        };
+    }
+    Ok(Checkpoint { params, optimizer, state })
+}

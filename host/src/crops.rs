@@ -1,0 +1,315 @@
+//! Training crops made by the board's own detect -> align -> crop code, cached on disk.
+//!
+//! Each image is decoded, its face found with BlazeFace and cropped with the model's
+//! [`CropGeometry`] widened by `margin`, so augmentation can rotate and zoom without running
+//! out of picture. The central `input_size` pixels of a cached crop are exactly the crop the
+//! board makes (same sample points), which evaluation uses.
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use anyhow::{Context, Result, bail, ensure};
+use faceage_device::geometry::{BBox, Point};
+use faceage_device::imaging::load_rgb;
+use faceage_device::{BlazeFace, CropGeometry, Face, FaceDetector};
+use image::{Rgb, RgbImage};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+
+use crate::data::{Rejected, Sample, fnv1a};
+
+const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v1";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CropSettings {
+    /// Model input side in pixels.
+    pub input_size: u32,
+    /// Cached crops cover `margin` times the model crop (at the same pixel scale).
+    pub margin: f32,
+    pub geometry: CropGeometry,
+    /// Training images are face chips that fill the picture; BlazeFace finds their landmarks
+    /// reliably only with room around the face, so each chip is centred on a grey canvas this
+    /// many chip sides larger before detection (measured: landmarks drift off the eyes at 0).
+    pub chip_padding: f32,
+}
+
+impl CropSettings {
+    /// Side of a cached crop: the input plus an even margin on both sides.
+    pub fn cache_size(&self) -> u32 {
+        let extra = ((self.input_size as f32 * (self.margin - 1.0)) / 2.0).round() as u32;
+        self.input_size + 2 * extra
+    }
+}
+
+/// Cached crops with their samples; pixels are RGB, `size x size` per crop.
+pub struct CropSet {
+    pub settings: CropSettings,
+    pub samples: Vec<Sample>,
+    pub faces: Vec<Face>,
+    pixels: Vec<u8>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    settings: CropSettings,
+    samples: Vec<Sample>,
+    faces: Vec<Face>,
+    rejected: Vec<Rejected>,
+}
+
+impl CropSet {
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
+    pub fn size(&self) -> u32 {
+        self.settings.cache_size()
+    }
+
+    /// Raw RGB bytes of cached crop `i`.
+    pub fn pixels(&self, i: usize) -> &[u8] {
+        let n = (self.size() * self.size() * 3) as usize;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    pub fn wide_crop(&self, i: usize) -> RgbImage {
+        RgbImage::from_raw(self.size(), self.size(), self.pixels(i).to_vec()).expect("crop buffer size")
+    }
+
+    /// The exact crop the board would feed the model for this image.
+    pub fn model_crop(&self, i: usize) -> RgbImage {
+        let offset = (self.size() - self.settings.input_size) / 2;
+        let s = self.settings.input_size;
+        image::imageops::crop_imm(&self.wide_crop(i), offset, offset, s, s).to_image()
+    }
+
+    /// A set from already made crops (tests, tools).
+    pub fn from_parts(settings: CropSettings, samples: Vec<Sample>, pixels: Vec<u8>) -> CropSet {
+        let faces = samples.iter().map(|_| whole_crop_face(settings.cache_size())).collect();
+        CropSet { settings, samples, faces, pixels }
+    }
+
+    /// A subset, in the given order (used for splits).
+    pub fn subset(&self, indices: &[usize]) -> CropSet {
+        let mut pixels = Vec::with_capacity(indices.len() * self.pixels(0).len());
+        for &i in indices {
+            pixels.extend_from_slice(self.pixels(i));
+        }
+        CropSet {
+            settings: self.settings.clone(),
+            samples: indices.iter().map(|&i| self.samples[i].clone()).collect(),
+            faces: indices.iter().map(|&i| self.faces[i].clone()).collect(),
+            pixels,
+        }
+    }
+
+    /// Loads the crops for `samples` from `cache_dir`, or builds and saves them. Images that
+    /// cannot be used (undecodable, no face found) are returned with the reason.
+    pub fn build_or_load(
+        samples: &[Sample],
+        settings: &CropSettings,
+        detector_path: &Path,
+        cache_dir: &Path,
+        threads: usize,
+    ) -> Result<(CropSet, Vec<Rejected>)> {
+        let file = cache_dir.join(format!("crops-{:016x}.bin", cache_key(samples, settings, detector_path)));
+        if file.exists() {
+            match Self::read(&file) {
+                Ok((set, rejected)) => {
+                    eprintln!("crops: {} from cache {}", set.len(), file.display());
+                    return Ok((set, rejected));
+                }
+                Err(e) => eprintln!("crops: cache {} unusable ({e:#}); rebuilding", file.display()),
+            }
+        }
+        let (set, rejected) = Self::build(samples, settings, detector_path, threads)?;
+        std::fs::create_dir_all(cache_dir)
+            .with_context(|| format!("{}: cannot create", cache_dir.display()))?;
+        set.write(&file, &rejected)?;
+        eprintln!("crops: {} built, cached in {}", set.len(), file.display());
+        Ok((set, rejected))
+    }
+
+    /// Detects and crops every sample with `threads` detector instances.
+    pub fn build(
+        samples: &[Sample],
+        settings: &CropSettings,
+        detector_path: &Path,
+        threads: usize,
+    ) -> Result<(CropSet, Vec<Rejected>)> {
+        let threads = threads.max(1);
+        let detectors: Vec<BlazeFace> =
+            (0..threads).map(|_| BlazeFace::load(detector_path)).collect::<Result<_>>()?;
+        let results: Vec<Mutex<Option<Result<(Face, Vec<u8>), String>>>> =
+            samples.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let bar = progress_bar(samples.len() as u64, "detect + crop");
+        std::thread::scope(|scope| {
+            for mut detector in detectors {
+                let (next, results, bar) = (&next, &results, &bar);
+                scope.spawn(move || {
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= samples.len() {
+                            break;
+                        }
+                        let outcome = crop_sample(&samples[i].path, settings, &mut detector);
+                        *results[i].lock().unwrap() = Some(outcome);
+                        bar.inc(1);
+                    }
+                });
+            }
+        });
+        bar.finish_and_clear();
+        let mut set = CropSet {
+            settings: settings.clone(),
+            samples: Vec::new(),
+            faces: Vec::new(),
+            pixels: Vec::new(),
+        };
+        let mut rejected = Vec::new();
+        for (sample, result) in samples.iter().zip(results) {
+            match result.into_inner().unwrap().expect("every sample processed") {
+                Ok((face, pixels)) => {
+                    set.samples.push(sample.clone());
+                    set.faces.push(face);
+                    set.pixels.extend_from_slice(&pixels);
+                }
+                Err(reason) => rejected.push(Rejected { path: sample.path.clone(), reason }),
+            }
+        }
+        Ok((set, rejected))
+    }
+
+    fn write(&self, file: &Path, rejected: &[Rejected]) -> Result<()> {
+        let header = Header {
+            settings: self.settings.clone(),
+            samples: self.samples.clone(),
+            faces: self.faces.clone(),
+            rejected: rejected.to_vec(),
+        };
+        let json = serde_json::to_vec(&header)?;
+        // Write aside and rename, so a killed run never leaves a half-written cache behind.
+        let tmp = file.with_extension("bin.partial");
+        let mut out = std::io::BufWriter::new(
+            std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?,
+        );
+        out.write_all(MAGIC)?;
+        out.write_all(&(json.len() as u64).to_le_bytes())?;
+        out.write_all(&json)?;
+        out.write_all(&self.pixels)?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        std::fs::rename(&tmp, file).with_context(|| format!("{}: cannot write", file.display()))?;
+        Ok(())
+    }
+
+    fn read(file: &Path) -> Result<(CropSet, Vec<Rejected>)> {
+        let mut input = std::io::BufReader::new(std::fs::File::open(file)?);
+        let mut magic = [0u8; 16];
+        input.read_exact(&mut magic)?;
+        ensure!(&magic == MAGIC, "not a crop cache");
+        let mut len = [0u8; 8];
+        input.read_exact(&mut len)?;
+        let mut json = vec![0u8; u64::from_le_bytes(len) as usize];
+        input.read_exact(&mut json)?;
+        let header: Header = serde_json::from_slice(&json)?;
+        let mut pixels = Vec::new();
+        input.read_to_end(&mut pixels)?;
+        let size = header.settings.cache_size() as usize;
+        ensure!(pixels.len() == header.samples.len() * size * size * 3, "truncated cache");
+        let set = CropSet { settings: header.settings, samples: header.samples, faces: header.faces, pixels };
+        Ok((set, header.rejected))
+    }
+}
+
+/// Decode, pad, detect, pick the face, crop. Errors are reasons a user can act on.
+fn crop_sample(
+    path: &Path,
+    settings: &CropSettings,
+    detector: &mut BlazeFace,
+) -> Result<(Face, Vec<u8>), String> {
+    let chip = load_rgb(path).map_err(|e| format!("{:#}", e.root_cause()))?;
+    let face = find_chip_face(&chip, settings.chip_padding, detector)?;
+    let size = settings.cache_size();
+    let wide = settings.geometry.widened(size as f32 / settings.input_size as f32);
+    Ok((face.clone(), wide.crop(&chip, &face, size).into_raw()))
+}
+
+/// The face of a face chip: detected on a padded canvas, mapped back to chip coordinates.
+/// When several are found, the best-scoring one centred inside the chip wins.
+pub fn find_chip_face(
+    chip: &RgbImage,
+    padding: f32,
+    detector: &mut dyn FaceDetector,
+) -> Result<Face, String> {
+    let (w, h) = chip.dimensions();
+    let pad = (padding * w.max(h) as f32).round() as u32;
+    let mut canvas = RgbImage::from_pixel(w + 2 * pad, h + 2 * pad, Rgb([128, 128, 128]));
+    image::imageops::replace(&mut canvas, chip, pad as i64, pad as i64);
+    let faces = detector.detect(&canvas).map_err(|e| format!("detector failed: {e:#}"))?;
+    let inside = BBox::from_corners(pad as f32, pad as f32, (pad + w) as f32, (pad + h) as f32);
+    let face = faces
+        .into_iter()
+        .filter(|f| inside.contains(f.bbox.centre()))
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .ok_or_else(|| "no face detected".to_string())?;
+    let shift = |p: Point| Point::new(p.x - pad as f32, p.y - pad as f32);
+    Ok(Face {
+        bbox: BBox { cx: face.bbox.cx - pad as f32, cy: face.bbox.cy - pad as f32, ..face.bbox },
+        landmarks: face.landmarks.map(shift),
+        score: face.score,
+    })
+}
+
+fn whole_crop_face(size: u32) -> Face {
+    let s = size as f32;
+    Face {
+        bbox: BBox { cx: s / 2.0, cy: s / 2.0, w: s, h: s },
+        landmarks: [Point::new(s / 2.0, s / 2.0); 6],
+        score: 1.0,
+    }
+}
+
+/// Identifies a crop cache: the images (names and sizes), the settings and the detector.
+fn cache_key(samples: &[Sample], settings: &CropSettings, detector_path: &Path) -> u64 {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(serde_json::to_string(settings).unwrap_or_default().as_bytes());
+    let detector_len = std::fs::metadata(detector_path).map(|m| m.len()).unwrap_or(0);
+    bytes.extend_from_slice(&detector_len.to_le_bytes());
+    for s in samples {
+        bytes.extend_from_slice(s.path.to_string_lossy().as_bytes());
+        let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
+        bytes.extend_from_slice(&len.to_le_bytes());
+    }
+    fnv1a(0, &bytes)
+}
+
+pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Folder of default caches, beside the run outputs.
+pub fn default_cache_dir() -> PathBuf {
+    PathBuf::from("runs/cache")
+}
+
+pub fn ensure_some(set: &CropSet, what: &str) -> Result<()> {
+    if set.is_empty() {
+        bail!("no usable {what} images: every image was rejected (see the messages above)");
+    }
+    Ok(())
+}

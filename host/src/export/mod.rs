@@ -1,0 +1,310 @@
+//! ONNX export: the trained net, batch norm folded into the convolutions, written as a
+//! self-describing file (the [`ModelContract`] in `metadata_props`), then loaded back with the
+//! device library and checked against candle on real crops.
+
+pub mod graph;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use candle_core::Device;
+use faceage_device::{AgeGenderModel, ModelContract};
+use prost::Message;
+use tract_onnx::pb::ModelProto;
+
+use crate::crops::CropSet;
+use crate::metrics::Prediction;
+use crate::nn::model::{AgeGenderNet, AgeHead};
+use crate::train::Model;
+use graph::{Dim, Graph, attr_int, attr_ints};
+
+pub const INPUT_NAME: &str = "faces";
+pub const OUTPUT_AGE: &str = "age";
+pub const OUTPUT_FEMALE: &str = "female";
+pub const OUTPUT_AGE_STD: &str = "age_std";
+const BN_EPS: f32 = 1e-5;
+
+/// A convolution with its batch norm folded in: `W' = W * g / sqrt(v + eps)`,
+/// `b' = beta - mean * g / sqrt(v + eps)`.
+#[derive(Clone, Debug)]
+pub struct FoldedConv {
+    pub name: String,
+    /// `[out, in, 3, 3]` row-major.
+    pub weight: Vec<f32>,
+    pub out_channels: usize,
+    pub in_channels: usize,
+    pub bias: Vec<f32>,
+    pub pool_after: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct Dense {
+    pub name: String,
+    /// `[out, in]` row-major.
+    pub weight: Vec<f32>,
+    pub outputs: usize,
+    pub inputs: usize,
+    pub bias: Vec<f32>,
+}
+
+/// The inference form of the net: plain tensors, no training state.
+#[derive(Clone, Debug)]
+pub struct FoldedNet {
+    pub input_size: u32,
+    pub convs: Vec<FoldedConv>,
+    pub age_head: Dense,
+    pub gender_head: Dense,
+    pub age_distribution: bool,
+}
+
+fn values(t: &candle_core::Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?)
+}
+
+impl FoldedNet {
+    pub fn from_net(net: &AgeGenderNet) -> Result<Self> {
+        let mut convs = Vec::new();
+        for (i, (stage, conv)) in net.convs.iter().enumerate() {
+            let (out_channels, in_channels, _, _) = conv.weight.dims4()?;
+            let (w, gamma, beta) = (values(&conv.weight)?, values(&conv.gamma)?, values(&conv.beta)?);
+            let (mean, var) = (values(&conv.running_mean)?, values(&conv.running_var)?);
+            let per_out = in_channels * 9;
+            let mut weight = Vec::with_capacity(w.len());
+            let mut bias = Vec::with_capacity(out_channels);
+            for o in 0..out_channels {
+                let k = gamma[o] / (var[o] + BN_EPS).sqrt();
+                weight.extend(w[o * per_out..(o + 1) * per_out].iter().map(|v| v * k));
+                bias.push(beta[o] - mean[o] * k);
+            }
+            let pool_after = net.convs.get(i + 1).is_none_or(|(next, _)| next != stage);
+            convs.push(FoldedConv {
+                name: conv.name.clone(),
+                weight,
+                out_channels,
+                in_channels,
+                bias,
+                pool_after,
+            });
+        }
+        let dense = |l: &crate::nn::model::Linear| -> Result<Dense> {
+            let (outputs, inputs) = l.weight.dims2()?;
+            Ok(Dense {
+                name: l.name.clone(),
+                weight: values(&l.weight)?,
+                outputs,
+                inputs,
+                bias: values(&l.bias)?,
+            })
+        };
+        Ok(Self {
+            input_size: net.config.input_size,
+            convs,
+            age_head: dense(&net.age_head)?,
+            gender_head: dense(&net.gender_head)?,
+            age_distribution: matches!(net.config.age_head, AgeHead::Distribution { .. }),
+        })
+    }
+}
+
+/// How the trunk's tensors are stored; the f32 export uses [`PlainF32`]; quantized exports
+/// wrap weights and activations (see `quantize`).
+pub trait TrunkEncoding {
+    /// The weight input of a conv or dense layer.
+    fn weight(
+        &self,
+        g: &mut Graph,
+        name: &str,
+        dims: &[usize],
+        values: &[f32],
+        per_row: usize,
+    ) -> Result<String>;
+    /// The activation entering layer `layer` (conv index, or `convs.len()` for the heads).
+    fn activation(&self, g: &mut Graph, tensor: &str, layer: usize) -> Result<String>;
+    /// Emits a whole conv (+bias); `None` lets the default Conv node do it.
+    fn conv(
+        &self,
+        _g: &mut Graph,
+        _conv: &FoldedConv,
+        _input: &str,
+        _layer: usize,
+    ) -> Result<Option<String>> {
+        Ok(None)
+    }
+}
+
+pub struct PlainF32;
+
+impl TrunkEncoding for PlainF32 {
+    fn weight(
+        &self,
+        g: &mut Graph,
+        name: &str,
+        dims: &[usize],
+        values: &[f32],
+        _per_row: usize,
+    ) -> Result<String> {
+        Ok(g.init_f32(name, dims, values))
+    }
+    fn activation(&self, _g: &mut Graph, tensor: &str, _layer: usize) -> Result<String> {
+        Ok(tensor.to_string())
+    }
+}
+
+/// Writes the network into an ONNX graph with the given encoding of its trunk.
+pub fn build_model(
+    net: &FoldedNet,
+    contract: &ModelContract,
+    encoding: &dyn TrunkEncoding,
+) -> Result<ModelProto> {
+    let mut g = Graph::default();
+    let s = net.input_size as i64;
+    g.inputs
+        .push(Graph::value_info(INPUT_NAME, &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]));
+    let mut x = INPUT_NAME.to_string();
+    for (i, conv) in net.convs.iter().enumerate() {
+        let input = encoding.activation(&mut g, &x, i)?;
+        let y = match encoding.conv(&mut g, conv, &input, i)? {
+            Some(y) => y,
+            None => {
+                let dims = [conv.out_channels, conv.in_channels, 3, 3];
+                let w = encoding.weight(
+                    &mut g,
+                    &format!("{}.weight", conv.name),
+                    &dims,
+                    &conv.weight,
+                    conv.in_channels * 9,
+                )?;
+                let b = g.init_f32(&format!("{}.bias", conv.name), &[conv.out_channels], &conv.bias);
+                let out = format!("{}.out", conv.name);
+                g.node(
+                    "Conv",
+                    &conv.name,
+                    &[&input, &w, &b],
+                    &[&out],
+                    vec![
+                        attr_ints("kernel_shape", &[3, 3]),
+                        attr_ints("pads", &[1, 1, 1, 1]),
+                        attr_ints("strides", &[1, 1]),
+                    ],
+                )
+            }
+        };
+        x = g.node("Relu", &format!("{}.relu", conv.name), &[&y], &[&format!("{}.relu", conv.name)], vec![]);
+        if conv.pool_after {
+            let pooled = format!("{}.pool", conv.name);
+            x = g.node(
+                "MaxPool",
+                &pooled,
+                &[&x],
+                &[&pooled],
+                vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
+            );
+        }
+    }
+    let gap = g.node("GlobalAveragePool", "gap", &[&x], &["gap"], vec![]);
+    let features = g.node("Flatten", "features", &[&gap], &["features"], vec![attr_int("axis", 1)]);
+    let features = encoding.activation(&mut g, &features, net.convs.len())?;
+    let flat = g.init_i64("shape.flat", &[1], &[-1]);
+
+    let dense = |g: &mut Graph, d: &Dense, input: &str| -> Result<String> {
+        let w =
+            encoding.weight(g, &format!("{}.weight", d.name), &[d.outputs, d.inputs], &d.weight, d.inputs)?;
+        let b = g.init_f32(&format!("{}.bias", d.name), &[d.outputs], &d.bias);
+        let out = format!("{}.out", d.name);
+        Ok(g.node("Gemm", &d.name, &[input, &w, &b], &[&out], vec![attr_int("transB", 1)]))
+    };
+
+    let age_out = dense(&mut g, &net.age_head, &features)?;
+    if net.age_distribution {
+        let bins = net.age_head.outputs;
+        let ages: Vec<f32> = (0..bins).map(|a| a as f32).collect();
+        let squares: Vec<f32> = ages.iter().map(|a| a * a).collect();
+        g.init_f32("age.bins", &[bins, 1], &ages);
+        g.init_f32("age.bins_squared", &[bins, 1], &squares);
+        let p = g.node("Softmax", "age.softmax", &[&age_out], &["age.probs"], vec![attr_int("axis", -1)]);
+        let mean = g.node("MatMul", "age.mean", &[&p, "age.bins"], &["age.mean"], vec![]);
+        let second =
+            g.node("MatMul", "age.second_moment", &[&p, "age.bins_squared"], &["age.second_moment"], vec![]);
+        let square = g.node("Mul", "age.mean_squared", &[&mean, &mean], &["age.mean_squared"], vec![]);
+        let var = g.node("Sub", "age.variance", &[&second, &square], &["age.variance"], vec![]);
+        let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
+        let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
+        g.node("Reshape", OUTPUT_AGE, &[&mean, &flat], &[OUTPUT_AGE], vec![]);
+        g.node("Reshape", OUTPUT_AGE_STD, &[&std, &flat], &[OUTPUT_AGE_STD], vec![]);
+    } else {
+        g.node("Reshape", OUTPUT_AGE, &[&age_out, &flat], &[OUTPUT_AGE], vec![]);
+    }
+    let gender = dense(&mut g, &net.gender_head, &features)?;
+    let p = g.node("Sigmoid", "female.sigmoid", &[&gender], &["female.probability"], vec![]);
+    g.node("Reshape", OUTPUT_FEMALE, &[&p, &flat], &[OUTPUT_FEMALE], vec![]);
+
+    g.outputs.push(Graph::value_info(OUTPUT_AGE, &[Dim::Named("N")]));
+    g.outputs.push(Graph::value_info(OUTPUT_FEMALE, &[Dim::Named("N")]));
+    if net.age_distribution {
+        g.outputs.push(Graph::value_info(OUTPUT_AGE_STD, &[Dim::Named("N")]));
+    }
+    Ok(g.into_model(&contract.name, contract.to_metadata()))
+}
+
+/// Writes the model file; returns its bytes.
+pub fn write(model: &ModelProto, path: &Path) -> Result<Vec<u8>> {
+    let bytes = model.encode_to_vec();
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    }
+    std::fs::write(path, &bytes).with_context(|| format!("{}: cannot write", path.display()))?;
+    Ok(bytes)
+}
+
+/// Largest differences between two sets of predictions.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Agreement {
+    pub max_age_diff: f32,
+    pub max_female_diff: f32,
+    pub faces: usize,
+}
+
+pub fn compare(a: &[Prediction], b: &[Prediction]) -> Agreement {
+    let mut agreement = Agreement { faces: a.len().min(b.len()), ..Default::default() };
+    for (x, y) in a.iter().zip(b) {
+        agreement.max_age_diff = agreement.max_age_diff.max((x.age - y.age).abs());
+        agreement.max_female_diff = agreement.max_female_diff.max((x.female - y.female).abs());
+    }
+    agreement
+}
+
+/// Runs `crops` through an exported file with the board's own code.
+pub fn predict_with_device(model: &AgeGenderModel, set: &CropSet) -> Result<Vec<Prediction>> {
+    let mut out = Vec::with_capacity(set.len());
+    let indices: Vec<usize> = (0..set.len()).collect();
+    for chunk in indices.chunks(64) {
+        let crops: Vec<_> = chunk.iter().map(|&i| set.model_crop(i)).collect();
+        out.extend(model.predict(&crops)?.into_iter().map(|e| Prediction { age: e.age, female: e.female }));
+    }
+    Ok(out)
+}
+
+/// Loads the written file back with the device library and checks that tract and candle agree
+/// on the crops of `set` within `tolerance`.
+pub fn verify_against_candle(
+    bytes: &[u8],
+    label: &str,
+    model: &Model,
+    set: &CropSet,
+    device: &Device,
+    tolerance: f32,
+) -> Result<Agreement> {
+    let exported = AgeGenderModel::from_bytes(bytes, label)?;
+    let ours = model.predict(set, device)?;
+    let theirs = predict_with_device(&exported, set)?;
+    let agreement = compare(&ours, &theirs);
+    if agreement.max_age_diff > tolerance || agreement.max_female_diff > tolerance {
+        bail!(
+            "{label}: tract and candle disagree on {} crops: max |age diff| {:.2e}, max |p(female) diff| {:.2e} (limit {tolerance:.0e})",
+            agreement.faces,
+            agreement.max_age_diff,
+            agreement.max_female_diff
+        );
+    }
+    Ok(agreement)
+}

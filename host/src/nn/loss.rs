@@ -1,0 +1,148 @@
+//! Multi-task loss: age and gender, balanced by learned uncertainty rather than hand-set
+//! factors (Kendall, Gal and Cipolla, CVPR 2018): `sum_i exp(-s_i) L_i + s_i` with one
+//! learned `s_i` per task. At the optimum `s_i = log L_i`, so each task is weighed by the
+//! inverse of its own current size and none dominates because of its units.
+
+use anyhow::Result;
+use candle_core::{Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::model::NetOutput;
+use super::params::{Params, Role};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AgeLoss {
+    /// Label-distribution learning: KL divergence to a Gaussian around the true age, plus L1
+    /// on the distribution's mean (needs the distribution head).
+    Ldl,
+    /// Mean absolute error in years.
+    L1,
+    /// Huber loss with a 5-year knee.
+    SmoothL1,
+}
+
+pub struct MultiTaskLoss {
+    pub age_loss: AgeLoss,
+    /// Width (years) of the target age distribution for [`AgeLoss::Ldl`].
+    pub sigma: f32,
+    /// One learned log-variance per task term.
+    log_vars: Vec<Var>,
+}
+
+/// Loss of one batch: the weighted total to minimise and the plain task terms for reports.
+pub struct LossValue {
+    pub total: Tensor,
+    /// Unweighted terms, in the order of [`MultiTaskLoss::term_names`].
+    pub terms: Vec<Tensor>,
+}
+
+impl MultiTaskLoss {
+    pub fn new(age_loss: AgeLoss, sigma: f32, params: &mut Params) -> Result<Self> {
+        let n = Self::names_for(age_loss).len();
+        let log_vars = (0..n)
+            .map(|i| params.constant(&format!("loss.log_var{i}"), &[], 0.0, Role::NoDecay))
+            .collect::<Result<_>>()?;
+        Ok(Self { age_loss, sigma, log_vars })
+    }
+
+    fn names_for(age_loss: AgeLoss) -> &'static [&'static str] {
+        match age_loss {
+            AgeLoss::Ldl => &["age_kl", "age_l1", "gender_bce"],
+            AgeLoss::L1 => &["age_l1", "gender_bce"],
+            AgeLoss::SmoothL1 => &["age_huber", "gender_bce"],
+        }
+    }
+
+    pub fn term_names(&self) -> &'static [&'static str] {
+        Self::names_for(self.age_loss)
+    }
+
+    /// `ages`: `[N]` years; `female`: `[N]` 0/1.
+    pub fn compute(&self, out: &NetOutput, ages: &Tensor, female: &Tensor) -> Result<LossValue> {
+        let age_error = (&out.age - ages)?;
+        let mut terms = Vec::new();
+        match self.age_loss {
+            AgeLoss::Ldl => {
+                let logits = out
+                    .age_logits
+                    .as_ref()
+                    .ok_or_else(|| anyhow::anyhow!("LDL needs the distribution head"))?;
+                let (_, bins) = logits.dims2()?;
+                let target = gaussian_targets(&ages.to_vec1::<f32>()?, bins, self.sigma, ages.device())?;
+                let log_p = candle_nn::ops::log_softmax(logits, 1)?;
+                // KL(q || p) = sum q log q - sum q log p; the first term is a constant.
+                let entropy = (&target * target.clamp(1e-12, 1.0)?.log()?)?.sum(1)?;
+                let cross = (&target * &log_p)?.sum(1)?;
+                terms.push((entropy - cross)?.mean_all()?);
+                terms.push(age_error.abs()?.mean_all()?);
+            }
+            AgeLoss::L1 => terms.push(age_error.abs()?.mean_all()?),
+            AgeLoss::SmoothL1 => terms.push(huber(&age_error, 5.0)?),
+        }
+        terms.push(bce_with_logits(&out.female_logit, female)?);
+        let mut total: Option<Tensor> = None;
+        for (term, s) in terms.iter().zip(&self.log_vars) {
+            let weighted = ((term * s.as_tensor().neg()?.exp()?)? + s.as_tensor())?;
+            total = Some(match total {
+                Some(t) => (t + weighted)?,
+                None => weighted,
+            });
+        }
+        Ok(LossValue { total: total.expect("at least one term"), terms })
+    }
+}
+
+/// Numerically stable binary cross-entropy on logits, averaged.
+pub fn bce_with_logits(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    // max(x, 0) - x t + log(1 + exp(-|x|))
+    let loss = ((logits.relu()? - (logits * targets)?)? + (logits.abs()?.neg()?.exp()? + 1.0)?.log()?)?;
+    Ok(loss.mean_all()?)
+}
+
+fn huber(error: &Tensor, delta: f64) -> Result<Tensor> {
+    let abs = error.abs()?;
+    let quadratic = abs.clamp(0.0, delta)?;
+    let linear = (&abs - &quadratic)?;
+    Ok(((quadratic.sqr()? * 0.5)? + (linear * delta)?)?.mean_all()?)
+}
+
+/// `[N, bins]` Gaussian distributions over whole years centred on each age.
+pub fn gaussian_targets(ages: &[f32], bins: usize, sigma: f32, device: &Device) -> Result<Tensor> {
+    let mut data = Vec::with_capacity(ages.len() * bins);
+    for &age in ages {
+        let age = age.clamp(0.0, (bins - 1) as f32);
+        let row: Vec<f32> =
+            (0..bins).map(|b| (-((b as f32 - age).powi(2)) / (2.0 * sigma * sigma)).exp()).collect();
+        let sum: f32 = row.iter().sum();
+        data.extend(row.into_iter().map(|v| v / sum));
+    }
+    Ok(Tensor::from_vec(data, (ages.len(), bins), device)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaussian_targets_are_distributions_centred_on_the_age() {
+        let t = gaussian_targets(&[30.0, 0.0, 150.0], 101, 2.0, &Device::Cpu).unwrap();
+        let rows = t.to_vec2::<f32>().unwrap();
+        for row in &rows {
+            assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+        }
+        let argmax = |r: &Vec<f32>| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).unwrap().0;
+        assert_eq!(argmax(&rows[0]), 30);
+        assert_eq!(argmax(&rows[1]), 0);
+        assert_eq!(argmax(&rows[2]), 100, "ages beyond the last bin go to the last bin");
+    }
+
+    #[test]
+    fn bce_matches_the_formula_and_survives_huge_logits() {
+        let logits = Tensor::new(&[0.0f32, 2.0, -1000.0, 1000.0], &Device::Cpu).unwrap();
+        let targets = Tensor::new(&[1.0f32, 0.0, 0.0, 1.0], &Device::Cpu).unwrap();
+        let got = bce_with_logits(&logits, &targets).unwrap().to_scalar::<f32>().unwrap();
+        let expected = ((2f32).ln() + (1.0 + 2f32.exp()).ln() + 0.0 + 0.0) / 4.0;
+        assert!((got - expected).abs() < 1e-5, "{got} vs {expected}");
+    }
+}

@@ -1,0 +1,8 @@
+//! The network and its training machinery, on candle.
+
+pub mod conv;
+pub mod fused;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod params;

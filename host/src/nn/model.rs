@@ -1,0 +1,359 @@
+//! The multi-task CNN: a stack of 3x3 conv + batch-norm + ReLU stages with 2x2 max-pooling,
+//! global average pooling, and two heads: age (a distribution over whole years, or a single
+//! regressed value) and gender (one logit for "female").
+//!
+//! Weights are named as the ONNX initializers will be (`conv3.weight`, `age_head.bias`...).
+
+use anyhow::{Result, bail, ensure};
+use candle_core::{D, DType, Tensor, Var};
+use serde::{Deserialize, Serialize};
+
+use super::conv::conv2d_cnhw;
+use super::params::{Params, Role};
+
+const BN_EPS: f64 = super::fused::BN_EPS as f64;
+const BN_MOMENTUM: f64 = 0.1;
+
+/// How the age head predicts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum AgeHead {
+    /// Softmax over ages `0..=max_age`; the age is its mean and the spread its standard
+    /// deviation (label-distribution learning).
+    Distribution { max_age: usize },
+    /// One linear output in years.
+    Regression,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NetConfig {
+    pub input_size: u32,
+    /// Output channels of each 3x3 convolution, stage by stage; each stage ends in a 2x2
+    /// max-pool.
+    pub stages: Vec<Vec<usize>>,
+    pub age_head: AgeHead,
+}
+
+impl NetConfig {
+    /// The shipped design: ~0.4 M parameters, sized for a Pi 4 and a 2-core trainer.
+    pub fn standard(input_size: u32) -> Self {
+        Self {
+            input_size,
+            stages: vec![vec![32], vec![48, 64], vec![96, 128], vec![160]],
+            age_head: AgeHead::Distribution { max_age: 100 },
+        }
+    }
+
+    /// A very small net for tests and smoke runs.
+    pub fn tiny(input_size: u32) -> Self {
+        Self {
+            input_size,
+            stages: vec![vec![8], vec![16], vec![16]],
+            age_head: AgeHead::Distribution { max_age: 100 },
+        }
+    }
+
+    /// The PyTorch reference net of DESIGN.md (4 conv 32/64/128/128), for speed comparisons.
+    pub fn reference(input_size: u32) -> Self {
+        Self {
+            input_size,
+            stages: vec![vec![32], vec![64], vec![128], vec![128]],
+            age_head: AgeHead::Distribution { max_age: 100 },
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        ensure!(
+            !self.stages.is_empty() && self.stages.iter().all(|s| !s.is_empty()),
+            "every stage needs a conv"
+        );
+        let shrink = 1u32 << self.stages.len();
+        ensure!(
+            self.input_size % shrink == 0,
+            "input size {} must be divisible by {shrink} ({} pooling stages)",
+            self.input_size,
+            self.stages.len()
+        );
+        Ok(())
+    }
+
+    pub fn feature_channels(&self) -> usize {
+        *self.stages.last().and_then(|s| s.last()).unwrap_or(&0)
+    }
+
+    pub fn age_bins(&self) -> usize {
+        match self.age_head {
+            AgeHead::Distribution { max_age } => max_age + 1,
+            AgeHead::Regression => 1,
+        }
+    }
+
+    /// Multiply-accumulates of one forward pass, for throughput figures.
+    pub fn macs(&self) -> u64 {
+        let mut size = self.input_size as u64;
+        let mut channels = 3u64;
+        let mut total = 0;
+        for stage in &self.stages {
+            for &out in stage {
+                total += size * size * out as u64 * channels * 9;
+                channels = out as u64;
+            }
+            size /= 2;
+        }
+        total + channels * (self.age_bins() as u64 + 1)
+    }
+}
+
+pub struct ConvBnRelu {
+    pub name: String,
+    pub weight: Var,
+    pub gamma: Var,
+    pub beta: Var,
+    pub running_mean: Var,
+    pub running_var: Var,
+}
+
+pub struct Linear {
+    pub name: String,
+    pub weight: Var,
+    pub bias: Var,
+}
+
+impl Linear {
+    fn new(params: &mut Params, name: &str, inputs: usize, outputs: usize, bias: f32) -> Result<Self> {
+        let std = (1.0 / inputs as f32).sqrt();
+        Ok(Self {
+            name: name.to_string(),
+            weight: params.normal(&format!("{name}.weight"), &[outputs, inputs], std, Role::Weight)?,
+            bias: params.constant(&format!("{name}.bias"), &[outputs], bias, Role::NoDecay)?,
+        })
+    }
+
+    /// `[N, inputs] -> [N, outputs]`
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?)
+    }
+}
+
+/// What the net says about a batch.
+pub struct NetOutput {
+    /// `[N, bins]` logits of the age distribution (distribution head only).
+    pub age_logits: Option<Tensor>,
+    /// `[N]` predicted age in years.
+    pub age: Tensor,
+    /// `[N]` logit of "female".
+    pub female_logit: Tensor,
+}
+
+pub struct AgeGenderNet {
+    pub config: NetConfig,
+    /// Convolutions in order, with the index of the stage each belongs to.
+    pub convs: Vec<(usize, ConvBnRelu)>,
+    pub age_head: Linear,
+    pub gender_head: Linear,
+    /// `[bins]` ages 0..=max_age, for the expected value.
+    ages: Tensor,
+}
+
+impl AgeGenderNet {
+    pub fn new(config: NetConfig, params: &mut Params) -> Result<Self> {
+        config.validate()?;
+        let mut convs = Vec::new();
+        let mut channels = 3;
+        for (stage, outs) in config.stages.iter().enumerate() {
+            for &out in outs {
+                let name = format!("conv{}", convs.len() + 1);
+                let fan_in = channels * 9;
+                let conv = ConvBnRelu {
+                    weight: params.normal(
+                        &format!("{name}.weight"),
+                        &[out, channels, 3, 3],
+                        (2.0 / fan_in as f32).sqrt(), // He initialisation for ReLU
+                        Role::Weight,
+                    )?,
+                    gamma: params.constant(&format!("{name}.bn.weight"), &[out], 1.0, Role::NoDecay)?,
+                    beta: params.constant(&format!("{name}.bn.bias"), &[out], 0.0, Role::NoDecay)?,
+                    running_mean: params.constant(
+                        &format!("{name}.bn.running_mean"),
+                        &[out],
+                        0.0,
+                        Role::Buffer,
+                    )?,
+                    running_var: params.constant(
+                        &format!("{name}.bn.running_var"),
+                        &[out],
+                        1.0,
+                        Role::Buffer,
+                    )?,
+                    name,
+                };
+                convs.push((stage, conv));
+                channels = out;
+            }
+        }
+        let features = config.feature_channels();
+        let (bins, age_bias) = match config.age_head {
+            AgeHead::Distribution { max_age } => (max_age + 1, 0.0),
+            // Start near the typical age so early steps are not spent walking there.
+            AgeHead::Regression => (1, 30.0),
+        };
+        let age_head = Linear::new(params, "age_head", features, bins, age_bias)?;
+        let gender_head = Linear::new(params, "gender_head", features, 1, 0.0)?;
+        let ages = Tensor::arange(0f32, bins as f32, params.device())?;
+        Ok(Self { config, convs, age_head, gender_head, ages })
+    }
+
+    /// `x`: `[3, N, S, S]` normalised input in CNHW layout. `train` uses batch statistics and
+    /// updates the running ones.
+    pub fn forward(&self, x: &Tensor, train: bool) -> Result<NetOutput> {
+        let mut h = x.clone();
+        for (i, (stage, conv)) in self.convs.iter().enumerate() {
+            h = conv2d_cnhw(&h, &conv.weight, 1, 1)?;
+            h = batch_norm_relu(&h, conv, train)?;
+            let last_of_stage = self.convs.get(i + 1).is_none_or(|(next, _)| next != stage);
+            if last_of_stage {
+                h = max_pool_2x2(&h)?;
+            }
+        }
+        // Global average pool: [C, N, h, w] -> [N, C]
+        let features = h.mean(D::Minus1)?.mean(D::Minus1)?.t()?;
+        let female_logit = self.gender_head.forward(&features)?.squeeze(1)?;
+        match self.config.age_head {
+            AgeHead::Distribution { .. } => {
+                let logits = self.age_head.forward(&features)?;
+                let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+                let age = probs.matmul(&self.ages.unsqueeze(1)?)?.squeeze(1)?;
+                Ok(NetOutput { age_logits: Some(logits), age, female_logit })
+            }
+            AgeHead::Regression => {
+                let age = self.age_head.forward(&features)?.squeeze(1)?;
+                Ok(NetOutput { age_logits: None, age, female_logit })
+            }
+        }
+    }
+
+    /// Standard deviation of the predicted age distribution, `[N]` (distribution head).
+    pub fn age_spread(&self, age_logits: &Tensor) -> Result<Tensor> {
+        let probs = candle_nn::ops::softmax_last_dim(age_logits)?;
+        let mean = probs.matmul(&self.ages.unsqueeze(1)?)?;
+        let second = probs.matmul(&self.ages.sqr()?.unsqueeze(1)?)?;
+        Ok((second - mean.sqr()?)?.relu()?.sqrt()?.squeeze(1)?)
+    }
+}
+
+/// Batch norm over (N, H, W) per channel, then ReLU, on a CNHW tensor. Training uses the
+/// batch statistics and folds them into the running ones.
+fn batch_norm_relu(x: &Tensor, conv: &ConvBnRelu, train: bool) -> Result<Tensor> {
+    let (c, n, h, w) = x.dims4()?;
+    let m = n * h * w;
+    if train && x.device().is_cpu() {
+        let (y, stats) = super::fused::bn_relu_train(x, &conv.gamma, &conv.beta)?;
+        let means: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        let vars: Vec<f32> = stats.iter().map(|s| s.1).collect();
+        update_running(conv, &Tensor::new(means, x.device())?, &Tensor::new(vars, x.device())?, m)?;
+        return Ok(y);
+    }
+    let flat = x.reshape((c, m))?;
+    let (mean, var) = if train {
+        let mean = flat.mean_keepdim(1)?;
+        let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+        update_running(conv, &mean.detach().squeeze(1)?, &var.detach().squeeze(1)?, m)?;
+        (mean, var)
+    } else {
+        (conv.running_mean.unsqueeze(1)?, conv.running_var.unsqueeze(1)?)
+    };
+    let scale = (conv.gamma.unsqueeze(1)? / (var + BN_EPS)?.sqrt()?)?;
+    let shift = (conv.beta.unsqueeze(1)? - mean.broadcast_mul(&scale)?)?;
+    let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?.relu()?;
+    Ok(y.reshape((c, n, h, w))?)
+}
+
+/// Running statistics are bookkeeping outside the gradient; the variance kept is unbiased.
+fn update_running(conv: &ConvBnRelu, mean: &Tensor, biased_var: &Tensor, m: usize) -> Result<()> {
+    let unbiased = (biased_var * (m as f64 / (m.max(2) - 1) as f64))?;
+    let rm = ((conv.running_mean.as_tensor() * (1.0 - BN_MOMENTUM))? + (mean * BN_MOMENTUM)?)?;
+    let rv = ((conv.running_var.as_tensor() * (1.0 - BN_MOMENTUM))? + (unbiased * BN_MOMENTUM)?)?;
+    conv.running_mean.set(&rm)?;
+    conv.running_var.set(&rv)?;
+    Ok(())
+}
+
+/// 2x2 max-pool of a CNHW tensor: a fused kernel on the CPU, reshape-and-max elsewhere.
+/// (candle 0.11's `max_pool2d` backward returns gradients 1/k^2 too small; both forms here
+/// have exact gradients, tested against each other.)
+fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
+    let (c, n, h, w) = x.dims4()?;
+    if h % 2 != 0 || w % 2 != 0 {
+        bail!("max_pool_2x2 needs even sizes, got {h}x{w}");
+    }
+    if x.device().is_cpu() {
+        return Ok(super::fused::max_pool_2x2(x)?);
+    }
+    Ok(x.reshape((c, n, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)
+}
+
+/// Converts an NCHW batch into the net's CNHW layout.
+pub fn to_cnhw(x: &Tensor) -> Result<Tensor> {
+    Ok(x.transpose(0, 1)?.contiguous()?.to_dtype(DType::F32)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn forward_shapes_and_parameter_budget() {
+        let mut params = Params::new(0, &Device::Cpu);
+        let net = AgeGenderNet::new(NetConfig::tiny(32), &mut params).unwrap();
+        let x = Tensor::zeros((3, 5, 32, 32), DType::F32, &Device::Cpu).unwrap();
+        let out = net.forward(&x, true).unwrap();
+        assert_eq!(out.age.dims(), &[5]);
+        assert_eq!(out.female_logit.dims(), &[5]);
+        assert_eq!(out.age_logits.unwrap().dims(), &[5, 101]);
+
+        let mut params = Params::new(0, &Device::Cpu);
+        AgeGenderNet::new(NetConfig::standard(64), &mut params).unwrap();
+        let n = params.count_trainable();
+        assert!(n < 450_000, "standard net has {n} parameters, over the int8 file budget");
+    }
+
+    #[test]
+    fn max_pool_gradient_goes_to_the_maximum_only() {
+        let x = Var::from_tensor(
+            &Tensor::from_vec(
+                vec![1f32, 5., 2., 0., 3., 4., 9., 8., 7., 6., 1., 1., 0., 0., 0., 2.],
+                (1, 1, 4, 4),
+                &Device::Cpu,
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let y = max_pool_2x2(&x).unwrap();
+        assert_eq!(y.flatten_all().unwrap().to_vec1::<f32>().unwrap(), vec![5., 9., 7., 2.]);
+        let g = y.sum_all().unwrap().backward().unwrap();
+        let gx = g.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(gx, vec![0., 1., 0., 0., 0., 0., 1., 0., 1., 0., 0., 0., 0., 0., 0., 1.]);
+    }
+
+    #[test]
+    fn batch_norm_normalises_in_training_and_tracks_running_statistics() {
+        let mut params = Params::new(0, &Device::Cpu);
+        let net = AgeGenderNet::new(NetConfig::tiny(8), &mut params).unwrap();
+        let conv = &net.convs[0].1;
+        let x = (Tensor::arange(0f32, 8.0 * 2.0 * 4.0 * 4.0, &Device::Cpu)
+            .unwrap()
+            .reshape((8, 2, 4, 4))
+            .unwrap()
+            * 0.1)
+            .unwrap();
+        let y = batch_norm_relu(&x, conv, true).unwrap();
+        // ReLU of a standardised channel: half the values are zero, the max is about 1.7.
+        let v = y.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(v.iter().all(|&a| a >= 0.0));
+        let zeros = v[..32].iter().filter(|&&a| a == 0.0).count();
+        assert_eq!(zeros, 16);
+        let rm = conv.running_mean.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert!(rm[0] > 0.0, "running mean moved towards the batch mean");
+    }
+}
