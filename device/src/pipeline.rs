@@ -16,6 +16,41 @@ pub struct FaceReading {
     pub estimate: Estimate,
 }
 
+/// A reading as printed for people and scripts: box corner and size in pixels, detector
+/// score, age (years, with its spread when the model gives one), gender letter and p(female).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaceSummary {
+    pub x: f32,
+    pub y: f32,
+    pub w: f32,
+    pub h: f32,
+    pub score: f32,
+    pub age: f32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_std: Option<f32>,
+    pub gender: crate::age_gender::Gender,
+    pub female: f32,
+}
+
+impl From<&FaceReading> for FaceSummary {
+    fn from(r: &FaceReading) -> Self {
+        let b = &r.face.bbox;
+        let round1 = |v: f32| (v * 10.0).round() / 10.0;
+        let round3 = |v: f32| (v * 1000.0).round() / 1000.0;
+        FaceSummary {
+            x: round1(b.x0()),
+            y: round1(b.y0()),
+            w: round1(b.w),
+            h: round1(b.h),
+            score: round3(r.face.score),
+            age: round1(r.estimate.age),
+            age_std: r.estimate.age_std.map(round1),
+            gender: r.estimate.gender(),
+            female: round3(r.estimate.female),
+        }
+    }
+}
+
 /// Time spent in each stage of [`Pipeline::analyze`], summed over calls.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct StageTimes {

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Rejected, Sample, fnv1a};
 
-const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v1";
+const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v2";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CropSettings {
@@ -51,12 +51,21 @@ pub struct CropSet {
     pixels: Vec<u8>,
 }
 
+/// What the cache file remembers about one image, keyed by its path and size.
+#[derive(Clone, Serialize, Deserialize)]
+struct CachedImage {
+    path: PathBuf,
+    /// File size when cropped: a replaced image is cropped again.
+    len: u64,
+    /// The face and the index of its crop in the pixel block, or why there is none.
+    outcome: Result<(Face, usize), String>,
+}
+
 #[derive(Serialize, Deserialize)]
-struct Header {
+struct CacheHeader {
     settings: CropSettings,
-    samples: Vec<Sample>,
-    faces: Vec<Face>,
-    rejected: Vec<Rejected>,
+    images: Vec<CachedImage>,
+    crops: usize,
 }
 
 impl CropSet {
@@ -109,8 +118,10 @@ impl CropSet {
         }
     }
 
-    /// Loads the crops for `samples` from `cache_dir`, or builds and saves them. Images that
-    /// cannot be used (undecodable, no face found) are returned with the reason.
+    /// The crops for `samples`, from the cache in `cache_dir` where it has them; the others
+    /// are detected and cropped now and added to the cache. One cache per crop settings and
+    /// detector serves every subset of a dataset (a `--limit` smoke run, then the full run).
+    /// Images that cannot be used (undecodable, no face found) are returned with the reason.
     pub fn build_or_load(
         samples: &[Sample],
         settings: &CropSettings,
@@ -118,31 +129,79 @@ impl CropSet {
         cache_dir: &Path,
         threads: usize,
     ) -> Result<(CropSet, Vec<Rejected>)> {
-        let file = cache_dir.join(format!("crops-{:016x}.bin", cache_key(samples, settings, detector_path)));
-        if file.exists() {
-            match Self::read(&file) {
-                Ok((set, rejected)) => {
-                    eprintln!("crops: {} from cache {}", set.len(), file.display());
-                    return Ok((set, rejected));
+        let file = cache_dir.join(format!("crops-{:016x}.bin", cache_key(settings, detector_path)));
+        let (mut header, mut pixels) = match Self::read_cache(&file, settings) {
+            Ok(cache) => cache,
+            Err(e) => {
+                if file.exists() {
+                    eprintln!("crops: cache {} unusable ({e:#}); starting a new one", file.display());
                 }
-                Err(e) => eprintln!("crops: cache {} unusable ({e:#}); rebuilding", file.display()),
+                (CacheHeader { settings: settings.clone(), images: Vec::new(), crops: 0 }, Vec::new())
+            }
+        };
+        let file_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let known: std::collections::HashMap<(PathBuf, u64), usize> =
+            header.images.iter().enumerate().map(|(i, c)| ((c.path.clone(), c.len), i)).collect();
+        let lens: Vec<u64> = samples.iter().map(|s| file_len(&s.path)).collect();
+        let missing: Vec<usize> = (0..samples.len())
+            .filter(|&i| !known.contains_key(&(samples[i].path.clone(), lens[i])))
+            .collect();
+        if !missing.is_empty() {
+            let todo: Vec<Sample> = missing.iter().map(|&i| samples[i].clone()).collect();
+            let outcomes = Self::detect_and_crop(&todo, settings, detector_path, threads)?;
+            let crop_len = settings.cache_size() as usize * settings.cache_size() as usize * 3;
+            for ((&i, outcome), sample) in missing.iter().zip(outcomes).zip(&todo) {
+                let outcome = outcome.map(|(face, crop)| {
+                    debug_assert_eq!(crop.len(), crop_len);
+                    pixels.extend_from_slice(&crop);
+                    header.crops += 1;
+                    (face, header.crops - 1)
+                });
+                header.images.push(CachedImage { path: sample.path.clone(), len: lens[i], outcome });
+            }
+            std::fs::create_dir_all(cache_dir)
+                .with_context(|| format!("{}: cannot create", cache_dir.display()))?;
+            Self::write_cache(&file, &header, &pixels)?;
+            eprintln!(
+                "crops: {} new images cropped, cache {} holds {}",
+                missing.len(),
+                file.display(),
+                header.images.len()
+            );
+        } else {
+            eprintln!("crops: all {} images from cache {}", samples.len(), file.display());
+        }
+
+        let index: std::collections::HashMap<(&Path, u64), &CachedImage> =
+            header.images.iter().map(|c| ((c.path.as_path(), c.len), c)).collect();
+        let crop_len = settings.cache_size() as usize * settings.cache_size() as usize * 3;
+        let mut set = CropSet {
+            settings: settings.clone(),
+            samples: Vec::new(),
+            faces: Vec::new(),
+            pixels: Vec::new(),
+        };
+        let mut rejected = Vec::new();
+        for (sample, len) in samples.iter().zip(lens) {
+            match &index[&(sample.path.as_path(), len)].outcome {
+                Ok((face, at)) => {
+                    set.samples.push(sample.clone());
+                    set.faces.push(face.clone());
+                    set.pixels.extend_from_slice(&pixels[at * crop_len..(at + 1) * crop_len]);
+                }
+                Err(reason) => rejected.push(Rejected { path: sample.path.clone(), reason: reason.clone() }),
             }
         }
-        let (set, rejected) = Self::build(samples, settings, detector_path, threads)?;
-        std::fs::create_dir_all(cache_dir)
-            .with_context(|| format!("{}: cannot create", cache_dir.display()))?;
-        set.write(&file, &rejected)?;
-        eprintln!("crops: {} built, cached in {}", set.len(), file.display());
         Ok((set, rejected))
     }
 
     /// Detects and crops every sample with `threads` detector instances.
-    pub fn build(
+    fn detect_and_crop(
         samples: &[Sample],
         settings: &CropSettings,
         detector_path: &Path,
         threads: usize,
-    ) -> Result<(CropSet, Vec<Rejected>)> {
+    ) -> Result<Vec<Result<(Face, Vec<u8>), String>>> {
         let threads = threads.max(1);
         let detectors: Vec<BlazeFace> =
             (0..threads).map(|_| BlazeFace::load(detector_path)).collect::<Result<_>>()?;
@@ -167,34 +226,11 @@ impl CropSet {
             }
         });
         bar.finish_and_clear();
-        let mut set = CropSet {
-            settings: settings.clone(),
-            samples: Vec::new(),
-            faces: Vec::new(),
-            pixels: Vec::new(),
-        };
-        let mut rejected = Vec::new();
-        for (sample, result) in samples.iter().zip(results) {
-            match result.into_inner().unwrap().expect("every sample processed") {
-                Ok((face, pixels)) => {
-                    set.samples.push(sample.clone());
-                    set.faces.push(face);
-                    set.pixels.extend_from_slice(&pixels);
-                }
-                Err(reason) => rejected.push(Rejected { path: sample.path.clone(), reason }),
-            }
-        }
-        Ok((set, rejected))
+        Ok(results.into_iter().map(|r| r.into_inner().unwrap().expect("every sample processed")).collect())
     }
 
-    fn write(&self, file: &Path, rejected: &[Rejected]) -> Result<()> {
-        let header = Header {
-            settings: self.settings.clone(),
-            samples: self.samples.clone(),
-            faces: self.faces.clone(),
-            rejected: rejected.to_vec(),
-        };
-        let json = serde_json::to_vec(&header)?;
+    fn write_cache(file: &Path, header: &CacheHeader, pixels: &[u8]) -> Result<()> {
+        let json = serde_json::to_vec(header)?;
         // Write aside and rename, so a killed run never leaves a half-written cache behind.
         let tmp = file.with_extension("bin.partial");
         let mut out = std::io::BufWriter::new(
@@ -203,13 +239,13 @@ impl CropSet {
         out.write_all(MAGIC)?;
         out.write_all(&(json.len() as u64).to_le_bytes())?;
         out.write_all(&json)?;
-        out.write_all(&self.pixels)?;
+        out.write_all(pixels)?;
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
         std::fs::rename(&tmp, file).with_context(|| format!("{}: cannot write", file.display()))?;
         Ok(())
     }
 
-    fn read(file: &Path) -> Result<(CropSet, Vec<Rejected>)> {
+    fn read_cache(file: &Path, settings: &CropSettings) -> Result<(CacheHeader, Vec<u8>)> {
         let mut input = std::io::BufReader::new(std::fs::File::open(file)?);
         let mut magic = [0u8; 16];
         input.read_exact(&mut magic)?;
@@ -218,13 +254,13 @@ impl CropSet {
         input.read_exact(&mut len)?;
         let mut json = vec![0u8; u64::from_le_bytes(len) as usize];
         input.read_exact(&mut json)?;
-        let header: Header = serde_json::from_slice(&json)?;
+        let header: CacheHeader = serde_json::from_slice(&json)?;
+        ensure!(header.settings == *settings, "made with other crop settings");
         let mut pixels = Vec::new();
         input.read_to_end(&mut pixels)?;
-        let size = header.settings.cache_size() as usize;
-        ensure!(pixels.len() == header.samples.len() * size * size * 3, "truncated cache");
-        let set = CropSet { settings: header.settings, samples: header.samples, faces: header.faces, pixels };
-        Ok((set, header.rejected))
+        let size = settings.cache_size() as usize;
+        ensure!(pixels.len() == header.crops * size * size * 3, "truncated cache");
+        Ok((header, pixels))
     }
 }
 
@@ -276,18 +312,13 @@ fn whole_crop_face(size: u32) -> Face {
     }
 }
 
-/// Identifies a crop cache: the images (names and sizes), the settings and the detector.
-fn cache_key(samples: &[Sample], settings: &CropSettings, detector_path: &Path) -> u64 {
+/// Identifies a crop cache: the crop settings and the detector.
+fn cache_key(settings: &CropSettings, detector_path: &Path) -> u64 {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(MAGIC);
     bytes.extend_from_slice(serde_json::to_string(settings).unwrap_or_default().as_bytes());
     let detector_len = std::fs::metadata(detector_path).map(|m| m.len()).unwrap_or(0);
     bytes.extend_from_slice(&detector_len.to_le_bytes());
-    for s in samples {
-        bytes.extend_from_slice(s.path.to_string_lossy().as_bytes());
-        let len = std::fs::metadata(&s.path).map(|m| m.len()).unwrap_or(0);
-        bytes.extend_from_slice(&len.to_le_bytes());
-    }
     fnv1a(0, &bytes)
 }
 

@@ -7,11 +7,35 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 // Training allocates and frees tens of megabytes per layer per step. glibc (and jemalloc's
-// defaults) hand such blocks back to the kernel at once and pay a page fault per 4 KiB to get
-// them back: 2.2 M faults and ~45% of a training step (measured, `perf stat -e page-faults`).
-// jemalloc told to keep freed memory and to back it with huge pages removes nearly all of it.
+// defaults) hand such blocks back to the kernel and pay a page fault per 4 KiB to get them
+// back: 2.2 M faults and ~45% of a training step (measured, `perf stat -e page-faults`). So:
+// jemalloc, told to keep freed memory and back it with huge pages, and zeroed allocations
+// (candle's gradient buffers) zeroed with memset instead of jemalloc's madvise, which would
+// fault every page in again.
+struct TrainingAllocator;
+
+// SAFETY: every call forwards to jemalloc; `alloc_zeroed` zeroes what `alloc` returned.
+unsafe impl std::alloc::GlobalAlloc for TrainingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        unsafe { tikv_jemallocator::Jemalloc.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        let ptr = unsafe { tikv_jemallocator::Jemalloc.alloc(layout) };
+        if !ptr.is_null() {
+            unsafe { ptr.write_bytes(0, layout.size()) };
+        }
+        ptr
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        unsafe { tikv_jemallocator::Jemalloc.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        unsafe { tikv_jemallocator::Jemalloc.realloc(ptr, layout, new_size) }
+    }
+}
+
 #[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+static ALLOCATOR: TrainingAllocator = TrainingAllocator;
 
 #[allow(non_upper_case_globals)]
 #[unsafe(export_name = "_rjem_malloc_conf")]
@@ -26,7 +50,6 @@ struct Args {
     #[command(subcommand)]
     command: Command,
 }
-
 #[derive(Subcommand)]
 enum Command {
     /// Train a model on a UTKFace folder or a CSV manifest.

@@ -1,1 +1,177 @@
-//! placeholder
+//! Helpers shared by the end-to-end tests: where the binaries, the detector and UTKFace are,
+//! scenes composed from UTKFace faces, and a tiny model trained once per build.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use image::{Rgb, RgbImage};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// UTKFace folder: `FACEAGE_UTKFACE`, else `../shared/datasets/utkface/UTKFace`. Tests that
+/// need real faces fail (never pass silently) when it is missing.
+pub fn utkface_dir() -> PathBuf {
+    let dir = std::env::var_os("FACEAGE_UTKFACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/datasets/utkface/UTKFace"));
+    assert!(
+        dir.is_dir(),
+        "UTKFace not found at {}: download UTKFace.tar.gz (https://susanqq.github.io/UTKFace/), \
+         extract it and set FACEAGE_UTKFACE=/path/to/UTKFace",
+        dir.display()
+    );
+    dir
+}
+
+/// The BlazeFace detector fetched by the set-up step.
+pub fn detector() -> PathBuf {
+    let path = root().join("models/face_detection_back_256x256_barracuda.onnx");
+    assert!(
+        path.exists(),
+        "{} missing: run scripts/fetch-detector.sh (part of scripts/setup.sh)",
+        path.display()
+    );
+    path
+}
+
+/// A binary of the workspace, built by `cargo test` next to the test executables.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("target directory");
+    let path = dir.join(name);
+    assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
+    path
+}
+
+/// Runs a command, returning its output; panics only if it cannot start.
+pub fn run(cmd: &mut Command) -> Output {
+    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Asserts success, printing both streams otherwise.
+pub fn ok(o: &Output) -> &Output {
+    assert!(
+        o.status.success(),
+        "command failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+    o
+}
+
+/// Labelled UTKFace images, sorted by name.
+pub fn utkface_images() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(utkface_dir())
+        .expect("list UTKFace")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// `n` images spread over the whole set (so over ages and groups), skipping `offset`.
+pub fn spread_faces(n: usize, offset: usize) -> Vec<PathBuf> {
+    let all = utkface_images();
+    let step = (all.len() / (n + 1)).max(1);
+    (0..n).map(|i| all[(offset + i * step) % all.len()].clone()).collect()
+}
+
+/// Where a face was placed on a scene: its square's corner and side.
+#[derive(Clone, Copy, Debug)]
+pub struct Placement {
+    pub x: u32,
+    pub y: u32,
+    pub side: u32,
+}
+
+impl Placement {
+    pub fn centre(&self) -> (f32, f32) {
+        (self.x as f32 + self.side as f32 / 2.0, self.y as f32 + self.side as f32 / 2.0)
+    }
+}
+
+/// A `width x height` scene: a soft background with each face chip scaled to `side` pixels
+/// and pasted in a row, evenly spaced.
+pub fn compose_scene(faces: &[PathBuf], width: u32, height: u32, side: u32) -> (RgbImage, Vec<Placement>) {
+    let mut scene = RgbImage::from_fn(width, height, |x, y| {
+        Rgb([(90 + x * 40 / width) as u8, (110 + y * 30 / height) as u8, 100])
+    });
+    let gap = (width - side * faces.len() as u32) / (faces.len() as u32 + 1);
+    let mut placements = Vec::new();
+    for (i, path) in faces.iter().enumerate() {
+        let chip = image::open(path).expect("decode UTKFace image").to_rgb8();
+        let chip = image::imageops::resize(&chip, side, side, image::imageops::FilterType::Triangle);
+        let p = Placement { x: gap + i as u32 * (side + gap), y: (height - side) / 2, side };
+        image::imageops::replace(&mut scene, &chip, p.x as i64, p.y as i64);
+        placements.push(p);
+    }
+    (scene, placements)
+}
+
+/// A tiny model trained and exported once per test process (a few hundred images, two
+/// epochs), shared by the tests that need *a* model rather than a good one.
+pub fn tiny_model() -> &'static Path {
+    static MODEL: OnceLock<PathBuf> = OnceLock::new();
+    MODEL.get_or_init(|| {
+        let dir = tempfile::Builder::new().prefix("faceage-tiny-").tempdir().expect("temp dir").keep();
+        let run = dir.join("run");
+        let model = dir.join("tiny.onnx");
+        ok(&run_host(
+            &[
+                "train",
+                "--net",
+                "tiny",
+                "--limit",
+                "300",
+                "--epochs",
+                "2",
+                "--batch",
+                "32",
+                "--out",
+                run.to_str().unwrap(),
+            ],
+            &dir,
+        ));
+        ok(&run_host(&["export", "--run", run.to_str().unwrap(), "--out", model.to_str().unwrap()], &dir));
+        model
+    })
+}
+
+/// Runs `faceage-host` with the shared data, detector and a cache inside `work`.
+pub fn run_host(args: &[&str], work: &Path) -> Output {
+    let mut cmd = Command::new(bin("faceage-host"));
+    cmd.args(args);
+    if args.first() == Some(&"train") {
+        cmd.arg("--data").arg(utkface_dir());
+    }
+    cmd.arg("--detector").arg(detector()).arg("--cache-dir").arg(work.join("cache"));
+    run(&mut cmd)
+}
+
+/// Runs `faceage` with the given model and the shared detector.
+pub fn run_device(args: &[&str], model: &Path) -> Output {
+    run(Command::new(bin("faceage")).args(args).arg("--model").arg(model).arg("--detector").arg(detector()))
+}
+
+/// Intersection over union of two boxes given as (x0, y0, x1, y1).
+pub fn iou(a: (f32, f32, f32, f32), b: (f32, f32, f32, f32)) -> f32 {
+    let ix = (a.2.min(b.2) - a.0.max(b.0)).max(0.0);
+    let iy = (a.3.min(b.3) - a.1.max(b.1)).max(0.0);
+    let inter = ix * iy;
+    inter / ((a.2 - a.0) * (a.3 - a.1) + (b.2 - b.0) * (b.3 - b.1) - inter)
+}

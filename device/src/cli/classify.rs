@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use faceage_device::FaceReading;
 use faceage_device::imaging::load_rgb;
+use faceage_device::pipeline::FaceSummary;
 use serde::Serialize;
 
 use super::ModelArgs;
@@ -29,7 +29,7 @@ struct PhotoResult {
     width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     height: Option<u32>,
-    faces: Vec<FaceReading>,
+    faces: Vec<FaceSummary>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
 }
@@ -41,7 +41,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         let file = photo.display().to_string();
         let outcome = load_rgb(photo).and_then(|frame| {
             let faces = pipeline.analyze(&frame)?;
-            Ok((frame.width(), frame.height(), faces))
+            Ok((frame.width(), frame.height(), faces.iter().map(FaceSummary::from).collect()))
         });
         let result = match outcome {
             Ok((w, h, faces)) => PhotoResult { file, width: Some(w), height: Some(h), faces, error: None },
@@ -83,19 +83,18 @@ fn print_table(result: &PhotoResult) {
         "  {:>2}  {:>20}  {:>5}  {:>6}  {:>6}  {:>6}  {:>5}",
         "#", "box x,y,w,h", "age", "+/-", "gender", "p(F)", "score"
     );
-    for (i, r) in result.faces.iter().enumerate() {
-        let b = &r.face.bbox;
-        let bbox = format!("{:.0},{:.0},{:.0},{:.0}", b.x0(), b.y0(), b.w, b.h);
-        let spread = r.estimate.age_std.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into());
+    for (i, f) in result.faces.iter().enumerate() {
+        let bbox = format!("{:.0},{:.0},{:.0},{:.0}", f.x, f.y, f.w, f.h);
+        let spread = f.age_std.map(|s| format!("{s:.1}")).unwrap_or_else(|| "-".into());
         println!(
             "  {:>2}  {:>20}  {:>5.1}  {:>6}  {:>6}  {:>6.2}  {:>5.2}",
             i + 1,
             bbox,
-            r.estimate.age,
+            f.age,
             spread,
-            r.estimate.gender().letter(),
-            r.estimate.female,
-            r.face.score
+            f.gender.letter(),
+            f.female,
+            f.score
         );
     }
 }

@@ -1,16 +1,24 @@
-//! Fast convolution for candle on the CPU: im2col + gemm forward, and both gradients as gemm
-//! calls too.
+//! Fast convolution for candle on the CPU: im2col + gemm, forward and both gradients.
 //!
 //! candle 0.11's CPU conv backward runs `conv_transpose2d` as a direct loop, which dominates a
-//! training step (measured: 2.4 s per batch of 64 at 64x64 for a 4-conv net). Here the
-//! convolution is `Y[O, N*Ho*Wo] = W[O, C*k*k] @ cols[C*k*k, N*Ho*Wo]`, the weight gradient
-//! `dW = dY @ cols^T` (cols recomputed rather than kept, to save memory) and the input
-//! gradient `col2im(W^T @ dY)`. The whole convolution is one candle op, so the large `cols`
-//! matrix never becomes a graph node whose gradient candle would allocate and accumulate.
+//! training step (measured: 2.4 s per batch of 64 at 64x64 for a 4-conv net). Here, for a
+//! few images at a time, the input is unfolded into `cols[C*k*k, n*Ho*Wo]` and
 //!
-//! Activations live in **CNHW** layout (`[C, N, H, W]`): the gemm output `[O, N*Ho*Wo]` is
-//! then already the next layer's input, with no transpose. The exported ONNX graph is
-//! ordinary NCHW; the weights `[O, C, k, k]` mean the same thing in both.
+//! - forward:         `Y[:, chunk]  = W @ cols`
+//! - weight gradient: `dW^T        += cols @ dY[:, chunk]^T`
+//! - input gradient:  `dX[chunk]    = col2im(W^T @ dY[:, chunk])`
+//!
+//! Working a chunk of images at a time keeps `cols` (about a megabyte) in cache between the
+//! unfolding and the gemm that reads it, and lets the chunks run in parallel, each thread
+//! with its own single-threaded gemm (the `gemm` crate candle itself uses). The whole
+//! convolution is one candle op, so `cols` never becomes a graph node whose gradient candle
+//! would allocate and accumulate.
+//!
+//! Activations live in **CNHW** layout (`[C, N, H, W]`): the output `[O, N*Ho*Wo]` is then
+//! already the next layer's input, with no transpose. The exported ONNX graph is ordinary
+//! NCHW; the weights `[O, C, k, k]` mean the same thing in both.
+
+use std::ops::Range;
 
 use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
@@ -30,6 +38,45 @@ impl Window {
     }
 }
 
+/// Every size of one convolution.
+#[derive(Clone, Copy, Debug)]
+struct Geometry {
+    window: Window,
+    /// Input `[c, n, h, w]`, output `[o, n, ho, wo]`.
+    c: usize,
+    n: usize,
+    h: usize,
+    w: usize,
+    o: usize,
+    ho: usize,
+    wo: usize,
+}
+
+impl Geometry {
+    fn new(window: Window, (c, n, h, w): (usize, usize, usize, usize), o: usize) -> Self {
+        Self { window, c, n, h, w, o, ho: window.out_size(h), wo: window.out_size(w) }
+    }
+    /// Rows of `cols`: C*k*k.
+    fn kk(&self) -> usize {
+        self.c * self.window.kernel * self.window.kernel
+    }
+    fn out_plane(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Output columns of all images: N*Ho*Wo.
+    fn m(&self) -> usize {
+        self.n * self.out_plane()
+    }
+    /// Images per chunk: about 256 K floats (1 MiB) of `cols`, so they stay in cache.
+    fn chunk_images(&self) -> usize {
+        (262_144 / (self.kk() * self.out_plane()).max(1)).clamp(1, self.n.max(1))
+    }
+    fn chunks(&self) -> Vec<Range<usize>> {
+        let step = self.chunk_images();
+        (0..self.n).step_by(step).map(|start| start..(start + step).min(self.n)).collect()
+    }
+}
+
 fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
     let data = storage.as_slice::<f32>()?;
     match layout.contiguous_offsets() {
@@ -38,83 +85,98 @@ fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Res
     }
 }
 
-/// A row-major matrix operand, possibly read transposed.
+/// A matrix view: element (i, j) at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
-struct Operand<'a> {
-    data: &'a [f32],
-    /// Rows and columns as stored.
+struct Mat {
+    ptr: *const f32,
     rows: usize,
     cols: usize,
-    transposed: bool,
+    rs: isize,
+    cs: isize,
 }
 
-impl Operand<'_> {
-    /// (rows, cols) as used in the product.
-    fn shape(&self) -> (usize, usize) {
-        if self.transposed { (self.cols, self.rows) } else { (self.rows, self.cols) }
+impl Mat {
+    fn row_major(data: &[f32], rows: usize, cols: usize) -> Mat {
+        assert!(data.len() >= rows * cols);
+        Mat { ptr: data.as_ptr(), rows, cols, rs: cols as isize, cs: 1 }
     }
-    /// (column stride, row stride) as used in the product.
-    fn strides(&self) -> (isize, isize) {
-        if self.transposed { (self.cols as isize, 1) } else { (1, self.cols as isize) }
+    fn t(self) -> Mat {
+        Mat { ptr: self.ptr, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
     }
 }
 
-/// `out[m, n] = a[m, k] @ b[k, n]` with the `gemm` crate candle itself uses.
-fn matmul(a: Operand, b: Operand, out: &mut [f32]) {
-    let ((m, k), (k2, n)) = (a.shape(), b.shape());
-    assert_eq!(k, k2, "inner dimensions");
-    assert_eq!(out.len(), m * n, "output size");
-    assert!(a.data.len() >= m * k && b.data.len() >= k * n, "operand sizes");
-    let threads = candle_core::utils::get_num_threads();
-    let parallelism = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
-    let ((a_cs, a_rs), (b_cs, b_rs)) = (a.strides(), b.strides());
-    // SAFETY: the asserts above bound every index gemm touches: `a` is m x k, `b` k x n and
-    // `out` m x n, each with the strides of its row-major storage.
+/// `out = a @ b` (or `out += a @ b`), single-threaded.
+///
+/// gemm's microkernel wants a column-major left operand and destination; given a row-major
+/// destination it transposes the problem and packs (copies) the left operand. So the product
+/// is posed as `out^T = b^T @ a^T`, which makes our wide `cols`/`dY` blocks its unpacked
+/// column-major left side.
+///
+/// # Safety
+/// `out`, `a` and `b` must describe memory valid for their shapes and strides, `out` must be
+/// writable and not overlap the others.
+unsafe fn gemm_into(out: Mat, a: Mat, b: Mat, accumulate: bool) {
+    assert!(a.cols == b.rows && out.rows == a.rows && out.cols == b.cols, "shapes");
     unsafe {
         gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            a.data.as_ptr(),
-            a_cs,
-            a_rs,
-            b.data.as_ptr(),
-            b_cs,
-            b_rs,
-            0.0,
+            out.cols,
+            out.rows,
+            a.cols,
+            out.ptr as *mut f32,
+            out.rs,
+            out.cs,
+            accumulate,
+            b.ptr,
+            b.rs,
+            b.cs,
+            a.ptr,
+            a.rs,
+            a.cs,
+            if accumulate { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
             false,
-            parallelism,
+            Parallelism::None,
         );
+    }
+}
+
+/// A pointer that chunks write through in parallel, each to its own disjoint part.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: every user writes a disjoint region (one chunk of images) of the buffer.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The pointer `offset` floats in (a method, so closures capture the whole wrapper).
+    fn at(self, offset: usize) -> *mut f32 {
+        // SAFETY: callers stay inside the buffer this pointer came from.
+        unsafe { self.0.add(offset) }
     }
 }
 
 /// For output columns `0..wo`, the range whose input column `ox * stride + kj - pad` lies
 /// inside `0..w`.
-fn valid_columns(wo: usize, w: usize, kj: usize, stride: usize, pad: usize) -> std::ops::Range<usize> {
-    let first = (pad.saturating_sub(kj)).div_ceil(stride);
+fn valid_columns(wo: usize, w: usize, kj: usize, stride: usize, pad: usize) -> Range<usize> {
+    let first = (pad.saturating_sub(kj)).div_ceil(stride).min(wo);
     let last = ((w + pad - kj) as isize - 1).div_euclid(stride as isize) + 1;
-    first.min(wo)..(last.max(0) as usize).min(wo).max(first.min(wo))
+    first..(last.max(0) as usize).min(wo).max(first)
 }
 
-/// `[C, N, H, W]` -> `[C*k*k, N*Ho*Wo]`, zero padded.
-fn im2col(x: &[f32], (c, n, h, w): (usize, usize, usize, usize), window: Window) -> Vec<f32> {
-    let Window { kernel: k, stride, pad } = window;
-    let (ho, wo) = (window.out_size(h), window.out_size(w));
-    let row_len = n * ho * wo;
-    let mut cols = vec![0f32; c * k * k * row_len];
-    cols.par_chunks_mut(row_len).enumerate().for_each(|(row, out)| {
+/// Unfolds `images` of `x [C, N, H, W]` into `cols [C*k*k, images*Ho*Wo]`, zero padded.
+fn im2col(x: &[f32], g: &Geometry, images: Range<usize>, cols: &mut [f32]) {
+    let Window { kernel: k, stride, pad } = g.window;
+    let (h, w, ho, wo) = (g.h, g.w, g.ho, g.wo);
+    let row_len = images.len() * ho * wo;
+    cols.fill(0.0);
+    for (row, out) in cols.chunks_exact_mut(row_len).enumerate() {
         let (ch, ki, kj) = (row / (k * k), (row / k) % k, row % k);
         let valid = valid_columns(wo, w, kj, stride, pad);
-        for img in 0..n {
-            let plane = &x[(ch * n + img) * h * w..][..h * w];
-            let out = &mut out[img * ho * wo..][..ho * wo];
+        for (slot, img) in images.clone().enumerate() {
+            let plane = &x[(ch * g.n + img) * h * w..][..h * w];
+            let out = &mut out[slot * ho * wo..][..ho * wo];
             for oy in 0..ho {
                 let iy = (oy * stride + ki) as isize - pad as isize;
                 if iy < 0 || iy >= h as isize {
@@ -132,25 +194,68 @@ fn im2col(x: &[f32], (c, n, h, w): (usize, usize, usize, usize), window: Window)
                 }
             }
         }
-    });
-    cols
+    }
 }
 
-/// The adjoint of [`im2col`]: scatter-adds `[C*k*k, N*Ho*Wo]` columns into `[C, N, H, W]`.
-fn col2im(cols: &[f32], (c, n, h, w): (usize, usize, usize, usize), window: Window) -> Vec<f32> {
-    let Window { kernel: k, stride, pad } = window;
-    let (ho, wo) = (window.out_size(h), window.out_size(w));
-    let row_len = n * ho * wo;
-    let mut x = vec![0f32; c * n * h * w];
-    // One channel per task: the k*k rows of a channel only ever write into that channel.
-    x.par_chunks_mut(n * h * w).enumerate().for_each(|(ch, out)| {
-        for ki in 0..k {
-            for kj in 0..k {
-                let valid = valid_columns(wo, w, kj, stride, pad);
-                let row = &cols[((ch * k + ki) * k + kj) * row_len..][..row_len];
-                for img in 0..n {
-                    let plane = &mut out[img * h * w..][..h * w];
-                    let src = &row[img * ho * wo..][..ho * wo];
+/// Unfolds `images` of `x [C, N, H, W]` into patch rows `[images*Ho*Wo, C*k*k]` (the
+/// transpose of [`im2col`]'s layout), zero padded. The weight gradient reads patches this way
+/// round so that gemm can use them without packing a copy first.
+fn im2row(x: &[f32], g: &Geometry, images: Range<usize>, rows: &mut [f32]) {
+    let Window { kernel: k, stride, pad } = g.window;
+    let (h, w, ho, wo, kk) = (g.h, g.w, g.ho, g.wo, g.kk());
+    rows.fill(0.0);
+    for (slot, img) in images.enumerate() {
+        for oy in 0..ho {
+            // The patches of one output row: wo x kk values, a few KiB that stay in L1.
+            let block = &mut rows[(slot * ho + oy) * wo * kk..][..wo * kk];
+            for ch in 0..g.c {
+                let plane = &x[(ch * g.n + img) * h * w..][..h * w];
+                for ki in 0..k {
+                    let iy = (oy * stride + ki) as isize - pad as isize;
+                    if iy < 0 || iy >= h as isize {
+                        continue;
+                    }
+                    let src = &plane[iy as usize * w..][..w];
+                    let offset = (ch * k + ki) * k;
+                    for ox in 0..wo {
+                        let dst = &mut block[ox * kk + offset..][..k];
+                        let left = (ox * stride) as isize - pad as isize;
+                        if left >= 0 && left as usize + k <= w {
+                            // Interior: the k inputs are contiguous.
+                            dst.copy_from_slice(&src[left as usize..left as usize + k]);
+                        } else {
+                            for (kj, d) in dst.iter_mut().enumerate() {
+                                let ix = left + kj as isize;
+                                if ix >= 0 && ix < w as isize {
+                                    *d = src[ix as usize];
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: scatter-adds `cols` into `images` of `dx [C, N, H, W]`.
+///
+/// # Safety
+/// `dx` must point to a `[C, N, H, W]` buffer that no one else writes for these images.
+unsafe fn col2im(cols: &[f32], g: &Geometry, images: Range<usize>, dx: SharedOut) {
+    let Window { kernel: k, stride, pad } = g.window;
+    let (h, w, ho, wo) = (g.h, g.w, g.ho, g.wo);
+    let row_len = images.len() * ho * wo;
+    for ch in 0..g.c {
+        for (slot, img) in images.clone().enumerate() {
+            // SAFETY: plane (ch, img) belongs to this chunk's images only.
+            let plane = unsafe { std::slice::from_raw_parts_mut(dx.at((ch * g.n + img) * h * w), h * w) };
+            plane.fill(0.0);
+            for ki in 0..k {
+                for kj in 0..k {
+                    let valid = valid_columns(wo, w, kj, stride, pad);
+                    let row = &cols[((ch * k + ki) * k + kj) * row_len..][..row_len];
+                    let src = &row[slot * ho * wo..][..ho * wo];
                     for oy in 0..ho {
                         let iy = (oy * stride + ki) as isize - pad as isize;
                         if iy < 0 || iy >= h as isize {
@@ -172,22 +277,87 @@ fn col2im(cols: &[f32], (c, n, h, w): (usize, usize, usize, usize), window: Wind
                 }
             }
         }
+    }
+}
+
+/// `Y [O, N, Ho, Wo] = conv(x, W)`.
+fn conv_forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
+    let (kk, m, plane) = (g.kk(), g.m(), g.out_plane());
+    let mut y = vec![0f32; g.o * m];
+    let out = SharedOut(y.as_mut_ptr());
+    g.chunks().into_par_iter().for_each(|images| {
+        let cols_w = images.len() * plane;
+        let mut cols = vec![0f32; kk * cols_w];
+        im2col(x, g, images.clone(), &mut cols);
+        // Y[:, chunk] is a column block of the row-major [O, M] output.
+        let dst = Mat { ptr: out.at(images.start * plane), rows: g.o, cols: cols_w, rs: m as isize, cs: 1 };
+        // SAFETY: each chunk writes only its own columns of `y`.
+        unsafe { gemm_into(dst, Mat::row_major(weight, g.o, kk), Mat::row_major(&cols, kk, cols_w), false) };
     });
-    x
+    y
+}
+
+/// `dW [O, C, k, k]` from `x` and `dY`; chunks accumulate their own `dW` and are summed.
+fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (kk, m, plane, o) = (g.kk(), g.m(), g.out_plane(), g.o);
+    g.chunks()
+        .into_par_iter()
+        .fold(
+            || vec![0f32; o * kk],
+            |acc, images| {
+                let cols_w = images.len() * plane;
+                let mut patches = vec![0f32; cols_w * kk];
+                im2row(x, g, images.clone(), &mut patches);
+                let dy_chunk = Mat {
+                    ptr: dy[images.start * plane..].as_ptr(),
+                    rows: o,
+                    cols: cols_w,
+                    rs: m as isize,
+                    cs: 1,
+                };
+                let dst = Mat::row_major(&acc, o, kk);
+                // SAFETY: `acc` is this fold's own [o, kk] buffer; dy_chunk lies inside `dy`.
+                unsafe { gemm_into(dst, dy_chunk, Mat::row_major(&patches, cols_w, kk), true) };
+                acc
+            },
+        )
+        .reduce(
+            || vec![0f32; o * kk],
+            |mut a, b| {
+                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
+                a
+            },
+        )
+}
+
+/// `dX [C, N, H, W] = col2im(W^T @ dY)`.
+fn conv_input_grad(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
+    let (kk, m, plane, o) = (g.kk(), g.m(), g.out_plane(), g.o);
+    let mut dx = vec![0f32; g.c * g.n * g.h * g.w];
+    let out = SharedOut(dx.as_mut_ptr());
+    g.chunks().into_par_iter().for_each(|images| {
+        let cols_w = images.len() * plane;
+        let dcols = vec![0f32; kk * cols_w];
+        let dy_chunk =
+            Mat { ptr: dy[images.start * plane..].as_ptr(), rows: o, cols: cols_w, rs: m as isize, cs: 1 };
+        // SAFETY: `dcols` is this chunk's own buffer; dy_chunk lies inside `dy`.
+        unsafe {
+            gemm_into(Mat::row_major(&dcols, kk, cols_w), Mat::row_major(weight, o, kk).t(), dy_chunk, false)
+        };
+        // SAFETY: each chunk writes only the planes of its own images.
+        unsafe { col2im(&dcols, g, images, out) };
+    });
+    dx
 }
 
 /// The convolution: args `x [C, N, H, W]`, `w [O, C, k, k]`; output `[O, N, Ho, Wo]`.
-/// The forward pass's columns are kept for the weight gradient (one im2col per step saved).
 struct ConvCnhw {
     window: Window,
-    cols: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 /// Weight gradient: args `x [C, N, H, W]`, `dy [O, N, Ho, Wo]`; output `[O, C, k, k]`.
-/// Uses the forward pass's columns when given, else rebuilds them from `x`.
 struct ConvWeightGrad {
     window: Window,
-    cols: std::sync::Mutex<Option<Vec<f32>>>,
 }
 
 /// Input gradient: args `w [O, C, k, k]`, `dy [O, N, Ho, Wo]`; output `[C, N, H, W]`.
@@ -210,20 +380,10 @@ impl CustomOp2 for ConvCnhw {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let w = contiguous_f32(s2, l2, self.name())?;
-        let dims = l1.shape().dims4()?;
-        let (o, c, k, _) = l2.shape().dims4()?;
-        let (_, n, h, wd) = dims;
-        let (ho, wo) = (self.window.out_size(h), self.window.out_size(wd));
-        let cols = im2col(x, dims, self.window);
-        let mut y = vec![0f32; o * n * ho * wo];
-        let kk = c * k * k;
-        matmul(
-            Operand { data: w, rows: o, cols: kk, transposed: false },
-            Operand { data: &cols, rows: kk, cols: n * ho * wo, transposed: false },
-            &mut y,
-        );
-        *self.cols.lock().unwrap() = Some(cols);
-        Ok((CpuStorage::F32(y), Shape::from((o, n, ho, wo))))
+        let (o, ..) = l2.shape().dims4()?;
+        let g = Geometry::new(self.window, l1.shape().dims4()?, o);
+        let y = conv_forward(x, w, &g);
+        Ok((CpuStorage::F32(y), Shape::from((g.o, g.n, g.ho, g.wo))))
     }
 
     fn bwd(
@@ -240,8 +400,7 @@ impl CustomOp2 for ConvCnhw {
         } else {
             None
         };
-        let cols = std::sync::Mutex::new(self.cols.lock().unwrap().take());
-        let dw = x.apply_op2_no_bwd(&dy, &ConvWeightGrad { window: self.window, cols })?;
+        let dw = x.apply_op2_no_bwd(&dy, &ConvWeightGrad { window: self.window })?;
         Ok((dx, Some(dw)))
     }
 }
@@ -260,18 +419,11 @@ impl CustomOp2 for ConvWeightGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let x = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
-        let dims = l1.shape().dims4()?;
-        let (o, n, ho, wo) = l2.shape().dims4()?;
-        let (c, k) = (dims.0, self.window.kernel);
-        let kk = c * k * k;
-        let cols = self.cols.lock().unwrap().take().unwrap_or_else(|| im2col(x, dims, self.window));
-        let mut dw = vec![0f32; o * kk];
-        matmul(
-            Operand { data: dy, rows: o, cols: n * ho * wo, transposed: false },
-            Operand { data: &cols, rows: kk, cols: n * ho * wo, transposed: true },
-            &mut dw,
-        );
-        Ok((CpuStorage::F32(dw), Shape::from((o, c, k, k))))
+        let (o, ..) = l2.shape().dims4()?;
+        let g = Geometry::new(self.window, l1.shape().dims4()?, o);
+        let dw = conv_weight_grad(x, dy, &g);
+        let k = self.window.kernel;
+        Ok((CpuStorage::F32(dw), Shape::from((g.o, g.c, k, k))))
     }
 }
 
@@ -289,18 +441,13 @@ impl CustomOp2 for ConvInputGrad {
     ) -> Result<(CpuStorage, Shape)> {
         let w = contiguous_f32(s1, l1, self.name())?;
         let dy = contiguous_f32(s2, l2, self.name())?;
-        let (o, c, k, _) = l1.shape().dims4()?;
-        let (_, n, ho, wo) = l2.shape().dims4()?;
-        let kk = c * k * k;
-        let mut dcols = vec![0f32; kk * n * ho * wo];
-        matmul(
-            Operand { data: w, rows: o, cols: kk, transposed: true },
-            Operand { data: dy, rows: o, cols: n * ho * wo, transposed: false },
-            &mut dcols,
-        );
-        let dx = col2im(&dcols, self.input_dims, self.window);
-        let (c, n, h, w) = self.input_dims;
-        Ok((CpuStorage::F32(dx), Shape::from((c, n, h, w))))
+        let (o, ..) = l1.shape().dims4()?;
+        let g = Geometry::new(self.window, self.input_dims, o);
+        if l2.shape().dims4()? != (g.o, g.n, g.ho, g.wo) {
+            bail!("conv input grad: dy {:?} does not fit", l2.shape());
+        }
+        let dx = conv_input_grad(w, dy, &g);
+        Ok((CpuStorage::F32(dx), Shape::from((g.c, g.n, g.h, g.w))))
     }
 }
 
@@ -319,9 +466,7 @@ pub fn conv2d_cnhw(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Re
         let y = nchw.conv2d(weight, pad, stride, 1, 1)?;
         return y.transpose(0, 1)?.contiguous();
     }
-    // The op keeps its columns until backward (or until the graph is dropped).
-    let op = ConvCnhw { window, cols: std::sync::Mutex::new(None) };
-    x.contiguous()?.apply_op2(&weight.contiguous()?, op)
+    x.contiguous()?.apply_op2(&weight.contiguous()?, ConvCnhw { window })
 }
 
 #[cfg(test)]
@@ -360,6 +505,23 @@ mod tests {
                     .collect();
                 let got: Vec<usize> = valid_columns(wo, w, kj, stride, pad).collect();
                 assert_eq!(got, expected, "w {w} k {k} stride {stride} pad {pad} kj {kj}");
+            }
+        }
+    }
+
+    #[test]
+    fn im2row_is_the_transpose_of_im2col() {
+        for (stride, pad) in [(1, 1), (2, 1), (1, 0)] {
+            let g = Geometry::new(Window { kernel: 3, stride, pad }, (2, 3, 6, 5), 4);
+            let x: Vec<f32> = (0..2 * 3 * 6 * 5).map(|i| i as f32).collect();
+            let (kk, w) = (g.kk(), 2 * g.out_plane());
+            let (mut cols, mut rows) = (vec![0f32; kk * w], vec![0f32; kk * w]);
+            im2col(&x, &g, 1..3, &mut cols);
+            im2row(&x, &g, 1..3, &mut rows);
+            for r in 0..kk {
+                for c in 0..w {
+                    assert_eq!(cols[r * w + c], rows[c * kk + r], "stride {stride} pad {pad}");
+                }
             }
         }
     }
@@ -422,6 +584,43 @@ mod tests {
         for i in [0, 13, 50, 107] {
             let numeric = (f(&x0, &bump(&w0, i, eps)) - f(&x0, &bump(&w0, i, -eps))) / (2.0 * eps as f64);
             assert!((numeric - gw_flat[i] as f64).abs() < 1e-2, "dw[{i}]: {numeric} vs {}", gw_flat[i]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Per-layer figures for the reference net (run with `--ignored --nocapture`).
+    #[test]
+    #[ignore]
+    fn layer_timings() {
+        for (c, o, hw) in [(3usize, 32usize, 64usize), (32, 64, 32), (64, 128, 16), (128, 128, 8)] {
+            let g = Geometry::new(Window { kernel: 3, stride: 1, pad: 1 }, (c, 64, hw, hw), o);
+            let x: Vec<f32> = (0..c * 64 * hw * hw).map(|i| (i % 13) as f32 * 0.1).collect();
+            let w: Vec<f32> = (0..o * g.kk()).map(|i| (i % 7) as f32 * 0.1).collect();
+            let dy: Vec<f32> = (0..o * g.m()).map(|i| (i % 5) as f32 * 0.1).collect();
+            let time = |f: &dyn Fn()| {
+                f();
+                let t = std::time::Instant::now();
+                for _ in 0..3 {
+                    f();
+                }
+                t.elapsed() / 3
+            };
+            let gf = |d: std::time::Duration| 2.0 * (o * g.kk() * g.m()) as f64 / d.as_secs_f64() / 1e9;
+            let (tf, tw, ti) = (
+                time(&|| drop(conv_forward(&x, &w, &g))),
+                time(&|| drop(conv_weight_grad(&x, &dy, &g))),
+                time(&|| drop(conv_input_grad(&w, &dy, &g))),
+            );
+            eprintln!(
+                "c{c} o{o} {hw}x{hw}: fwd {tf:?} ({:.0} GF/s) dW {tw:?} ({:.0}) dX {ti:?} ({:.0})",
+                gf(tf),
+                gf(tw),
+                gf(ti)
+            );
         }
     }
 }

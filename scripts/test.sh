@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test suite: formatting, lints, then every unit and end-to-end test of the workspace.
+# Needs the set-up (detector in models/) and UTKFace ($FACEAGE_UTKFACE or
+# ../shared/datasets/utkface/UTKFace).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace "$@"

@@ -1,0 +1,114 @@
+//! The whole chain on real faces: train a tiny model on a few hundred UTKFace images, export
+//! it, and classify a composed photo of several people with the board's binary.
+
+use faceage_e2e::*;
+
+#[test]
+fn tiny_model_trains_exports_and_finds_every_face_in_a_group_photo() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    let run_s = run.to_str().unwrap();
+
+    let trained = run_host(
+        &["train", "--net", "tiny", "--limit", "300", "--epochs", "2", "--batch", "32", "--out", run_s],
+        work.path(),
+    );
+    ok(&trained);
+    for file in [
+        "best.safetensors",
+        "checkpoint.safetensors",
+        "train.json",
+        "curves.png",
+        "gallery.png",
+        "test-eval.md",
+    ] {
+        assert!(run.join(file).exists(), "training should write {file}");
+    }
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "one metrics line per epoch");
+    for l in &lines {
+        let mae = l["val_age_mae"].as_f64().unwrap();
+        let acc = l["val_gender_accuracy"].as_f64().unwrap();
+        assert!(mae.is_finite() && mae > 0.0 && (0.0..=100.0).contains(&acc), "{l}");
+    }
+    assert!(stdout(&trained).contains("age MAE"), "train prints the test evaluation");
+
+    let model = work.path().join("model.onnx");
+    let exported = run_host(&["export", "--run", run_s, "--out", model.to_str().unwrap()], work.path());
+    ok(&exported);
+    assert!(stdout(&exported).contains("tract vs candle"), "{}", stdout(&exported));
+
+    // The second training run finds every crop in the cache.
+    let again = run_host(
+        &[
+            "train",
+            "--net",
+            "tiny",
+            "--limit",
+            "300",
+            "--epochs",
+            "1",
+            "--batch",
+            "32",
+            "--out",
+            work.path().join("run2").to_str().unwrap(),
+        ],
+        work.path(),
+    );
+    ok(&again);
+    assert!(stderr(&again).contains("from cache"), "{}", stderr(&again));
+
+    // Three people in one photo.
+    let faces = spread_faces(3, 7);
+    let (scene, placed) = compose_scene(&faces, 800, 480, 150);
+    let photo = work.path().join("group.jpg");
+    scene.save(&photo).unwrap();
+    let out = run_device(&["classify", "--json", photo.to_str().unwrap()], &model);
+    ok(&out);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("classify --json prints JSON");
+    let found = json[0]["faces"].as_array().expect("faces array");
+    assert_eq!(found.len(), 3, "every face is found: {json}");
+    for p in &placed {
+        let truth = (p.x as f32, p.y as f32, (p.x + p.side) as f32, (p.y + p.side) as f32);
+        let best = found
+            .iter()
+            .map(|f| {
+                let (x, y, w, h) = (
+                    f["x"].as_f64().unwrap() as f32,
+                    f["y"].as_f64().unwrap() as f32,
+                    f["w"].as_f64().unwrap() as f32,
+                    f["h"].as_f64().unwrap() as f32,
+                );
+                iou(truth, (x, y, x + w, y + h))
+            })
+            .fold(0.0, f32::max);
+        assert!(best > 0.4, "a detection overlaps the face placed at {p:?} (best IoU {best})");
+    }
+    for f in found {
+        let age = f["age"].as_f64().unwrap();
+        let female = f["female"].as_f64().unwrap();
+        assert!((0.0..=120.0).contains(&age), "age in years: {f}");
+        assert!((0.0..=1.0).contains(&female), "probability: {f}");
+        assert_eq!(f["gender"].as_str().unwrap(), if female >= 0.5 { "F" } else { "M" });
+        assert!(f["age_std"].as_f64().unwrap() >= 0.0);
+        assert!(f["score"].as_f64().unwrap() >= 0.5);
+    }
+
+    // The table form says the same.
+    let table = run_device(&["classify", photo.to_str().unwrap()], &model);
+    ok(&table);
+    assert!(stdout(&table).contains("3 faces"), "{}", stdout(&table));
+}
+
+#[test]
+fn a_photo_without_faces_says_so() {
+    let work = tempfile::tempdir().unwrap();
+    let empty = work.path().join("wall.png");
+    image::RgbImage::from_fn(320, 240, |x, y| image::Rgb([(x % 256) as u8, (y % 256) as u8, 128]))
+        .save(&empty)
+        .unwrap();
+    let out = run_device(&["classify", empty.to_str().unwrap()], tiny_model());
+    ok(&out);
+    assert!(stdout(&out).contains("no face found"), "{}", stdout(&out));
+}
