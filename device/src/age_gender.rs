@@ -113,25 +113,7 @@ impl AgeGenderModel {
 
     /// Normalised `[N, 3, S, S]` input for `crops` (each `S x S`).
     pub fn input_tensor(&self, crops: &[RgbImage]) -> Result<Tensor> {
-        let s = self.input_size() as usize;
-        let plane = s * s;
-        let mut data = vec![0f32; crops.len() * 3 * plane];
-        let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * self.contract.std[c]));
-        let shift: [f32; 3] = std::array::from_fn(|c| self.contract.mean[c] / self.contract.std[c]);
-        for (n, crop) in crops.iter().enumerate() {
-            ensure!(
-                crop.dimensions() == (s as u32, s as u32),
-                "crop is {:?}, model wants {s}x{s}",
-                crop.dimensions()
-            );
-            let base = n * 3 * plane;
-            for (i, px) in crop.pixels().enumerate() {
-                for c in 0..3 {
-                    data[base + c * plane + i] = px.0[c] as f32 * scale[c] - shift[c];
-                }
-            }
-        }
-        Ok(Tensor::from_shape(&[crops.len(), 3, s, s], &data)?)
+        input_tensor(crops, &self.contract)
     }
 
     /// Runs the model on a batch of crops.
@@ -169,6 +151,30 @@ impl AgeGenderModel {
             .map(|i| Estimate { age: ages[i], female: female[i], age_std: spread.as_ref().map(|s| s[i]) })
             .collect())
     }
+}
+
+/// Normalised `[N, 3, S, S]` input for `crops` (each `S x S`) as the contract says:
+/// `x = (pixel / 255 - mean) / std` per RGB channel.
+pub fn input_tensor(crops: &[RgbImage], contract: &ModelContract) -> Result<Tensor> {
+    let s = contract.input_size as usize;
+    let plane = s * s;
+    let mut data = vec![0f32; crops.len() * 3 * plane];
+    let scale: [f32; 3] = std::array::from_fn(|c| 1.0 / (255.0 * contract.std[c]));
+    let shift: [f32; 3] = std::array::from_fn(|c| contract.mean[c] / contract.std[c]);
+    for (n, crop) in crops.iter().enumerate() {
+        ensure!(
+            crop.dimensions() == (s as u32, s as u32),
+            "crop is {:?}, model wants {s}x{s}",
+            crop.dimensions()
+        );
+        let base = n * 3 * plane;
+        for (i, px) in crop.pixels().enumerate() {
+            for c in 0..3 {
+                data[base + c * plane + i] = px.0[c] as f32 * scale[c] - shift[c];
+            }
+        }
+    }
+    Ok(Tensor::from_shape(&[crops.len(), 3, s, s], &data)?)
 }
 
 fn output_positions(

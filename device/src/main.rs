@@ -21,12 +21,15 @@ struct Args {
 enum Command {
     /// Print the faces in photos with their age and gender.
     Classify(cli::classify::Args),
+    /// Time models (per-face latency, throughput) on this machine.
+    Bench(cli::bench::Args),
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Classify(a) => cli::classify::run(a),
+        Command::Bench(a) => cli::bench::run(a),
     };
     match result {
         Ok(code) => code,

@@ -5,10 +5,12 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail};
-use faceage_device::{CropGeometry, ModelContract, QuantFormat};
+use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
 use faceage_host::augment::{Augment, MEAN, STD};
 use faceage_host::crops::{CropSettings, default_cache_dir};
+use faceage_host::export::quantize::{self, Calibration};
 use faceage_host::export::{self, FoldedNet, PlainF32};
+use faceage_host::metrics::Evaluation;
 use faceage_host::nn::loss::AgeLoss;
 use faceage_host::nn::model::NetConfig;
 use faceage_host::nn::optim::AdamWConfig;
@@ -219,6 +221,19 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Quantize {
+    Int8,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum QuantFormatArg {
+    /// QuantizeLinear/DequantizeLinear around f32 ops, weights per channel.
+    Qdq,
+    /// QLinearConv/QLinearMatMul, per tensor: integer kernels.
+    Qoperator,
+}
+
 #[derive(clap::Args)]
 pub struct ExportArgs {
     /// Run folder written by `train`.
@@ -227,6 +242,19 @@ pub struct ExportArgs {
     /// The f32 model file to write.
     #[arg(long, default_value = "models/faceage-f32.onnx")]
     out: PathBuf,
+    /// Also write a quantized file.
+    #[arg(long, value_enum)]
+    quantize: Option<Quantize>,
+    #[arg(long, value_enum, default_value_t = QuantFormatArg::Qdq)]
+    quant_format: QuantFormatArg,
+    #[arg(long, value_enum, default_value_t = Calibration::Percentile)]
+    calibration: Calibration,
+    /// Training crops the activation ranges are measured on.
+    #[arg(long, default_value_t = 512)]
+    calibration_crops: usize,
+    /// The quantized file [default: --out with "f32" replaced by "int8" (or "int8-qop")].
+    #[arg(long)]
+    int8_out: Option<PathBuf>,
     /// Largest tolerated difference between tract and candle (years and probability).
     #[arg(long, default_value_t = 1e-3)]
     tolerance: f32,
@@ -236,15 +264,29 @@ pub struct ExportArgs {
     data_args: DataArgs,
 }
 
+fn metrics_map(val: &Evaluation, test: &Evaluation) -> std::collections::BTreeMap<String, f64> {
+    [
+        ("val.age_mae", val.overall.age_mae),
+        ("val.gender_accuracy", val.overall.gender_accuracy),
+        ("test.age_mae", test.overall.age_mae),
+        ("test.gender_accuracy", test.overall.gender_accuracy),
+        ("test.faces", test.overall.count as f64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 pub fn export(a: ExportArgs) -> Result<()> {
     let device = compute_device(&a.device)?;
     let run = RunDir(a.run.clone());
     let (config, model) = Model::load_best(&run, &device)?;
     let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
-    let val = model.evaluate(&data.val, &device)?;
     let test_set = if data.test.is_empty() { &data.val } else { &data.test };
+    let val = model.evaluate(&data.val, &device)?;
     let test = model.evaluate(test_set, &device)?;
     let command = std::fs::read_to_string(run.file("command.txt")).unwrap_or_default().trim().to_string();
+    let folded = FoldedNet::from_net(&model.net)?;
     let contract = ModelContract {
         name: format!("faceage-cnn{}", config.net.input_size),
         input_name: export::INPUT_NAME.into(),
@@ -255,9 +297,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
         detector: "blazeface-back-256".into(),
         output_age: export::OUTPUT_AGE.into(),
         output_female: export::OUTPUT_FEMALE.into(),
-        output_age_std: export::FoldedNet::from_net(&model.net)?
-            .age_distribution
-            .then(|| export::OUTPUT_AGE_STD.into()),
+        output_age_std: folded.age_distribution.then(|| export::OUTPUT_AGE_STD.into()),
         quant_format: QuantFormat::None,
         quant_details: "f32 weights and activations".into(),
         train_data: format!(
@@ -270,18 +310,8 @@ pub fn export(a: ExportArgs) -> Result<()> {
         ),
         train_license: UTKFACE_LICENSE.into(),
         train_command: command,
-        metrics: [
-            ("val.age_mae", val.overall.age_mae),
-            ("val.gender_accuracy", val.overall.gender_accuracy),
-            ("test.age_mae", test.overall.age_mae),
-            ("test.gender_accuracy", test.overall.gender_accuracy),
-            ("test.faces", test.overall.count as f64),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect(),
+        metrics: metrics_map(&val, &test),
     };
-    let folded = FoldedNet::from_net(&model.net)?;
     let proto = export::build_model(&folded, &contract, &PlainF32)?;
     let bytes = export::write(&proto, &a.out)?;
     let label = a.out.display().to_string();
@@ -296,6 +326,127 @@ pub fn export(a: ExportArgs) -> Result<()> {
         agreement.max_age_diff,
         agreement.max_female_diff
     );
+
+    let Some(Quantize::Int8) = a.quantize else { return Ok(()) };
+    let (format, suffix) = match a.quant_format {
+        QuantFormatArg::Qdq => (QuantFormat::Int8Qdq, "int8"),
+        QuantFormatArg::Qoperator => (QuantFormat::Int8Qoperator, "int8-qop"),
+    };
+    let out = a.int8_out.clone().unwrap_or_else(|| {
+        let name = a.out.file_name().map(|n| n.to_string_lossy().replace("f32", suffix)).unwrap_or_default();
+        let name = if name.contains(suffix) { name } else { format!("faceage-{suffix}.onnx") };
+        a.out.with_file_name(name)
+    });
+    let crops = quantize::calibration_crops(&data.train, a.calibration_crops)?;
+    let ranges = quantize::calibrate(&folded, &contract, &crops, a.calibration)?;
+    let encoding: Box<dyn export::Encoding> = match format {
+        QuantFormat::Int8Qdq => Box::new(quantize::Qdq { ranges }),
+        _ => Box::new(quantize::QOperator { ranges }),
+    };
+    let mut q_contract = ModelContract {
+        quant_format: format,
+        quant_details: quantize::describe(format, a.calibration, crops.len()),
+        ..contract.clone()
+    };
+    // Measure the quantized file with the board's code, then write its figures into it.
+    let label = out.display().to_string();
+    let draft = export::write(&export::build_model(&folded, &q_contract, encoding.as_ref())?, &out)?;
+    let quantized = AgeGenderModel::from_bytes(&draft, &label)?;
+    let q_val = faceage_host::metrics::evaluate(
+        &data.val.samples,
+        &export::predict_with_device(&quantized, &data.val)?,
+    );
+    let q_test_predictions = export::predict_with_device(&quantized, test_set)?;
+    let q_test = faceage_host::metrics::evaluate(&test_set.samples, &q_test_predictions);
+    q_contract.metrics = metrics_map(&q_val, &q_test);
+    let bytes = export::write(&export::build_model(&folded, &q_contract, encoding.as_ref())?, &out)?;
+    quantize::check_size(bytes.len(), model.params.count_trainable())?;
+    let f32_predictions = model.predict(test_set, &device)?;
+    let agreement = export::compare(&f32_predictions, &q_test_predictions);
+    println!(
+        "{}: {} bytes, {}; test MAE {:.2} ({:+.3} vs f32), gender accuracy {:.2}% ({:+.2} points); max |age diff| {:.2}, max |p diff| {:.3} over {} crops",
+        label,
+        bytes.len(),
+        format.as_str(),
+        q_test.overall.age_mae,
+        q_test.overall.age_mae - test.overall.age_mae,
+        q_test.overall.gender_accuracy,
+        q_test.overall.gender_accuracy - test.overall.gender_accuracy,
+        agreement.max_age_diff,
+        agreement.max_female_diff,
+        agreement.faces
+    );
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct VerifyArgs {
+    /// Model files to measure (ONNX with faceage metadata).
+    #[arg(required = true)]
+    models: Vec<PathBuf>,
+    /// Run folder whose data split to use.
+    #[arg(long, default_value = "runs/default")]
+    run: PathBuf,
+    #[arg(long, value_enum, default_value_t = faceage_host::data::Split::Test)]
+    split: faceage_host::data::Split,
+    /// The file the others are compared with [default: the first model].
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    #[command(flatten)]
+    data_args: DataArgs,
+}
+
+/// Runs model files through the device library on a held-out split and compares them.
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let run = RunDir(a.run.clone());
+    let config = run.read_config()?;
+    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let set = match a.split {
+        faceage_host::data::Split::Train => &*data.train,
+        faceage_host::data::Split::Val => &data.val,
+        faceage_host::data::Split::Test => &data.test,
+    };
+    let reference_path = a.reference.clone().unwrap_or_else(|| a.models[0].clone());
+    let mut paths = vec![reference_path.clone()];
+    paths.extend(a.models.iter().filter(|p| **p != reference_path).cloned());
+    let mut reference: Option<(Evaluation, Vec<faceage_host::metrics::Prediction>)> = None;
+    let mut failed = false;
+    for path in &paths {
+        let model = AgeGenderModel::load(path)?;
+        let predictions = export::predict_with_device(&model, set)?;
+        let evaluation = faceage_host::metrics::evaluate(&set.samples, &predictions);
+        let size = model.file_size();
+        println!(
+            "## {} ({} bytes, {}: {})\n",
+            path.display(),
+            size,
+            model.contract().quant_format.as_str(),
+            model.contract().quant_details
+        );
+        println!("{}", evaluation.markdown());
+        if let Some((ref_eval, ref_pred)) = &reference {
+            let d_mae = evaluation.overall.age_mae - ref_eval.overall.age_mae;
+            let d_acc = evaluation.overall.gender_accuracy - ref_eval.overall.gender_accuracy;
+            let agreement = export::compare(ref_pred, &predictions);
+            let within = d_mae.abs() <= 0.15 && d_acc.abs() <= 0.5 && size < 500_000;
+            failed |= !within;
+            println!(
+                "against {}: MAE {:+.3} years, accuracy {:+.2} points, max |age diff| {:.2}, max |p diff| {:.3}; \
+                 int8 bars (MAE within 0.15, accuracy within 0.5, file < 500 KB): {}\n",
+                reference_path.display(),
+                d_mae,
+                d_acc,
+                agreement.max_age_diff,
+                agreement.max_female_diff,
+                if within { "met" } else { "NOT met" }
+            );
+        } else {
+            reference = Some((evaluation, predictions));
+        }
+    }
+    if failed {
+        bail!("a model is outside the int8 bars against {}", reference_path.display());
+    }
     Ok(())
 }
 

@@ -15,10 +15,10 @@ use faceage_device::geometry::{BBox, Point};
 use faceage_device::imaging::load_rgb;
 use faceage_device::{BlazeFace, CropGeometry, Face, FaceDetector};
 use image::{Rgb, RgbImage};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Rejected, Sample, fnv1a};
+use crate::progress::Progress;
 
 const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v2";
 
@@ -208,7 +208,7 @@ impl CropSet {
         let results: Vec<Mutex<Option<Result<(Face, Vec<u8>), String>>>> =
             samples.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
-        let bar = progress_bar(samples.len() as u64, "detect + crop");
+        let bar = Progress::new(samples.len() as u64, "detect + crop");
         std::thread::scope(|scope| {
             for mut detector in detectors {
                 let (next, results, bar) = (&next, &results, &bar);
@@ -225,7 +225,7 @@ impl CropSet {
                 });
             }
         });
-        bar.finish_and_clear();
+        bar.finish();
         Ok(results.into_iter().map(|r| r.into_inner().unwrap().expect("every sample processed")).collect())
     }
 
@@ -320,17 +320,6 @@ fn cache_key(settings: &CropSettings, detector_path: &Path) -> u64 {
     let detector_len = std::fs::metadata(detector_path).map(|m| m.len()).unwrap_or(0);
     bytes.extend_from_slice(&detector_len.to_le_bytes());
     fnv1a(0, &bytes)
-}
-
-pub fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>14} [{bar:30}] {pos}/{len} {per_sec} eta {eta}")
-            .unwrap()
-            .progress_chars("=> "),
-    );
-    bar.set_message(what.to_string());
-    bar
 }
 
 /// Folder of default caches, beside the run outputs.

@@ -14,6 +14,7 @@ pub mod export;
 pub mod metrics;
 pub mod nn;
 pub mod plots;
+pub mod progress;
 pub mod train;
 
 /// The licence line every model trained on UTKFace carries.

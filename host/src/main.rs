@@ -58,6 +58,8 @@ enum Command {
     Eval(commands::EvalArgs),
     /// Write the ONNX model file of a run and check it with the device library.
     Export(commands::ExportArgs),
+    /// Measure model files with the device library on a held-out split, against a reference.
+    Verify(commands::VerifyArgs),
     /// Time training steps (forward + backward + AdamW) and print images per second.
     BenchTrain(commands::BenchTrainArgs),
 }
@@ -73,6 +75,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train(a),
         Command::Eval(a) => commands::eval(a),
         Command::Export(a) => commands::export(a),
+        Command::Verify(a) => commands::verify(a),
         Command::BenchTrain(a) => commands::bench_train(a),
     };
     match result {

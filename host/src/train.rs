@@ -15,13 +15,14 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::augment::{Augment, make_batch};
-use crate::crops::{CropSet, CropSettings, ensure_some, progress_bar};
+use crate::crops::{CropSet, CropSettings, ensure_some};
 use crate::data::{Rejected, Split, fnv1a, load_dataset, split_of};
 use crate::metrics::{Evaluation, Prediction, evaluate};
 use crate::nn::loss::{AgeLoss, MultiTaskLoss};
 use crate::nn::model::{AgeGenderNet, NetConfig};
 use crate::nn::optim::{AdamW, AdamWConfig, warmup_cosine};
 use crate::nn::params::Params;
+use crate::progress::Progress;
 use crate::{checkpoint, plots};
 
 /// Everything that defines a training run; saved as `train.json` in the run folder.
@@ -291,7 +292,7 @@ pub fn train(
             }
         });
 
-        let bar = progress_bar(batches_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, config.epochs));
+        let bar = Progress::new(batches_per_epoch as u64, &format!("epoch {}/{}", epoch + 1, config.epochs));
         bar.set_position(state.batch as u64);
         let (mut loss_sum, mut err_sum, mut correct, mut seen) = (0.0, 0.0, 0usize, 0usize);
         let mut lr = 0.0;
@@ -329,7 +330,7 @@ pub fn train(
             if stop.load(Ordering::Relaxed) {
                 drop(rx);
                 let _ = producer.join();
-                bar.abandon();
+                bar.finish();
                 save_checkpoint(run, &model, &optimizer, &state)?;
                 eprintln!(
                     "interrupted at epoch {} batch {}; checkpoint saved, continue with --resume",
@@ -340,7 +341,7 @@ pub fn train(
             }
         }
         let _ = producer.join();
-        bar.finish_and_clear();
+        bar.finish();
 
         let seconds = started.elapsed().as_secs_f64();
         let val = model.evaluate(&data.val, device)?;

@@ -1,5 +1,6 @@
 //! The subcommands of `faceage`, one module each, and the options they share.
 
+pub mod bench;
 pub mod classify;
 
 use std::path::{Path, PathBuf};

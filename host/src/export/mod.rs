@@ -3,6 +3,7 @@
 //! device library and checked against candle on real crops.
 
 pub mod graph;
+pub mod quantize;
 
 use std::path::Path;
 
@@ -106,115 +107,103 @@ impl FoldedNet {
     }
 }
 
-/// How the trunk's tensors are stored; the f32 export uses [`PlainF32`]; quantized exports
-/// wrap weights and activations (see `quantize`).
-pub trait TrunkEncoding {
-    /// The weight input of a conv or dense layer.
-    fn weight(
-        &self,
-        g: &mut Graph,
-        name: &str,
-        dims: &[usize],
-        values: &[f32],
-        per_row: usize,
-    ) -> Result<String>;
-    /// The activation entering layer `layer` (conv index, or `convs.len()` for the heads).
-    fn activation(&self, g: &mut Graph, tensor: &str, layer: usize) -> Result<String>;
-    /// Emits a whole conv (+bias); `None` lets the default Conv node do it.
-    fn conv(
-        &self,
-        _g: &mut Graph,
-        _conv: &FoldedConv,
-        _input: &str,
-        _layer: usize,
-    ) -> Result<Option<String>> {
-        Ok(None)
-    }
+/// How the network is written: plain f32, or one of the int8 forms (see [`quantize`]).
+pub trait Encoding {
+    /// Writes the convolutional trunk from `input` and returns the `[N, C]` f32 features.
+    fn trunk(&self, g: &mut Graph, net: &FoldedNet, input: &str) -> Result<String>;
+    /// Writes `input @ W^T + b` for a head and returns its f32 output.
+    fn dense(&self, g: &mut Graph, d: &Dense, input: &str) -> Result<String>;
 }
 
-pub struct PlainF32;
-
-impl TrunkEncoding for PlainF32 {
-    fn weight(
-        &self,
-        g: &mut Graph,
-        name: &str,
-        dims: &[usize],
-        values: &[f32],
-        _per_row: usize,
-    ) -> Result<String> {
-        Ok(g.init_f32(name, dims, values))
-    }
-    fn activation(&self, _g: &mut Graph, tensor: &str, _layer: usize) -> Result<String> {
-        Ok(tensor.to_string())
-    }
-}
-
-/// Writes the network into an ONNX graph with the given encoding of its trunk.
-pub fn build_model(
+/// Writes the f32-compute trunk (Conv, Relu, MaxPool, global average pool), asking `weight`
+/// for each conv weight tensor and `activation` for each conv input; returns the features
+/// and the names of the tensors entering each conv (then the features), for calibration.
+pub fn float_trunk(
+    g: &mut Graph,
     net: &FoldedNet,
-    contract: &ModelContract,
-    encoding: &dyn TrunkEncoding,
-) -> Result<ModelProto> {
-    let mut g = Graph::default();
-    let s = net.input_size as i64;
-    g.inputs
-        .push(Graph::value_info(INPUT_NAME, &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]));
-    let mut x = INPUT_NAME.to_string();
+    input: &str,
+    weight: &dyn Fn(&mut Graph, &str, &[usize], &[f32]) -> Result<String>,
+    activation: &dyn Fn(&mut Graph, &str, usize) -> Result<String>,
+) -> Result<(String, Vec<String>)> {
+    let mut x = input.to_string();
+    let mut taps = Vec::new();
     for (i, conv) in net.convs.iter().enumerate() {
-        let input = encoding.activation(&mut g, &x, i)?;
-        let y = match encoding.conv(&mut g, conv, &input, i)? {
-            Some(y) => y,
-            None => {
-                let dims = [conv.out_channels, conv.in_channels, 3, 3];
-                let w = encoding.weight(
-                    &mut g,
-                    &format!("{}.weight", conv.name),
-                    &dims,
-                    &conv.weight,
-                    conv.in_channels * 9,
-                )?;
-                let b = g.init_f32(&format!("{}.bias", conv.name), &[conv.out_channels], &conv.bias);
-                let out = format!("{}.out", conv.name);
-                g.node(
-                    "Conv",
-                    &conv.name,
-                    &[&input, &w, &b],
-                    &[&out],
-                    vec![
-                        attr_ints("kernel_shape", &[3, 3]),
-                        attr_ints("pads", &[1, 1, 1, 1]),
-                        attr_ints("strides", &[1, 1]),
-                    ],
-                )
-            }
-        };
+        taps.push(x.clone());
+        let conv_in = activation(g, &x, i)?;
+        let dims = [conv.out_channels, conv.in_channels, 3, 3];
+        let w = weight(g, &format!("{}.weight", conv.name), &dims, &conv.weight)?;
+        let b = g.init_f32(&format!("{}.bias", conv.name), &[conv.out_channels], &conv.bias);
+        let y = g.node(
+            "Conv",
+            &conv.name,
+            &[&conv_in, &w, &b],
+            &[&format!("{}.out", conv.name)],
+            vec![
+                attr_ints("kernel_shape", &[3, 3]),
+                attr_ints("pads", &[1, 1, 1, 1]),
+                attr_ints("strides", &[1, 1]),
+            ],
+        );
         x = g.node("Relu", &format!("{}.relu", conv.name), &[&y], &[&format!("{}.relu", conv.name)], vec![]);
         if conv.pool_after {
             let pooled = format!("{}.pool", conv.name);
-            x = g.node(
-                "MaxPool",
-                &pooled,
-                &[&x],
-                &[&pooled],
-                vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])],
-            );
+            x = g.node("MaxPool", &pooled, &[&x], &[&pooled], max_pool_attributes());
         }
     }
     let gap = g.node("GlobalAveragePool", "gap", &[&x], &["gap"], vec![]);
     let features = g.node("Flatten", "features", &[&gap], &["features"], vec![attr_int("axis", 1)]);
-    let features = encoding.activation(&mut g, &features, net.convs.len())?;
+    taps.push(features.clone());
+    let features = activation(g, &features, net.convs.len())?;
+    Ok((features, taps))
+}
+
+pub fn max_pool_attributes() -> Vec<tract_onnx::pb::AttributeProto> {
+    vec![attr_ints("kernel_shape", &[2, 2]), attr_ints("strides", &[2, 2])]
+}
+
+/// Writes a Gemm head with the weight tensor `weight` gives.
+pub fn float_dense(
+    g: &mut Graph,
+    d: &Dense,
+    input: &str,
+    weight: &dyn Fn(&mut Graph, &str, &[usize], &[f32]) -> Result<String>,
+) -> Result<String> {
+    let w = weight(g, &format!("{}.weight", d.name), &[d.outputs, d.inputs], &d.weight)?;
+    let b = g.init_f32(&format!("{}.bias", d.name), &[d.outputs], &d.bias);
+    let out = format!("{}.out", d.name);
+    Ok(g.node("Gemm", &d.name, &[input, &w, &b], &[&out], vec![attr_int("transB", 1)]))
+}
+
+/// Plain f32 weights and activations.
+pub struct PlainF32;
+
+fn f32_weight(g: &mut Graph, name: &str, dims: &[usize], values: &[f32]) -> Result<String> {
+    Ok(g.init_f32(name, dims, values))
+}
+
+fn unchanged(_g: &mut Graph, tensor: &str, _layer: usize) -> Result<String> {
+    Ok(tensor.to_string())
+}
+
+impl Encoding for PlainF32 {
+    fn trunk(&self, g: &mut Graph, net: &FoldedNet, input: &str) -> Result<String> {
+        Ok(float_trunk(g, net, input, &f32_weight, &unchanged)?.0)
+    }
+    fn dense(&self, g: &mut Graph, d: &Dense, input: &str) -> Result<String> {
+        float_dense(g, d, input, &f32_weight)
+    }
+}
+
+/// Writes the network into an ONNX graph with the given encoding.
+pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Encoding) -> Result<ModelProto> {
+    let mut g = Graph::default();
+    let s = net.input_size as i64;
+    g.inputs
+        .push(Graph::value_info(INPUT_NAME, &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]));
+    let features = encoding.trunk(&mut g, net, INPUT_NAME)?;
     let flat = g.init_i64("shape.flat", &[1], &[-1]);
 
-    let dense = |g: &mut Graph, d: &Dense, input: &str| -> Result<String> {
-        let w =
-            encoding.weight(g, &format!("{}.weight", d.name), &[d.outputs, d.inputs], &d.weight, d.inputs)?;
-        let b = g.init_f32(&format!("{}.bias", d.name), &[d.outputs], &d.bias);
-        let out = format!("{}.out", d.name);
-        Ok(g.node("Gemm", &d.name, &[input, &w, &b], &[&out], vec![attr_int("transB", 1)]))
-    };
-
-    let age_out = dense(&mut g, &net.age_head, &features)?;
+    let age_out = encoding.dense(&mut g, &net.age_head, &features)?;
     if net.age_distribution {
         let bins = net.age_head.outputs;
         let ages: Vec<f32> = (0..bins).map(|a| a as f32).collect();
@@ -234,7 +223,7 @@ pub fn build_model(
     } else {
         g.node("Reshape", OUTPUT_AGE, &[&age_out, &flat], &[OUTPUT_AGE], vec![]);
     }
-    let gender = dense(&mut g, &net.gender_head, &features)?;
+    let gender = encoding.dense(&mut g, &net.gender_head, &features)?;
     let p = g.node("Sigmoid", "female.sigmoid", &[&gender], &["female.probability"], vec![]);
     g.node("Reshape", OUTPUT_FEMALE, &[&p, &flat], &[OUTPUT_FEMALE], vec![]);
 
