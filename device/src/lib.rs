@@ -13,13 +13,20 @@ pub mod age_gender;
 pub mod align;
 pub mod bench;
 pub mod chart;
+pub mod counts;
 pub mod detect;
 pub mod draw;
 pub mod geometry;
 pub mod imaging;
+#[cfg(feature = "kiosk")]
+pub mod kiosk;
+pub mod live;
 pub mod model_file;
 pub mod onnx;
 pub mod pipeline;
+pub mod report;
+pub mod source;
+pub mod track;
 
 pub use age_gender::{AgeGenderModel, Estimate, Gender};
 pub use align::CropGeometry;

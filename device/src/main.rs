@@ -21,7 +21,11 @@ struct Args {
 enum Command {
     /// Print the faces in photos with their age and gender.
     Classify(cli::classify::Args),
-    /// Time models (per-face latency, throughput) on this machine.
+    /// Count the people in front of a camera (or in a video), with an optional kiosk view.
+    Run(Box<cli::run::Args>),
+    /// Summarise counts logs: a table, JSON, or a PNG chart of people per hour.
+    Report(cli::report::Args),
+    /// Time models (per-face latency, throughput) or the whole pipeline on this machine.
     Bench(cli::bench::Args),
 }
 
@@ -29,6 +33,8 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Classify(a) => cli::classify::run(a),
+        Command::Run(a) => cli::run::run(*a),
+        Command::Report(a) => cli::report::run(a),
         Command::Bench(a) => cli::bench::run(a),
     };
     match result {

@@ -192,19 +192,8 @@ pub fn fnv1a(seed: u64, bytes: &[u8]) -> u64 {
     h
 }
 
-/// Age bands used in every report.
-pub const AGE_BANDS: [(&str, f32, f32); 6] = [
-    ("0-2", 0.0, 3.0),
-    ("3-12", 3.0, 13.0),
-    ("13-19", 13.0, 20.0),
-    ("20-39", 20.0, 40.0),
-    ("40-59", 40.0, 60.0),
-    ("60+", 60.0, f32::INFINITY),
-];
-
-pub fn age_band(age: f32) -> &'static str {
-    AGE_BANDS.iter().find(|(_, lo, hi)| age >= *lo && age < *hi).map(|b| b.0).unwrap_or("60+")
-}
+/// Age bands are the board's: reports on both sides use the same ones.
+pub use faceage_device::counts::{AGE_BANDS, age_band};
 
 #[cfg(test)]
 mod tests {
@@ -246,13 +235,5 @@ mod tests {
         assert!(samples[0].female && !samples[1].female);
         assert_eq!(rejected.len(), 2);
         assert!(rejected[0].reason.contains("age") && rejected[1].reason.contains("gender"));
-    }
-
-    #[test]
-    fn bands_cover_all_ages() {
-        assert_eq!(age_band(0.0), "0-2");
-        assert_eq!(age_band(12.9), "3-12");
-        assert_eq!(age_band(39.0), "20-39");
-        assert_eq!(age_band(116.0), "60+");
     }
 }

@@ -175,3 +175,82 @@ pub fn iou(a: (f32, f32, f32, f32), b: (f32, f32, f32, f32)) -> f32 {
     let inter = ix * iy;
     inter / ((a.2 - a.0) * (a.3 - a.1) + (b.2 - b.0) * (b.3 - b.1) - inter)
 }
+
+/// A person walking through a scripted clip: visible from `enter` to `leave` (frame
+/// numbers), moving in a straight line between two top-left corners.
+#[derive(Clone, Debug)]
+pub struct Walker {
+    pub face: PathBuf,
+    pub enter: usize,
+    pub leave: usize,
+    pub from: (f32, f32),
+    pub to: (f32, f32),
+}
+
+/// Frames of a clip with `walkers` moving over a fixed background; faces are `side` pixels.
+/// `noise` adds per-frame brightness flicker and a pixel of jitter, as a real camera would.
+pub fn scripted_clip(
+    walkers: &[Walker],
+    frames: usize,
+    width: u32,
+    height: u32,
+    side: u32,
+    noise: bool,
+) -> Vec<RgbImage> {
+    let background = RgbImage::from_fn(width, height, |x, y| {
+        Rgb([(70 + (x * 60 / width)) as u8, (90 + (y * 50 / height)) as u8, (110 + ((x + y) % 40)) as u8])
+    });
+    let chips: Vec<RgbImage> = walkers
+        .iter()
+        .map(|w| {
+            let chip = image::open(&w.face).expect("decode face").to_rgb8();
+            image::imageops::resize(&chip, side, side, image::imageops::FilterType::Triangle)
+        })
+        .collect();
+    (0..frames)
+        .map(|f| {
+            let mut frame = background.clone();
+            for (w, chip) in walkers.iter().zip(&chips) {
+                if f < w.enter || f >= w.leave {
+                    continue;
+                }
+                let t = if w.leave - w.enter <= 1 {
+                    0.0
+                } else {
+                    (f - w.enter) as f32 / (w.leave - w.enter - 1) as f32
+                };
+                let mut x = w.from.0 + (w.to.0 - w.from.0) * t;
+                let mut y = w.from.1 + (w.to.1 - w.from.1) * t;
+                let mut chip = chip.clone();
+                if noise {
+                    let k = 1.0 + 0.08 * ((f * 7919 % 13) as f32 / 6.0 - 1.0);
+                    for p in chip.pixels_mut() {
+                        for c in 0..3 {
+                            p.0[c] = (p.0[c] as f32 * k).clamp(0.0, 255.0) as u8;
+                        }
+                    }
+                    x += (f % 3) as f32 - 1.0;
+                    y += ((f / 3) % 3) as f32 - 1.0;
+                }
+                image::imageops::replace(&mut frame, &chip, x.round() as i64, y.round() as i64);
+            }
+            frame
+        })
+        .collect()
+}
+
+/// Three people crossing a 640x360 scene one after another, with gaps between them:
+/// 64 frames, each person in view for about 20.
+pub fn three_walkers() -> Vec<Walker> {
+    let faces = spread_faces(3, 101);
+    vec![
+        Walker { face: faces[0].clone(), enter: 2, leave: 22, from: (30.0, 120.0), to: (230.0, 130.0) },
+        Walker { face: faces[1].clone(), enter: 24, leave: 44, from: (480.0, 100.0), to: (300.0, 140.0) },
+        Walker { face: faces[2].clone(), enter: 44, leave: 62, from: (120.0, 60.0), to: (380.0, 80.0) },
+    ]
+}
+
+/// Writes frames as an MJPEG AVI clip.
+pub fn write_clip(path: &Path, frames: &[RgbImage], fps: u32) {
+    faceage_device::source::write_mjpeg_avi(path, frames, fps, 90).expect("write clip");
+}

@@ -2,6 +2,10 @@
 
 pub mod bench;
 pub mod classify;
+#[cfg(feature = "kiosk")]
+pub mod kiosk;
+pub mod report;
+pub mod run;
 
 use std::path::{Path, PathBuf};
 

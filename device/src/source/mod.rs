@@ -46,7 +46,7 @@ pub struct Frame {
 
 /// A stream of frames. `Ok(None)` is the end of a finite stream; an error is a frame or a
 /// device that failed (the caller decides whether to retry).
-pub trait FrameSource: Send {
+pub trait FrameSource {
     fn next_frame(&mut self) -> Result<Option<Frame>>;
     /// Live sources produce frames whether or not anyone reads them (cameras, streams):
     /// reading them must drop stale frames rather than queue them.
@@ -80,7 +80,9 @@ pub enum SourceSpec {
 impl SourceSpec {
     pub fn parse(spec: &str) -> Result<SourceSpec> {
         if let Some(n) = spec.strip_prefix("camera:") {
-            let n = n.parse().map_err(|_| anyhow::anyhow!("{spec}: camera index must be a number, e.g. camera:0"))?;
+            let n = n
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{spec}: camera index must be a number, e.g. camera:0"))?;
             return Ok(SourceSpec::Camera(n));
         }
         if let Some(n) = spec.strip_prefix("/dev/video") {
@@ -96,7 +98,9 @@ impl SourceSpec {
         }
         let path = PathBuf::from(spec);
         if !path.exists() {
-            bail!("{spec}: no such file, folder or camera (use camera:N, a video, a folder of images or a URL)");
+            bail!(
+                "{spec}: no such file, folder or camera (use camera:N, a video, a folder of images or a URL)"
+            );
         }
         let ext = path.extension().map(|e| e.to_string_lossy().to_ascii_lowercase()).unwrap_or_default();
         Ok(match ext.as_str() {
@@ -139,7 +143,10 @@ mod tests {
     fn source_specs_are_recognised() {
         assert_eq!(SourceSpec::parse("camera:2").unwrap(), SourceSpec::Camera(2));
         assert_eq!(SourceSpec::parse("/dev/video1").unwrap(), SourceSpec::Camera(1));
-        assert_eq!(SourceSpec::parse("rtsp://cam.local/stream").unwrap(), SourceSpec::Stream("rtsp://cam.local/stream".into()));
+        assert_eq!(
+            SourceSpec::parse("rtsp://cam.local/stream").unwrap(),
+            SourceSpec::Stream("rtsp://cam.local/stream".into())
+        );
         assert_eq!(SourceSpec::parse("frames/*.jpg").unwrap(), SourceSpec::Images("frames/*.jpg".into()));
         assert!(SourceSpec::parse("camera:x").unwrap_err().to_string().contains("camera index"));
         assert!(SourceSpec::parse("/nonexistent/clip.mp4").unwrap_err().to_string().contains("no such file"));

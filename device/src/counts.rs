@@ -1,0 +1,418 @@
+//! Demographic counts per interval, and the append-only log that keeps them.
+//!
+//! The log holds aggregates only: one self-contained line per interval (JSON Lines, or CSV
+//! with a header), each written, flushed and fsynced on its own. On open, a torn last line
+//! left by a crash or power loss is cut off and nothing complete is lost. When a write fails
+//! (full disk, unwritable file) the lines are kept in memory and written at the next chance.
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use jiff::ZonedDateTime as Zoned;
+use serde::{Deserialize, Serialize};
+
+use crate::age_gender::Gender;
+
+/// Age bands of every count and report: (name, from, to) in years, `to` exclusive.
+pub const AGE_BANDS: [(&str, f32, f32); 6] = [
+    ("0-2", 0.0, 3.0),
+    ("3-12", 3.0, 13.0),
+    ("13-19", 13.0, 20.0),
+    ("20-39", 20.0, 40.0),
+    ("40-59", 40.0, 60.0),
+    ("60+", 60.0, f32::INFINITY),
+];
+
+/// Index into [`AGE_BANDS`].
+pub fn age_band_index(age: f32) -> usize {
+    AGE_BANDS.iter().position(|(_, lo, hi)| age >= *lo && age < *hi).unwrap_or(if age < 0.0 { 0 } else { 5 })
+}
+
+pub fn age_band(age: f32) -> &'static str {
+    AGE_BANDS[age_band_index(age)].0
+}
+
+/// People per age band, in [`AGE_BANDS`] order.
+pub type BandCounts = [u32; 6];
+
+/// One interval of the log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntervalRecord {
+    /// RFC 3339 with the local offset.
+    pub start: String,
+    pub end: String,
+    /// People counted (tracks confirmed) in the interval.
+    pub people: u32,
+    pub female: BandCounts,
+    pub male: BandCounts,
+    pub frames: u64,
+    pub dropped: u64,
+}
+
+impl IntervalRecord {
+    pub fn csv_header() -> String {
+        let mut cols = vec!["start".to_string(), "end".into(), "people".into()];
+        for g in ["female", "male"] {
+            cols.extend(AGE_BANDS.iter().map(|(b, _, _)| format!("{g}_{b}")));
+        }
+        cols.extend(["frames".to_string(), "dropped".into()]);
+        cols.join(",")
+    }
+
+    pub fn csv_line(&self) -> String {
+        let mut cols = vec![self.start.clone(), self.end.clone(), self.people.to_string()];
+        cols.extend(self.female.iter().chain(&self.male).map(u32::to_string));
+        cols.extend([self.frames.to_string(), self.dropped.to_string()]);
+        cols.join(",")
+    }
+
+    pub fn from_csv_line(line: &str) -> Result<Self> {
+        let f: Vec<&str> = line.trim().split(',').collect();
+        if f.len() != 17 {
+            bail!("{} columns, expected 17", f.len());
+        }
+        let n = |i: usize| -> Result<u64> {
+            f[i].parse().with_context(|| format!("column {} is not a number", i + 1))
+        };
+        let bands = |from: usize| -> Result<BandCounts> {
+            let mut b = [0u32; 6];
+            for (k, v) in b.iter_mut().enumerate() {
+                *v = n(from + k)? as u32;
+            }
+            Ok(b)
+        };
+        Ok(Self {
+            start: f[0].to_string(),
+            end: f[1].to_string(),
+            people: n(2)? as u32,
+            female: bands(3)?,
+            male: bands(9)?,
+            frames: n(15)?,
+            dropped: n(16)?,
+        })
+    }
+
+    pub fn start_time(&self) -> Result<jiff::Timestamp> {
+        self.start.parse().with_context(|| format!("start {:?} is not an RFC 3339 time", self.start))
+    }
+}
+
+/// Counts of the interval under way.
+#[derive(Clone, Debug)]
+pub struct IntervalCounter {
+    pub start: Zoned,
+    pub female: BandCounts,
+    pub male: BandCounts,
+    pub people: u32,
+    pub frames: u64,
+    pub dropped: u64,
+}
+
+impl IntervalCounter {
+    pub fn new(start: Zoned) -> Self {
+        Self { start, female: [0; 6], male: [0; 6], people: 0, frames: 0, dropped: 0 }
+    }
+
+    pub fn add_person(&mut self, gender: Gender, age: f32) {
+        let band = age_band_index(age);
+        match gender {
+            Gender::Female => self.female[band] += 1,
+            Gender::Male => self.male[band] += 1,
+        }
+        self.people += 1;
+    }
+
+    /// Closes the interval at `end` and starts the next one there.
+    pub fn roll(&mut self, end: Zoned) -> IntervalRecord {
+        let record = IntervalRecord {
+            start: format_time(&self.start),
+            end: format_time(&end),
+            people: self.people,
+            female: self.female,
+            male: self.male,
+            frames: self.frames,
+            dropped: self.dropped,
+        };
+        *self = IntervalCounter::new(end);
+        record
+    }
+}
+
+pub fn format_time(t: &Zoned) -> String {
+    t.timestamp()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or(t.timestamp())
+        .display_with_offset(t.offset())
+        .to_string()
+}
+
+/// The first boundary after `now` on a grid of `interval` seconds (so minutes start on the
+/// minute and days on midnight UTC multiples).
+pub fn next_boundary(now: &Zoned, interval_secs: u64) -> Zoned {
+    let secs = now.timestamp().as_second();
+    let step = interval_secs.max(1) as i64;
+    let next = (secs.div_euclid(step) + 1) * step;
+    jiff::Timestamp::from_second(next)
+        .map(|t| t.to_zoned_datetime(now.time_zone().clone()))
+        .unwrap_or_else(|_| now.clone())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFormat {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotation {
+    None,
+    /// One file per local day: `counts.jsonl` becomes `counts-2026-11-29.jsonl`.
+    Daily,
+}
+
+/// The append-only counts log.
+pub struct CountsLog {
+    base: PathBuf,
+    format: LogFormat,
+    rotation: Rotation,
+    open: Option<(PathBuf, File)>,
+    /// Lines not yet on disk, each with the file it belongs to.
+    pending: VecDeque<(PathBuf, String)>,
+}
+
+impl CountsLog {
+    pub fn new(base: &Path, format: LogFormat, rotation: Rotation) -> Self {
+        Self { base: base.to_path_buf(), format, rotation, open: None, pending: VecDeque::new() }
+    }
+
+    /// The file a record starting at `start` goes to.
+    pub fn file_for(&self, start: &Zoned) -> PathBuf {
+        match self.rotation {
+            Rotation::None => self.base.clone(),
+            Rotation::Daily => {
+                let stem = self
+                    .base
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "counts".into());
+                let ext =
+                    self.base.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+                self.base.with_file_name(format!("{stem}-{}{ext}", start.strftime("%Y-%m-%d")))
+            }
+        }
+    }
+
+    /// Lines waiting to be written.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Queues `record` and writes everything queued; on failure the lines stay queued and
+    /// the error says so.
+    pub fn append(&mut self, record: &IntervalRecord, start: &Zoned) -> Result<()> {
+        let line = match self.format {
+            LogFormat::Jsonl => serde_json::to_string(record)?,
+            LogFormat::Csv => record.csv_line(),
+        };
+        self.pending.push_back((self.file_for(start), line));
+        self.flush()
+    }
+
+    /// Writes queued lines, oldest first, each flushed and fsynced.
+    pub fn flush(&mut self) -> Result<()> {
+        while let Some((path, line)) = self.pending.front().cloned() {
+            if let Err(e) = self.write_line(&path, &line) {
+                // Reopen (and repair) next time: the handle may be in any state now.
+                self.open = None;
+                return Err(e).with_context(|| {
+                    format!(
+                        "{}: {} interval(s) kept in memory and retried at the next interval",
+                        path.display(),
+                        self.pending.len()
+                    )
+                });
+            }
+            self.pending.pop_front();
+        }
+        Ok(())
+    }
+
+    fn write_line(&mut self, path: &Path, line: &str) -> Result<()> {
+        if self.open.as_ref().is_none_or(|(p, _)| p != path) {
+            self.open = Some((path.to_path_buf(), self.open_file(path)?));
+        }
+        let (_, file) = self.open.as_mut().expect("opened above");
+        let before = file.seek(SeekFrom::End(0))?;
+        let result = file
+            .write_all(format!("{line}\n").as_bytes())
+            .and_then(|_| file.flush())
+            .and_then(|_| file.sync_data());
+        if result.is_err() && is_regular(path) {
+            // Take back a half-written line so a retry starts on a clean line end.
+            let _ = file.set_len(before);
+        }
+        result.with_context(|| format!("{}: cannot write", path.display()))
+    }
+
+    /// Opens for appending, cutting a torn last line and writing the CSV header to a new file.
+    fn open_file(&self, path: &Path) -> Result<File> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("{}: cannot create folder", dir.display()))?;
+        }
+        if is_regular(path) {
+            let removed = repair_torn_tail(path)?;
+            if removed > 0 {
+                eprintln!(
+                    "{}: removed a torn last line ({removed} bytes) left by an interrupted write",
+                    path.display()
+                );
+            }
+        }
+        let mut file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("{}: cannot open for writing", path.display()))?;
+        if self.format == LogFormat::Csv && is_regular(path) && file.metadata()?.len() == 0 {
+            file.write_all(format!("{}\n", IntervalRecord::csv_header()).as_bytes())?;
+            file.sync_data()?;
+        }
+        Ok(file)
+    }
+}
+
+fn is_regular(path: &Path) -> bool {
+    std::fs::metadata(path).map(|m| m.is_file()).unwrap_or(true)
+}
+
+/// Cuts everything after the last newline of `path` (a line torn by a crash); returns the
+/// number of bytes removed.
+pub fn repair_torn_tail(path: &Path) -> Result<u64> {
+    let Ok(mut file) = OpenOptions::new().read(true).write(true).open(path) else { return Ok(0) };
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(0);
+    }
+    // Look back in blocks for the last newline.
+    let mut end = len;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let start = end.saturating_sub(buf.len() as u64);
+        let n = (end - start) as usize;
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut buf[..n])?;
+        if let Some(pos) = buf[..n].iter().rposition(|&b| b == b'\n') {
+            let keep = start + pos as u64 + 1;
+            if keep < len {
+                file.set_len(keep)?;
+                file.sync_all()?;
+            }
+            return Ok(len - keep);
+        }
+        if start == 0 {
+            file.set_len(0)?;
+            file.sync_all()?;
+            return Ok(len);
+        }
+        end = start;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(people: u32) -> IntervalRecord {
+        IntervalRecord {
+            start: "2026-11-29T10:00:00+01:00".into(),
+            end: "2026-11-29T10:01:00+01:00".into(),
+            people,
+            female: [0, 1, 0, 2, 0, 0],
+            male: [0, 0, 0, 1, 1, 0],
+            frames: 600,
+            dropped: 3,
+        }
+    }
+
+    fn now() -> Zoned {
+        "2026-11-29T10:00:00+01:00[Europe/Paris]".parse().unwrap()
+    }
+
+    #[test]
+    fn bands_cover_all_ages() {
+        assert_eq!(age_band(0.0), "0-2");
+        assert_eq!(age_band(12.9), "3-12");
+        assert_eq!(age_band(39.9), "20-39");
+        assert_eq!(age_band(116.0), "60+");
+        assert_eq!(age_band(-1.0), "0-2");
+    }
+
+    #[test]
+    fn csv_lines_round_trip() {
+        let r = record(5);
+        assert_eq!(IntervalRecord::from_csv_line(&r.csv_line()).unwrap(), r);
+        assert_eq!(IntervalRecord::csv_header().split(',').count(), 17);
+    }
+
+    #[test]
+    fn a_torn_last_line_is_cut_and_complete_lines_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counts.jsonl");
+        let good = serde_json::to_string(&record(1)).unwrap();
+        std::fs::write(&path, format!("{good}\n{good}\n{{\"start\":\"2026-11")).unwrap();
+        let mut log = CountsLog::new(&path, LogFormat::Jsonl, Rotation::None);
+        log.append(&record(2), &now()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        for l in &lines {
+            serde_json::from_str::<IntervalRecord>(l).expect("every line whole");
+        }
+        assert_eq!(serde_json::from_str::<IntervalRecord>(lines[2]).unwrap().people, 2);
+    }
+
+    #[test]
+    fn csv_logs_start_with_one_header_and_rotate_daily() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().join("counts.csv");
+        let mut log = CountsLog::new(&base, LogFormat::Csv, Rotation::Daily);
+        log.append(&record(1), &now()).unwrap();
+        log.append(&record(2), &now()).unwrap();
+        let next_day: Zoned = "2026-11-30T00:00:10+01:00[Europe/Paris]".parse().unwrap();
+        log.append(&record(3), &next_day).unwrap();
+        let day1 = std::fs::read_to_string(dir.path().join("counts-2026-11-29.csv")).unwrap();
+        assert_eq!(day1.lines().count(), 3);
+        assert_eq!(day1.lines().next().unwrap(), IntervalRecord::csv_header());
+        let day2 = std::fs::read_to_string(dir.path().join("counts-2026-11-30.csv")).unwrap();
+        assert_eq!(day2.lines().count(), 2);
+    }
+
+    #[test]
+    fn a_full_disk_keeps_lines_in_memory() {
+        let mut log = CountsLog::new(Path::new("/dev/full"), LogFormat::Jsonl, Rotation::None);
+        let err = format!("{:#}", log.append(&record(1), &now()).unwrap_err());
+        assert!(err.contains("/dev/full") && err.contains("kept in memory"), "{err}");
+        assert_eq!(log.pending(), 1);
+        assert!(log.append(&record(2), &now()).is_err());
+        assert_eq!(log.pending(), 2, "nothing dropped");
+    }
+
+    #[test]
+    fn intervals_roll_on_the_grid() {
+        let t: Zoned = "2026-11-29T10:00:42+01:00[Europe/Paris]".parse().unwrap();
+        assert_eq!(format_time(&next_boundary(&t, 60)), "2026-11-29T10:01:00+01:00");
+        let mut c = IntervalCounter::new(t.clone());
+        c.add_person(Gender::Female, 27.0);
+        c.add_person(Gender::Male, 70.0);
+        c.frames = 10;
+        let r = c.roll(next_boundary(&t, 60));
+        assert_eq!((r.people, r.female[3], r.male[5], r.frames), (2, 1, 1, 10));
+        assert_eq!(c.people, 0);
+        assert_eq!(format_time(&c.start), "2026-11-29T10:01:00+01:00");
+    }
+}

@@ -1,0 +1,279 @@
+//! The kiosk view: a small HTTP server with one page (the live picture with readings drawn on
+//! it, today's counts, the frame rate) and JSON endpoints for screens and scripts.
+//!
+//! Frames are JPEG-encoded once, by the pipeline, and shared: every viewer reads the newest
+//! one, so a slow viewer skips frames instead of queueing them, and viewers never slow the
+//! pipeline. Nothing is fetched from the internet: the page is one self-contained file.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use tiny_http::{Header, Method, Response, Server, StatusCode};
+
+const PAGE: &str = include_str!("page.html");
+const BOUNDARY: &str = "faceage-frame";
+/// Viewers streaming at once; more are turned away rather than costing memory and threads.
+const MAX_STREAMS: usize = 16;
+
+struct Latest {
+    jpeg: Arc<Vec<u8>>,
+    generation: u64,
+}
+
+/// What the pipeline publishes and the server hands out.
+pub struct KioskState {
+    frame: Mutex<Latest>,
+    new_frame: Condvar,
+    tracks_json: Mutex<String>,
+    counts_json: Mutex<String>,
+    streams: AtomicUsize,
+    /// Set when someone asked for a picture recently: encode frames only then.
+    wanted: AtomicUsize,
+}
+
+impl KioskState {
+    fn new() -> Self {
+        Self {
+            frame: Mutex::new(Latest { jpeg: Arc::new(Vec::new()), generation: 0 }),
+            new_frame: Condvar::new(),
+            tracks_json: Mutex::new("{\"tracks\":[]}".into()),
+            counts_json: Mutex::new("{}".into()),
+            streams: AtomicUsize::new(0),
+            wanted: AtomicUsize::new(0),
+        }
+    }
+
+    /// Whether anyone is watching (a stream open, or a still asked for in the last frames):
+    /// the pipeline skips drawing and encoding otherwise.
+    pub fn has_viewers(&self) -> bool {
+        self.streams.load(Ordering::Relaxed) > 0 || self.wanted.load(Ordering::Relaxed) > 0
+    }
+
+    pub fn publish_frame(&self, jpeg: Vec<u8>) {
+        let mut latest = self.frame.lock().unwrap();
+        latest.jpeg = Arc::new(jpeg);
+        latest.generation += 1;
+        let _ = self.wanted.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(1)));
+        self.new_frame.notify_all();
+    }
+
+    pub fn publish_data(&self, tracks_json: String, counts_json: String) {
+        *self.tracks_json.lock().unwrap() = tracks_json;
+        *self.counts_json.lock().unwrap() = counts_json;
+    }
+
+    /// The newest frame newer than `seen`, waiting up to `timeout`.
+    fn frame_after(&self, seen: u64, timeout: Duration) -> Option<(u64, Arc<Vec<u8>>)> {
+        let latest = self.frame.lock().unwrap();
+        let (latest, _) =
+            self.new_frame.wait_timeout_while(latest, timeout, |l| l.generation <= seen).unwrap();
+        (latest.generation > seen && !latest.jpeg.is_empty())
+            .then(|| (latest.generation, Arc::clone(&latest.jpeg)))
+    }
+}
+
+pub struct KioskServer {
+    pub state: Arc<KioskState>,
+    pub address: SocketAddr,
+}
+
+impl KioskServer {
+    /// Serves on `bind` (loopback unless the user says otherwise).
+    pub fn start(bind: &str) -> Result<KioskServer> {
+        let server =
+            Server::http(bind).map_err(|e| anyhow::anyhow!("kiosk: cannot listen on {bind}: {e}"))?;
+        let address = server.server_addr().to_ip().context("kiosk: not an IP listener")?;
+        let state = Arc::new(KioskState::new());
+        let s = Arc::clone(&state);
+        std::thread::Builder::new().name("kiosk".into()).spawn(move || {
+            for request in server.incoming_requests() {
+                let s = Arc::clone(&s);
+                // One short-lived thread per request; streams are capped at MAX_STREAMS.
+                let _ = std::thread::Builder::new()
+                    .name("kiosk-request".into())
+                    .spawn(move || handle(&s, request));
+            }
+        })?;
+        Ok(KioskServer { state, address })
+    }
+}
+
+fn header(name: &str, value: &str) -> Header {
+    Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
+}
+
+fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
+    if request.method() != &Method::Get {
+        let _ = request.respond(Response::from_string("GET only").with_status_code(405));
+        return;
+    }
+    let path = request.url().split('?').next().unwrap_or("/").to_string();
+    let no_store = header("Cache-Control", "no-store");
+    let result = match path.as_str() {
+        "/" | "/index.html" => request.respond(
+            Response::from_string(PAGE).with_header(header("Content-Type", "text/html; charset=utf-8")),
+        ),
+        "/api/tracks" => {
+            let body = state.tracks_json.lock().unwrap().clone();
+            request.respond(
+                Response::from_string(body)
+                    .with_header(header("Content-Type", "application/json"))
+                    .with_header(no_store),
+            )
+        }
+        "/api/counts" => {
+            let body = state.counts_json.lock().unwrap().clone();
+            request.respond(
+                Response::from_string(body)
+                    .with_header(header("Content-Type", "application/json"))
+                    .with_header(no_store),
+            )
+        }
+        "/frame.jpg" => {
+            state.wanted.store(3, Ordering::Relaxed);
+            match state.frame_after(0, Duration::from_secs(2)) {
+                Some((_, jpeg)) => request.respond(
+                    Response::from_data(jpeg.as_slice())
+                        .with_header(header("Content-Type", "image/jpeg"))
+                        .with_header(no_store),
+                ),
+                None => request.respond(Response::from_string("no frame yet").with_status_code(503)),
+            }
+        }
+        "/stream.mjpg" => {
+            if state.streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
+                state.streams.fetch_sub(1, Ordering::Relaxed);
+                let _ = request.respond(Response::from_string("too many viewers").with_status_code(503));
+                return;
+            }
+            let body = MjpegStream { state: Arc::clone(state), seen: 0, part: Vec::new(), at: 0 };
+            let response = Response::new(
+                StatusCode(200),
+                vec![
+                    header("Content-Type", &format!("multipart/x-mixed-replace; boundary={BOUNDARY}")),
+                    no_store,
+                ],
+                body,
+                None,
+                None,
+            );
+            request.respond(response)
+        }
+        _ => request.respond(Response::from_string("not found").with_status_code(404)),
+    };
+    let _ = result;
+}
+
+/// An endless multipart body: each read hands out the rest of the current part, then waits
+/// for the next newer frame. Frames that came and went meanwhile are simply never sent.
+struct MjpegStream {
+    state: Arc<KioskState>,
+    seen: u64,
+    part: Vec<u8>,
+    at: usize,
+}
+
+impl Read for MjpegStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.at >= self.part.len() {
+            match self.state.frame_after(self.seen, Duration::from_secs(30)) {
+                Some((generation, jpeg)) => {
+                    self.seen = generation;
+                    self.part.clear();
+                    self.part.extend_from_slice(
+                        format!(
+                            "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+                            jpeg.len()
+                        )
+                        .as_bytes(),
+                    );
+                    self.part.extend_from_slice(&jpeg);
+                    self.part.extend_from_slice(b"\r\n");
+                    self.at = 0;
+                }
+                // No frame for a long while: end the stream; the page reconnects.
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.part.len() - self.at);
+        buf[..n].copy_from_slice(&self.part[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+impl Drop for MjpegStream {
+    fn drop(&mut self) {
+        self.state.streams.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// True for addresses that only this machine can reach.
+pub fn is_loopback(bind: &str) -> bool {
+    bind.parse::<SocketAddr>()
+        .map(|a| a.ip().is_loopback())
+        .unwrap_or_else(|_| bind.starts_with("localhost:"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpStream;
+
+    fn get(address: SocketAddr, path: &str) -> (String, Vec<u8>) {
+        let mut stream = TcpStream::connect(address).unwrap();
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut bytes = Vec::new();
+        stream.read_to_end(&mut bytes).unwrap();
+        let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+        (String::from_utf8_lossy(&bytes[..split]).into_owned(), bytes[split + 4..].to_vec())
+    }
+
+    #[test]
+    fn serves_the_page_data_and_frames_and_streams_only_new_frames() {
+        let server = KioskServer::start("127.0.0.1:0").unwrap();
+        let (head, body) = get(server.address, "/");
+        assert!(head.starts_with("HTTP/1.1 200"));
+        assert!(String::from_utf8_lossy(&body).contains("stream.mjpg"));
+        assert!(!String::from_utf8_lossy(&body).contains("http"), "no external assets");
+
+        server.state.publish_data("{\"tracks\":[1]}".into(), "{\"people\":2}".into());
+        assert_eq!(get(server.address, "/api/tracks").1, b"{\"tracks\":[1]}");
+        assert_eq!(get(server.address, "/api/counts").1, b"{\"people\":2}");
+        assert!(get(server.address, "/nope").0.contains("404"));
+
+        // A stream client sees parts as frames are published.
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        write!(stream, "GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(server.state.has_viewers());
+        server.state.publish_frame(b"JPEG-ONE".to_vec());
+        server.state.publish_frame(b"JPEG-TWO".to_vec());
+        let mut reader = BufReader::new(stream);
+        let mut seen = String::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !seen.contains("JPEG-TWO") && std::time::Instant::now() < deadline {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            seen.push_str(&line);
+        }
+        assert!(seen.contains("multipart/x-mixed-replace"), "{seen}");
+        assert!(seen.contains("JPEG-TWO"), "{seen}");
+        assert!(get(server.address, "/frame.jpg").1 == b"JPEG-TWO");
+    }
+
+    #[test]
+    fn loopback_addresses_are_recognised() {
+        assert!(is_loopback("127.0.0.1:8080"));
+        assert!(is_loopback("[::1]:8080"));
+        assert!(!is_loopback("0.0.0.0:8080"));
+        assert!(!is_loopback("192.168.1.10:80"));
+    }
+}

@@ -1,0 +1,211 @@
+//! Summaries of counts logs: totals, people per hour, a table, JSON and a PNG chart.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use image::{Rgb, RgbImage};
+use jiff::Timestamp;
+use serde::Serialize;
+
+use crate::chart::{Series, stacked_bars};
+use crate::counts::{AGE_BANDS, BandCounts, IntervalRecord};
+
+/// Reads JSON Lines or CSV counts logs. Lines that cannot be read (a torn line from a crash
+/// the writer has not repaired yet, a foreign line) are skipped with a warning naming them.
+pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<IntervalRecord>, Vec<String>)> {
+    let mut records = Vec::new();
+    let mut warnings = Vec::new();
+    for path in paths {
+        let path = path.as_ref();
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        let header = IntervalRecord::csv_header();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line == header {
+                continue;
+            }
+            let parsed = if line.starts_with('{') {
+                serde_json::from_str::<IntervalRecord>(line).map_err(anyhow::Error::from)
+            } else {
+                IntervalRecord::from_csv_line(line)
+            };
+            match parsed.and_then(|r| r.start_time().map(|_| r)) {
+                Ok(r) => records.push(r),
+                Err(e) => warnings.push(format!("{}:{}: skipped ({e:#})", path.display(), n + 1)),
+            }
+        }
+    }
+    records.sort_by_key(|r| r.start_time().ok());
+    Ok((records, warnings))
+}
+
+/// Totals over a time range, and per hour.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Summary {
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub intervals: usize,
+    pub people: u32,
+    pub female: BandCounts,
+    pub male: BandCounts,
+    pub frames: u64,
+    pub dropped: u64,
+    /// "YYYY-MM-DD HH:00" (the log's local time) -> (female, male) per band.
+    pub per_hour: BTreeMap<String, (BandCounts, BandCounts)>,
+}
+
+/// Sums the records starting in `[from, to)`.
+pub fn summarize(records: &[IntervalRecord], from: Option<Timestamp>, to: Option<Timestamp>) -> Summary {
+    let mut s =
+        Summary { from: from.map(|t| t.to_string()), to: to.map(|t| t.to_string()), ..Default::default() };
+    for r in records {
+        let Ok(start) = r.start_time() else { continue };
+        if from.is_some_and(|f| start < f) || to.is_some_and(|t| start >= t) {
+            continue;
+        }
+        s.intervals += 1;
+        s.people += r.people;
+        s.frames += r.frames;
+        s.dropped += r.dropped;
+        // The hour as the log wrote it (local time of the board): "2026-11-29T10".
+        let hour =
+            format!("{} {}:00", &r.start[..10.min(r.start.len())], r.start.get(11..13).unwrap_or("00"));
+        let entry = s.per_hour.entry(hour).or_insert(([0; 6], [0; 6]));
+        for b in 0..6 {
+            s.female[b] += r.female[b];
+            s.male[b] += r.male[b];
+            entry.0[b] += r.female[b];
+            entry.1[b] += r.male[b];
+        }
+    }
+    s
+}
+
+impl Summary {
+    /// A plain-text table: totals by gender and age band, then people per hour.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        out.push_str(&format!(
+            "{} people in {} intervals ({} frames, {} dropped)\n\n",
+            self.people, self.intervals, self.frames, self.dropped
+        ));
+        out.push_str(&format!("{:<8}", ""));
+        for (b, _, _) in AGE_BANDS {
+            out.push_str(&format!("{b:>7}"));
+        }
+        out.push_str(&format!("{:>8}\n", "total"));
+        for (name, counts) in [("female", &self.female), ("male", &self.male)] {
+            out.push_str(&format!("{name:<8}"));
+            for c in counts {
+                out.push_str(&format!("{c:>7}"));
+            }
+            out.push_str(&format!("{:>8}\n", counts.iter().sum::<u32>()));
+        }
+        if !self.per_hour.is_empty() {
+            out.push_str(&format!("\n{:<16}{:>8}{:>8}{:>8}\n", "hour", "female", "male", "people"));
+            for (hour, (f, m)) in &self.per_hour {
+                let (f, m) = (f.iter().sum::<u32>(), m.iter().sum::<u32>());
+                out.push_str(&format!("{hour:<16}{f:>8}{m:>8}{:>8}\n", f + m));
+            }
+        }
+        out
+    }
+
+    /// People per hour, stacked by gender and age band.
+    pub fn chart(&self) -> RgbImage {
+        let hours: Vec<String> = self.per_hour.keys().map(|h| h[11..].to_string()).collect();
+        // Warm shades for female, cool for male, darker with age.
+        let shade = |female: bool, band: usize| -> Rgb<u8> {
+            let t = band as f32 / 5.0;
+            let mix = |a: f32, b: f32| (a + (b - a) * t) as u8;
+            if female {
+                Rgb([mix(250.0, 150.0), mix(170.0, 30.0), mix(200.0, 90.0)])
+            } else {
+                Rgb([mix(160.0, 20.0), mix(200.0, 70.0), mix(250.0, 150.0)])
+            }
+        };
+        let mut series = Vec::new();
+        for (g, female) in [("F", true), ("M", false)] {
+            for (b, (band, _, _)) in AGE_BANDS.iter().enumerate() {
+                series.push(Series {
+                    name: format!("{g} {band}"),
+                    color: shade(female, b),
+                    values: self
+                        .per_hour
+                        .values()
+                        .map(|(f, m)| (if female { f[b] } else { m[b] }) as f64)
+                        .collect(),
+                });
+            }
+        }
+        let width = (160 + 40 * hours.len() as u32).clamp(640, 2400);
+        let title = match (&self.from, &self.to) {
+            (None, None) => "people per hour".to_string(),
+            (from, to) => format!(
+                "people per hour, {} to {}",
+                from.as_deref().unwrap_or("start"),
+                to.as_deref().unwrap_or("now")
+            ),
+        };
+        let legend_rows = ((series.len() as u32 * 58) / width.saturating_sub(60)).max(1);
+        stacked_bars(&title, "hour", &hours, &series, width, 360 + 12 * legend_rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(start: &str, people: u32, female: BandCounts, male: BandCounts) -> IntervalRecord {
+        IntervalRecord {
+            start: start.into(),
+            end: start.into(),
+            people,
+            female,
+            male,
+            frames: 100,
+            dropped: 1,
+        }
+    }
+
+    #[test]
+    fn logs_are_read_summed_by_range_and_hour_and_torn_lines_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let jsonl = dir.path().join("a.jsonl");
+        let r1 = line("2026-11-29T10:05:00+01:00", 2, [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0]);
+        let r2 = line("2026-11-29T11:10:00+01:00", 1, [0, 0, 0, 0, 0, 1], [0; 6]);
+        std::fs::write(
+            &jsonl,
+            format!(
+                "{}\n{}\n{{\"start\":\"2026",
+                serde_json::to_string(&r1).unwrap(),
+                serde_json::to_string(&r2).unwrap()
+            ),
+        )
+        .unwrap();
+        let csv = dir.path().join("b.csv");
+        let r3 = line("2026-11-29T11:20:00+01:00", 1, [0; 6], [1, 0, 0, 0, 0, 0]);
+        std::fs::write(&csv, format!("{}\n{}\n", IntervalRecord::csv_header(), r3.csv_line())).unwrap();
+
+        let (records, warnings) = read_logs(&[jsonl.clone(), csv]).unwrap();
+        assert_eq!(records.len(), 3);
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("a.jsonl:3"), "{warnings:?}");
+
+        let all = summarize(&records, None, None);
+        assert_eq!((all.people, all.intervals, all.frames, all.dropped), (4, 3, 300, 3));
+        assert_eq!(all.female, [0, 0, 0, 1, 0, 1]);
+        assert_eq!(all.per_hour.len(), 2);
+        assert_eq!(all.per_hour["2026-11-29 11:00"].1[0], 1);
+        let table = all.table();
+        assert!(table.contains("4 people in 3 intervals"), "{table}");
+
+        let from: Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
+        let late = summarize(&records, Some(from), None);
+        assert_eq!(late.people, 2, "only records from 11:00 local (10:00 UTC) on");
+        let chart = all.chart();
+        assert!(chart.width() >= 640);
+    }
+}

@@ -1,0 +1,301 @@
+//! `faceage run` on scripted clips made from UTKFace faces: exact counts, steady readings,
+//! and a counts log that survives kill -9 and SIGTERM.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use faceage_e2e::*;
+use serde_json::Value;
+
+fn events(out: &str, kind: &str) -> Vec<Value> {
+    out.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).filter(|v| v["event"] == kind).collect()
+}
+
+fn log_lines(path: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("unparsable log line {l:?}: {e}")))
+        .collect()
+}
+
+#[test]
+fn a_scripted_clip_gives_exactly_its_number_of_people() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("three.avi");
+    write_clip(&clip, &scripted_clip(&three_walkers(), 64, 640, 360, 110, false), 10);
+    let log = work.path().join("counts.jsonl");
+    let out = run_device(
+        &[
+            "run",
+            "--source",
+            clip.to_str().unwrap(),
+            "--counts-log",
+            log.to_str().unwrap(),
+            "--events",
+            "--interval",
+            "3600",
+        ],
+        tiny_model(),
+    );
+    ok(&out);
+    let people = events(&stdout(&out), "person");
+    assert_eq!(people.len(), 3, "three people walk through: {}", stdout(&out));
+    for p in &people {
+        assert!(p["age"].as_f64().unwrap() >= 0.0 && p["band"].is_string() && p["gender"].is_string(), "{p}");
+    }
+    let lines = log_lines(&log);
+    assert_eq!(lines.len(), 1, "the partial interval is written at the end of the clip");
+    assert_eq!(lines[0]["people"], 3);
+    assert_eq!(lines[0]["frames"], 64);
+    let by_band: u64 = ["female", "male"]
+        .iter()
+        .flat_map(|g| lines[0][g].as_array().unwrap().iter())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(by_band, 3, "every person is in one gender and age band");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(!text.contains("landmarks") && !text.contains("jpeg"), "aggregates only");
+
+    // The same clip as an animated GIF (a shorter cut: one person) needs no ffmpeg either.
+    let gif = work.path().join("one.gif");
+    let frames = scripted_clip(&three_walkers()[..1], 24, 320, 240, 100, false);
+    {
+        let file = std::fs::File::create(&gif).unwrap();
+        let mut encoder = image::codecs::gif::GifEncoder::new_with_speed(file, 30);
+        for f in frames {
+            let rgba = image::DynamicImage::ImageRgb8(f).into_rgba8();
+            encoder.encode_frame(image::Frame::new(rgba)).unwrap();
+        }
+    }
+    let out = run_device(
+        &["run", "--source", gif.to_str().unwrap(), "--counts-log", "-", "--events"],
+        tiny_model(),
+    );
+    ok(&out);
+    assert_eq!(events(&stdout(&out), "person").len(), 1, "{}", stdout(&out));
+}
+
+#[test]
+fn fused_readings_of_a_still_face_vary_less_than_per_frame_estimates() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("still.avi");
+    let face = spread_faces(1, 55)[0].clone();
+    let walker = Walker { face, enter: 0, leave: 40, from: (250.0, 100.0), to: (250.0, 100.0) };
+    write_clip(&clip, &scripted_clip(&[walker], 40, 640, 360, 120, true), 10);
+    let out = run_device(
+        &["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--trace"],
+        tiny_model(),
+    );
+    ok(&out);
+    let (mut fused, mut raw) = (Vec::new(), Vec::new());
+    for frame in events(&stdout(&out), "frame").iter().skip(5) {
+        let tracks = frame["tracks"].as_array().unwrap();
+        assert_eq!(tracks.len(), 1, "one still face is one track: {frame}");
+        if tracks[0]["seen"] == true {
+            fused.push(tracks[0]["age"].as_f64().unwrap());
+            raw.push(tracks[0]["frame_age"].as_f64().unwrap());
+        }
+    }
+    let spread = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        (v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / v.len() as f64).sqrt()
+    };
+    assert!(fused.len() > 25, "the face is seen in most frames");
+    let (sf, sr) = (spread(&fused), spread(&raw));
+    assert!(sr > 0.0, "per-frame estimates move with the flicker");
+    assert!(sf < sr, "fused readings are steadier: {sf:.3} vs per-frame {sr:.3}");
+}
+
+/// A clip long enough to still be running when it is interrupted.
+fn long_clip(work: &std::path::Path) -> std::path::PathBuf {
+    let clip = work.join("long.avi");
+    let mut walkers = Vec::new();
+    let faces = spread_faces(6, 33);
+    for (i, face) in faces.iter().enumerate() {
+        let enter = i * 30;
+        walkers.push(Walker {
+            face: face.clone(),
+            enter,
+            leave: enter + 24,
+            from: (40.0 + i as f32 * 20.0, 100.0),
+            to: (400.0, 120.0),
+        });
+    }
+    write_clip(&clip, &scripted_clip(&walkers, 180, 640, 360, 110, false), 10);
+    clip
+}
+
+fn spawn_run(clip: &std::path::Path, log: &std::path::Path, interval: &str) -> std::process::Child {
+    Command::new(bin("faceage"))
+        .args([
+            "run",
+            "--source",
+            clip.to_str().unwrap(),
+            "--counts-log",
+            log.to_str().unwrap(),
+            "--interval",
+            interval,
+        ])
+        .args(["--max-fps", "15", "--events"])
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--detector")
+        .arg(detector())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start faceage run")
+}
+
+#[test]
+fn kill_dash_9_loses_no_complete_line_and_the_next_run_repairs_the_log() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = long_clip(work.path());
+    let log = work.path().join("counts.jsonl");
+    let mut child = spawn_run(&clip, &log, "1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while log_lines(&log).len() < 3 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL: no chance to write anything more
+    child.wait().unwrap();
+    let before = log_lines(&log);
+    assert!(before.len() >= 3, "intervals were written while running");
+
+    // Power loss in the middle of a write leaves a torn line; the next start cuts it off.
+    let mut text = std::fs::read_to_string(&log).unwrap();
+    text.push_str("{\"start\":\"2026-11-29T10:");
+    std::fs::write(&log, text).unwrap();
+    let out = run_device(
+        &[
+            "run",
+            "--source",
+            clip.to_str().unwrap(),
+            "--counts-log",
+            log.to_str().unwrap(),
+            "--max-frames",
+            "20",
+        ],
+        tiny_model(),
+    );
+    ok(&out);
+    assert!(stderr(&out).contains("removed a torn last line"), "{}", stderr(&out));
+    let after = log_lines(&log);
+    assert_eq!(&after[..before.len()], &before[..], "every complete line survives");
+    assert_eq!(after.len(), before.len() + 1, "the new run appended its line");
+}
+
+#[test]
+fn sigterm_writes_the_partial_interval() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = long_clip(work.path());
+    let log = work.path().join("counts.csv");
+    let mut child = Command::new(bin("faceage"))
+        .args([
+            "run",
+            "--source",
+            clip.to_str().unwrap(),
+            "--counts-log",
+            log.to_str().unwrap(),
+            "--log-format",
+            "csv",
+        ])
+        .args(["--interval", "3600", "--max-fps", "15", "--events"])
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--detector")
+        .arg(detector())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait for the first person, then ask the process to stop.
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let seen_person = lines.by_ref().map_while(Result::ok).any(|l| l.contains("\"person\""));
+    assert!(seen_person);
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = child.wait().unwrap();
+    assert!(status.success(), "SIGTERM is a clean stop: {status}");
+    let text = std::fs::read_to_string(&log).unwrap();
+    let rows: Vec<&str> = text.lines().collect();
+    assert_eq!(rows.len(), 2, "a header and the partial interval: {text}");
+    let people: u32 = rows[1].split(',').nth(2).unwrap().parse().unwrap();
+    assert!(people >= 1, "{text}");
+}
+
+#[test]
+fn a_full_disk_is_reported_and_the_counts_kept_in_memory() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("three.avi");
+    write_clip(&clip, &scripted_clip(&three_walkers()[..1], 24, 320, 240, 100, false), 10);
+    let out =
+        run_device(&["run", "--source", clip.to_str().unwrap(), "--counts-log", "/dev/full"], tiny_model());
+    assert!(!out.status.success(), "lines that could not be written make the run fail at exit");
+    let err = stderr(&out);
+    assert!(err.contains("/dev/full") && err.contains("kept in memory"), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+}
+
+#[test]
+fn sources_that_cannot_be_read_are_clear_errors() {
+    let out = run_device(&["run", "--source", "camera:9", "--counts-log", "-"], tiny_model());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("camera:9") && stderr(&out).contains("cannot open"), "{}", stderr(&out));
+
+    let work = tempfile::tempdir().unwrap();
+    // An image sequence with a broken file: the frame is skipped with its name, the rest runs.
+    let frames = scripted_clip(&three_walkers()[..1], 12, 320, 240, 100, false);
+    for (i, f) in frames.iter().enumerate() {
+        f.save(work.path().join(format!("frame-{i:03}.png"))).unwrap();
+    }
+    std::fs::write(work.path().join("frame-005.png"), b"broken").unwrap();
+    let out = run_device(
+        &["run", "--source", work.path().to_str().unwrap(), "--counts-log", "-", "--events"],
+        tiny_model(),
+    );
+    ok(&out);
+    assert!(stderr(&out).contains("frame-005.png"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("11 frames"), "{}", stderr(&out));
+
+    let out = run_device(
+        &["run", "--source", work.path().join("nothing-*.jpg").to_str().unwrap(), "--counts-log", "-"],
+        tiny_model(),
+    );
+    assert!(!out.status.success() && stderr(&out).contains("no images"), "{}", stderr(&out));
+}
+
+#[test]
+fn report_summarises_logs_as_table_json_and_chart() {
+    let work = tempfile::tempdir().unwrap();
+    let log = work.path().join("counts.jsonl");
+    let mk = |start: &str, f: [u32; 6], m: [u32; 6]| {
+        serde_json::json!({"start": start, "end": start, "people": f.iter().chain(&m).sum::<u32>(), "female": f, "male": m, "frames": 10, "dropped": 0}).to_string()
+    };
+    std::fs::write(
+        &log,
+        [
+            mk("2026-11-29T09:00:00+00:00", [0, 0, 0, 2, 0, 0], [0, 0, 0, 1, 0, 0]),
+            mk("2026-11-29T09:30:00+00:00", [0, 1, 0, 0, 0, 0], [0; 6]),
+            mk("2026-11-29T14:00:00+00:00", [0; 6], [0, 0, 0, 0, 0, 4]),
+        ]
+        .join("\n")
+            + "\n",
+    )
+    .unwrap();
+    let report = |args: &[&str]| run(Command::new(bin("faceage")).arg("report").arg(&log).args(args));
+    let table = report(&[]);
+    ok(&table);
+    assert!(stdout(&table).contains("8 people in 3 intervals"), "{}", stdout(&table));
+    let json = report(&["--json", "--from", "2026-11-29T09:15:00Z", "--to", "2026-11-29T15:00:00Z"]);
+    ok(&json);
+    let v: Value = serde_json::from_str(&stdout(&json)).unwrap();
+    assert_eq!(v["people"], 5);
+    assert_eq!(v["male"][5], 4);
+    let png = work.path().join("hours.png");
+    ok(&report(&["--plot", png.to_str().unwrap()]));
+    let chart = image::open(&png).unwrap();
+    assert!(chart.width() >= 640 && chart.height() >= 300);
+}
