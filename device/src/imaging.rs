@@ -27,6 +27,16 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage> {
     Ok(image.into_rgb8())
 }
 
+/// JPEG bytes of `image` at `quality` (1-100).
+pub fn encode_jpeg(image: &RgbImage, quality: u8) -> Result<Vec<u8>> {
+    let mut out = Vec::with_capacity((image.width() * image.height() / 4) as usize);
+    let (w, h) = (u16::try_from(image.width())?, u16::try_from(image.height())?);
+    jpeg_encoder::Encoder::new(&mut out, quality)
+        .encode(image.as_raw(), w, h, jpeg_encoder::ColorType::Rgb)
+        .context("JPEG encoding failed")?;
+    Ok(out)
+}
+
 /// Bilinear sample at `p` (pixel-centre coordinates), clamping to the edge outside the image.
 #[inline]
 pub fn sample_bilinear<C: std::ops::Deref<Target = [u8]>>(
@@ -143,6 +153,14 @@ mod tests {
         assert!(corner.x.abs() < 1e-3 && corner.y.abs() < 1e-3);
         let far = placement.to_frame(Point::new(256.0 - placement.offset_x, 256.0 - placement.offset_y));
         assert!((far.x - 640.0).abs() < 1.0 && (far.y - 480.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn jpeg_round_trips() {
+        let img = RgbImage::from_fn(40, 30, |x, y| Rgb([(x * 6) as u8, (y * 8) as u8, 100]));
+        let back = decode_rgb(&encode_jpeg(&img, 90).unwrap()).unwrap();
+        assert_eq!(back.dimensions(), (40, 30));
+        assert!((back.get_pixel(20, 15).0[0] as i32 - 120).abs() < 10);
     }
 
     #[test]

@@ -50,6 +50,21 @@ impl Default for Augment {
 }
 
 impl Augment {
+    /// Every range of the default augmentation times `k` (flips stay on unless `k` is 0).
+    pub fn scaled(k: f32) -> Self {
+        let d = Self::default();
+        Self {
+            rotate_deg: d.rotate_deg * k,
+            zoom: d.zoom * k,
+            aspect: d.aspect * k,
+            shift: d.shift * k,
+            flip: k > 0.0,
+            brightness: d.brightness * k,
+            contrast: d.contrast * k,
+            saturation: d.saturation * k,
+        }
+    }
+
     pub fn none() -> Self {
         Self {
             rotate_deg: 0.0,

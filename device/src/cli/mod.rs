@@ -14,7 +14,7 @@ use clap::Args as ClapArgs;
 use faceage_device::{AgeGenderModel, BlazeFace, BlazeFaceVariant, Pipeline};
 
 /// Model files, shared by every subcommand that looks at faces.
-#[derive(ClapArgs, Clone, Debug)]
+#[derive(ClapArgs, Clone, Debug, Default)]
 pub struct ModelArgs {
     /// Age/gender model (ONNX with faceage metadata) [default: models/faceage-f32.onnx]
     #[arg(long, env = "FACEAGE_MODEL")]

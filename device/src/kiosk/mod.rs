@@ -134,8 +134,14 @@ fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
             )
         }
         "/frame.jpg" => {
+            // Frames are encoded only while someone watches: ask for a fresh one and wait for
+            // it, falling back to the last one if the pipeline is stalled.
+            let current = state.frame.lock().unwrap().generation;
             state.wanted.store(3, Ordering::Relaxed);
-            match state.frame_after(0, Duration::from_secs(2)) {
+            match state
+                .frame_after(current, Duration::from_secs(2))
+                .or_else(|| state.frame_after(0, Duration::ZERO))
+            {
                 Some((_, jpeg)) => request.respond(
                     Response::from_data(jpeg.as_slice())
                         .with_header(header("Content-Type", "image/jpeg"))

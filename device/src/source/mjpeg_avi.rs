@@ -149,9 +149,7 @@ pub fn write_mjpeg_avi(path: &Path, frames: &[RgbImage], fps: u32, quality: u8) 
     let mut jpegs = Vec::with_capacity(frames.len());
     for f in frames {
         ensure!(f.dimensions() == (w, h), "all frames must be {w}x{h}");
-        let mut bytes = Vec::new();
-        image::codecs::jpeg::JpegEncoder::new_with_quality(&mut bytes, quality).encode_image(f)?;
-        jpegs.push(bytes);
+        jpegs.push(crate::imaging::encode_jpeg(f, quality)?);
     }
     let padded = |n: usize| n + (n & 1);
     let movi_len: usize = 4 + jpegs.iter().map(|j| 8 + padded(j.len())).sum::<usize>();

@@ -1,0 +1,198 @@
+//! The kiosk view in a real browser: `faceage run --kiosk` on a clip of three people, the
+//! JSON endpoints checked against the clip, and the page loaded in headless Chromium.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use faceage_e2e::*;
+use serde_json::Value;
+
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn http_get(address: &str, path: &str) -> Vec<u8> {
+    let mut s = TcpStream::connect(address).expect("connect to kiosk");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // HTTP/1.0: a plain body, never chunked.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n").expect("HTTP response");
+    let head = String::from_utf8_lossy(&bytes[..split]).into_owned();
+    assert!(head.lines().next().is_some_and(|l| l.contains(" 200")), "{path}: {head}");
+    bytes[split + 4..].to_vec()
+}
+
+fn json(address: &str, path: &str) -> Value {
+    serde_json::from_slice(&http_get(address, path)).expect("JSON body")
+}
+
+fn chromium() -> &'static str {
+    let path = "/usr/bin/chromium";
+    assert!(
+        std::path::Path::new(path).exists(),
+        "{path} missing: install Debian's chromium (scripts/setup.sh does)"
+    );
+    path
+}
+
+fn headless(profile: &std::path::Path) -> Command {
+    let mut cmd = Command::new(chromium());
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,720",
+        "--virtual-time-budget=4000",
+    ])
+    .arg(format!("--user-data-dir={}", profile.display()));
+    cmd
+}
+
+#[test]
+fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("three.avi");
+    // Three people in view all the time, drifting a little so the picture changes.
+    let faces = spread_faces(3, 200);
+    let walkers: Vec<Walker> = faces
+        .iter()
+        .enumerate()
+        .map(|(i, f)| Walker {
+            face: f.clone(),
+            enter: 0,
+            leave: 400,
+            from: (30.0 + i as f32 * 210.0, 150.0),
+            to: (60.0 + i as f32 * 210.0, 200.0),
+        })
+        .collect();
+    write_clip(&clip, &scripted_clip(&walkers, 400, 700, 480, 120, false), 10);
+
+    let mut child = Command::new(bin("faceage"))
+        .args([
+            "run",
+            "--source",
+            clip.to_str().unwrap(),
+            "--counts-log",
+            "-",
+            "--kiosk",
+            "--bind",
+            "127.0.0.1:0",
+            "--max-fps",
+            "10",
+        ])
+        .arg("--model")
+        .arg(tiny_model())
+        .arg("--detector")
+        .arg(detector())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let child_err = child.stderr.take().unwrap();
+    let running = Running(child);
+    let mut lines = BufReader::new(child_err).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("kiosk: http://").map(|a| a.trim_end_matches('/').to_string()))
+        .expect("kiosk address on stderr");
+    std::thread::spawn(move || lines.for_each(drop)); // keep draining stderr
+
+    // The tracks endpoint: three confirmed people with "F 27"-style labels on the known faces.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut tracks = Value::Null;
+    while Instant::now() < deadline {
+        tracks = json(&address, "/api/tracks");
+        let confirmed =
+            tracks["tracks"].as_array().map_or(0, |t| t.iter().filter(|t| t["confirmed"] == true).count());
+        if confirmed == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let people: Vec<&Value> =
+        tracks["tracks"].as_array().unwrap().iter().filter(|t| t["confirmed"] == true).collect();
+    assert_eq!(people.len(), 3, "{tracks}");
+    let mut labels = Vec::new();
+    for p in &people {
+        let label = p["label"].as_str().unwrap().to_string();
+        let (g, age) = label.split_once(' ').unwrap();
+        assert!(g == "F" || g == "M", "{label}");
+        assert!(age.parse::<u32>().is_ok(), "{label}");
+        let (x, y, w) = (
+            p["x"].as_f64().unwrap() as f32,
+            p["y"].as_f64().unwrap() as f32,
+            p["w"].as_f64().unwrap() as f32,
+        );
+        let near_a_face =
+            walkers.iter().any(|wk| (x - wk.from.0).abs() < 80.0 && (y - wk.from.1).abs() < 90.0);
+        assert!(near_a_face && w > 60.0, "box {x},{y} {w} is on one of the faces");
+        labels.push(label);
+    }
+    assert!(tracks["fps"].as_f64().unwrap() > 0.0);
+    let counts = json(&address, "/api/counts");
+    assert_eq!(counts["today"]["people"], 3, "{counts}");
+
+    // The picture updates.
+    let first = http_get(&address, "/frame.jpg");
+    std::thread::sleep(Duration::from_millis(600));
+    let second = http_get(&address, "/frame.jpg");
+    assert!(first.starts_with(&[0xFF, 0xD8]) && second.starts_with(&[0xFF, 0xD8]), "JPEG frames");
+    assert!(first != second, "the picture moves on");
+
+    // The page in a real browser: the labels of the faces in view appear.
+    let dom =
+        run(headless(&work.path().join("profile-dom")).arg("--dump-dom").arg(format!("http://{address}/")));
+    let dom = stdout(&dom);
+    let items = dom.matches("<li").count();
+    assert_eq!(items, 3, "one list item per person in view:\n{dom}");
+    for label in &labels {
+        assert!(dom.contains(label.as_str()), "label {label} on the page:\n{dom}");
+    }
+    assert!(dom.contains("people since midnight") && dom.contains(" fps"), "{dom}");
+
+    // A screenshot, kept as a test artefact; the boxes drawn on the frames are in it.
+    let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kiosk-screenshot.png");
+    let _ = std::fs::remove_file(&shot);
+    let out = run(headless(&work.path().join("profile-shot"))
+        .arg(format!("--screenshot={}", shot.display()))
+        .arg(format!("http://{address}/")));
+    assert!(shot.exists(), "screenshot written: {}", stderr(&out));
+    let png = image::open(&shot).unwrap().to_rgb8();
+    let near =
+        |p: &image::Rgb<u8>, c: [u8; 3]| p.0.iter().zip(c).all(|(a, b)| (*a as i32 - b as i32).abs() < 45);
+    let box_pixels = png.pixels().filter(|p| near(p, [235, 90, 160]) || near(p, [60, 150, 235])).count();
+    assert!(
+        box_pixels > 200,
+        "boxes and labels drawn on the live picture ({box_pixels} pixels); see {}",
+        shot.display()
+    );
+    drop(running);
+}
+
+#[test]
+fn a_bind_address_beyond_loopback_comes_with_a_warning() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("one.avi");
+    write_clip(&clip, &scripted_clip(&three_walkers()[..1], 5, 320, 240, 100, false), 10);
+    let out = run_device(
+        &["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--kiosk", "--bind", "0.0.0.0:0"],
+        tiny_model(),
+    );
+    ok(&out);
+    assert!(stderr(&out).contains("shows the live camera picture to anyone"), "{}", stderr(&out));
+}
