@@ -3,6 +3,8 @@
 //!
 //!     cargo run --release --example make_clip -- OUT.avi [walk|together] [FRAMES] [WIDTHxHEIGHT]
 //!
+//! With OUT.png or OUT.jpg it writes one still photo of three faces instead.
+//!
 //! `walk` (default): three people cross the scene one after another (the demo).
 //! `together`: three faces in view in every frame (the `faceage bench --source` figure).
 //! Faces come from $FACEAGE_UTKFACE (default ../shared/datasets/utkface/UTKFace).
@@ -50,6 +52,20 @@ fn main() {
             walkers
         }
     };
-    write_clip(std::path::Path::new(out), &scripted_clip(&walkers, frames, w, h, side, true), 10);
+    let path = std::path::Path::new(out);
+    if out.ends_with(".png") || out.ends_with(".jpg") {
+        let together: Vec<Walker> = spread_faces(3, 200)
+            .into_iter()
+            .enumerate()
+            .map(|(i, face)| {
+                let x = 20.0 + i as f32 * (w as f32 - side as f32 - 40.0) / 2.0;
+                Walker { face, enter: 0, leave: 1, from: (x, h as f32 * 0.3), to: (x, h as f32 * 0.3) }
+            })
+            .collect();
+        scripted_clip(&together, 1, w, h, side, false)[0].save(path).expect("write photo");
+        eprintln!("{out}: a {w}x{h} photo of three faces");
+        return;
+    }
+    write_clip(path, &scripted_clip(&walkers, frames, w, h, side, true), 10);
     eprintln!("{out}: {frames} frames of {w}x{h}, {mode}");
 }

@@ -174,7 +174,7 @@ pub fn input_tensor(crops: &[RgbImage], contract: &ModelContract) -> Result<Tens
             }
         }
     }
-    Ok(Tensor::from_shape(&[crops.len(), 3, s, s], &data)?)
+    Tensor::from_shape(&[crops.len(), 3, s, s], &data)
 }
 
 fn output_positions(

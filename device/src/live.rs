@@ -140,7 +140,7 @@ impl Live {
     /// Closes the interval when its end has passed; returns the record and any error from
     /// writing it (the record stays queued in the log then).
     pub fn roll_if_due(&mut self, now: &Zoned) -> Option<(IntervalRecord, Result<()>)> {
-        if now < &self.next_roll {
+        if *now < self.next_roll {
             return None;
         }
         let end = self.next_roll.clone();

@@ -51,6 +51,9 @@ pub struct CropSet {
     pixels: Vec<u8>,
 }
 
+/// A face and its cached crop pixels, or why the image gave none.
+type CropOutcome = Result<(Face, Vec<u8>), String>;
+
 /// What the cache file remembers about one image, keyed by its path and size.
 #[derive(Clone, Serialize, Deserialize)]
 struct CachedImage {
@@ -201,12 +204,11 @@ impl CropSet {
         settings: &CropSettings,
         detector_path: &Path,
         threads: usize,
-    ) -> Result<Vec<Result<(Face, Vec<u8>), String>>> {
+    ) -> Result<Vec<CropOutcome>> {
         let threads = threads.max(1);
         let detectors: Vec<BlazeFace> =
             (0..threads).map(|_| BlazeFace::load(detector_path)).collect::<Result<_>>()?;
-        let results: Vec<Mutex<Option<Result<(Face, Vec<u8>), String>>>> =
-            samples.iter().map(|_| Mutex::new(None)).collect();
+        let results: Vec<Mutex<Option<CropOutcome>>> = samples.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let bar = Progress::new(samples.len() as u64, "detect + crop");
         std::thread::scope(|scope| {

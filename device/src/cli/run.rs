@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use faceage_device::counts::{CountsLog, LogFormat, Rotation};
 use faceage_device::live::{FrameReport, Live, LiveOptions};
-use faceage_device::source::{self, Frame, FrameSource, LatestFrame, SourceOptions, SourceSpec};
+use faceage_device::source::{self, Frame, FrameSource, LatestFrame, Next, SourceOptions, SourceSpec};
 use faceage_device::track::TrackerConfig;
 use jiff::ZonedDateTime as Zoned;
 use serde::Serialize;
@@ -220,12 +220,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
                 }
             },
             Frames::Live(latest) => match latest.next(Duration::from_millis(250)) {
-                Ok(Some(frame)) => (frame, latest.dropped()),
-                Ok(None) => {
+                Next::Frame(frame) => (frame, latest.dropped()),
+                Next::Timeout => {
                     roll(&mut live, args.events, &mut stdout)?;
                     continue;
                 }
-                Err(()) => break,
+                Next::Closed => break,
             },
         };
         consecutive_errors = 0;

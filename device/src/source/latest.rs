@@ -23,6 +23,25 @@ struct Shared {
     stop: AtomicBool,
 }
 
+/// What [`LatestFrame::next`] found.
+#[derive(Debug)]
+pub enum Next {
+    Frame(Frame),
+    /// Nothing new within the timeout.
+    Timeout,
+    /// The reader stopped: no more frames will come.
+    Closed,
+}
+
+impl Next {
+    pub fn frame(self) -> Option<Frame> {
+        match self {
+            Next::Frame(f) => Some(f),
+            _ => None,
+        }
+    }
+}
+
 pub struct LatestFrame {
     shared: Arc<Shared>,
     reader: Option<std::thread::JoinHandle<()>>,
@@ -148,16 +167,15 @@ impl LatestFrame {
         Self { shared, reader: Some(reader) }
     }
 
-    /// The newest frame not yet taken, waiting up to `timeout` for one. `Ok(None)` on timeout;
-    /// `Err(())` once the reader has closed.
-    pub fn next(&self, timeout: Duration) -> std::result::Result<Option<Frame>, ()> {
+    /// The newest frame not yet taken, waiting up to `timeout` for one.
+    pub fn next(&self, timeout: Duration) -> Next {
         let slot = self.shared.slot.lock().unwrap();
         let (mut slot, _) =
             self.shared.ready.wait_timeout_while(slot, timeout, |s| s.frame.is_none() && !s.closed).unwrap();
         match slot.frame.take() {
-            Some(frame) => Ok(Some(frame)),
-            None if slot.closed => Err(()),
-            None => Ok(None),
+            Some(frame) => Next::Frame(frame),
+            None if slot.closed => Next::Closed,
+            None => Next::Timeout,
         }
     }
 
@@ -227,9 +245,9 @@ mod tests {
             || Ok(Box::new(Counter { n: 0, fail_at: None }) as Box<dyn FrameSource>),
             |_| {},
         );
-        let first = latest.next(Duration::from_secs(2)).unwrap().unwrap();
+        let first = latest.next(Duration::from_secs(2)).frame().unwrap();
         std::thread::sleep(Duration::from_millis(100)); // "inference"
-        let second = latest.next(Duration::from_secs(2)).unwrap().unwrap();
+        let second = latest.next(Duration::from_secs(2)).frame().unwrap();
         assert!(
             second.index > first.index + 5,
             "stale frames were skipped ({} -> {})",
@@ -238,7 +256,7 @@ mod tests {
         );
         assert!(latest.dropped() >= 5);
         latest.stop();
-        assert!(latest.next(Duration::from_millis(10)).is_err(), "closed after stop");
+        assert!(matches!(latest.next(Duration::from_millis(10)), Next::Closed), "closed after stop");
     }
 
     #[test]

@@ -267,7 +267,7 @@ mod tests {
         std::fs::write(&cut, &bytes[..bytes.len() * 2 / 3]).unwrap();
         let mut source = MjpegAviSource::open(&cut).unwrap();
         let mut n = 0;
-        while let Some(_) = source.next_frame().unwrap() {
+        while source.next_frame().unwrap().is_some() {
             n += 1;
         }
         assert!((1..4).contains(&n), "complete frames before the cut are read: {n}");

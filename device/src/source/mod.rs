@@ -30,7 +30,7 @@ pub use animation::AnimationSource;
 pub use camera::CameraSource;
 pub use ffmpeg::FfmpegSource;
 pub use images::ImageSequence;
-pub use latest::LatestFrame;
+pub use latest::{LatestFrame, Next};
 pub use mjpeg_avi::{MjpegAviSource, write_mjpeg_avi};
 
 /// One frame and where it sits in its stream.
@@ -85,10 +85,8 @@ impl SourceSpec {
                 .map_err(|_| anyhow::anyhow!("{spec}: camera index must be a number, e.g. camera:0"))?;
             return Ok(SourceSpec::Camera(n));
         }
-        if let Some(n) = spec.strip_prefix("/dev/video") {
-            if let Ok(n) = n.parse() {
-                return Ok(SourceSpec::Camera(n));
-            }
+        if let Some(Ok(n)) = spec.strip_prefix("/dev/video").map(str::parse) {
+            return Ok(SourceSpec::Camera(n));
         }
         if spec.contains("://") {
             return Ok(SourceSpec::Stream(spec.to_string()));

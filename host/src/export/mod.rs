@@ -115,6 +115,9 @@ pub trait Encoding {
     fn dense(&self, g: &mut Graph, d: &Dense, input: &str) -> Result<String>;
 }
 
+/// Writes a weight tensor (name, dims, values) and returns the name the graph reads it by.
+pub type WeightFn<'a> = dyn Fn(&mut Graph, &str, &[usize], &[f32]) -> Result<String> + 'a;
+
 /// Writes the f32-compute trunk (Conv, Relu, MaxPool, global average pool), asking `weight`
 /// for each conv weight tensor and `activation` for each conv input; returns the features
 /// and the names of the tensors entering each conv (then the features), for calibration.
@@ -122,7 +125,7 @@ pub fn float_trunk(
     g: &mut Graph,
     net: &FoldedNet,
     input: &str,
-    weight: &dyn Fn(&mut Graph, &str, &[usize], &[f32]) -> Result<String>,
+    weight: &WeightFn,
     activation: &dyn Fn(&mut Graph, &str, usize) -> Result<String>,
 ) -> Result<(String, Vec<String>)> {
     let mut x = input.to_string();
@@ -162,12 +165,7 @@ pub fn max_pool_attributes() -> Vec<tract_onnx::pb::AttributeProto> {
 }
 
 /// Writes a Gemm head with the weight tensor `weight` gives.
-pub fn float_dense(
-    g: &mut Graph,
-    d: &Dense,
-    input: &str,
-    weight: &dyn Fn(&mut Graph, &str, &[usize], &[f32]) -> Result<String>,
-) -> Result<String> {
+pub fn float_dense(g: &mut Graph, d: &Dense, input: &str, weight: &WeightFn) -> Result<String> {
     let w = weight(g, &format!("{}.weight", d.name), &[d.outputs, d.inputs], &d.weight)?;
     let b = g.init_f32(&format!("{}.bias", d.name), &[d.outputs], &d.bias);
     let out = format!("{}.out", d.name);

@@ -384,6 +384,23 @@ pub fn describe(format: faceage_device::QuantFormat, method: Calibration, crops:
     )
 }
 
+/// Guards against writing a quantized file that is mostly not int8 (a regression that would
+/// silently ship an f32-sized file).
+pub fn check_size(bytes: usize, parameters: usize) -> Result<()> {
+    ensure!(
+        bytes < parameters * 2 + 64 * 1024,
+        "quantized file is {bytes} bytes for {parameters} parameters: weights were not stored as int8"
+    );
+    Ok(())
+}
+
+/// Loads calibration crops (the exact board crops) from a crop set.
+pub fn calibration_crops(set: &crate::crops::CropSet, count: usize) -> Result<Vec<RgbImage>> {
+    ensure!(!set.is_empty(), "no crops to calibrate on");
+    let step = (set.len() / count.max(1)).max(1);
+    Ok((0..set.len()).step_by(step).take(count).map(|i| set.model_crop(i)).collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,21 +431,4 @@ mod tests {
     fn transpose_swaps_rows_and_columns() {
         assert_eq!(transpose(&[1., 2., 3., 4., 5., 6.], 2, 3), vec![1., 4., 2., 5., 3., 6.]);
     }
-}
-
-/// Guards against writing a quantized file that is mostly not int8 (a regression that would
-/// silently ship an f32-sized file).
-pub fn check_size(bytes: usize, parameters: usize) -> Result<()> {
-    ensure!(
-        bytes < parameters * 2 + 64 * 1024,
-        "quantized file is {bytes} bytes for {parameters} parameters: weights were not stored as int8"
-    );
-    Ok(())
-}
-
-/// Loads calibration crops (the exact board crops) from a crop set.
-pub fn calibration_crops(set: &crate::crops::CropSet, count: usize) -> Result<Vec<RgbImage>> {
-    ensure!(!set.is_empty(), "no crops to calibrate on");
-    let step = (set.len() / count.max(1)).max(1);
-    Ok((0..set.len()).step_by(step).take(count).map(|i| set.model_crop(i)).collect())
 }

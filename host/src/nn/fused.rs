@@ -75,8 +75,7 @@ struct BnReluTrain {
 
 /// Per-channel (mean, 1/sqrt(var + eps)) handed from the forward pass to the gradient.
 fn stats_tensor(stats: &[(f32, f32)], device: &candle_core::Device) -> Result<Tensor> {
-    let flat: Vec<f32> =
-        stats.iter().map(|&(mean, var)| [mean, 1.0 / (var + BN_EPS).sqrt()]).flatten().collect();
+    let flat: Vec<f32> = stats.iter().flat_map(|&(mean, var)| [mean, 1.0 / (var + BN_EPS).sqrt()]).collect();
     Tensor::from_vec(flat, stats.len() * 2, device)
 }
 

@@ -69,7 +69,7 @@ impl NetConfig {
         );
         let shrink = 1u32 << self.stages.len();
         ensure!(
-            self.input_size % shrink == 0,
+            self.input_size.is_multiple_of(shrink),
             "input size {} must be divisible by {shrink} ({} pooling stages)",
             self.input_size,
             self.stages.len()

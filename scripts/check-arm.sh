@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Proof that the board binary builds and works on ARM without Docker: Debian's own Rust
+# (rustc-web 1.96 with the arm64 standard library) cross-compiles `faceage` for aarch64, qemu
+# runs the device library's tests and `faceage classify` on a photo, and the readings must
+# agree with the x86 build's: 0.05 years of age and 0.005 of p(female) per face.
+#
+#   scripts/check-arm.sh             # aarch64 (what CI runs)
+#   scripts/check-arm.sh --armv7     # and armv7 (-Z build-std): a build and classify under qemu-arm
+#   scripts/check-arm.sh --size      # and the stripped size of the release (LTO) aarch64 binary
+#
+# FACEAGE_ARM_PROFILE: cargo profile of the checks (default `fast`: optimised, no LTO; the
+# release profile adds fat LTO and takes much longer). The ARM target directory is cached in
+# FACEAGE_ARM_TARGET_DIR (default ~/.cache/faceage-arm/target) so repeat runs are quick.
+# Timings under qemu mean nothing; only correctness does.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+armv7=0
+size=0
+for arg in "$@"; do
+  case "$arg" in
+    --armv7) armv7=1 ;;
+    --size) size=1 ;;
+    *) echo "usage: scripts/check-arm.sh [--armv7] [--size]" >&2; exit 2 ;;
+  esac
+done
+PROFILE="${FACEAGE_ARM_PROFILE:-fast}"
+ARM_TARGET_DIR="${FACEAGE_ARM_TARGET_DIR:-$HOME/.cache/faceage-arm/target}"
+start=$(date +%s)
+log() { echo "[arm $(( $(date +%s) - start )) s] $*"; }
+
+SUDO=""
+[ "$(id -u)" = 0 ] || SUDO=sudo
+need=()
+dpkg --print-foreign-architectures | grep -qx arm64 || { $SUDO dpkg --add-architecture arm64; need+=(update); }
+for p in rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+         qemu-user-static libclang-dev rust-web-src gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing Debian's cross toolchain"
+  $SUDO apt-get update -qq || true  # a foreign mirror mid-sync must not stop the check
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
+    qemu-user-static libclang-dev rust-web-src gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+fi
+
+# The host binary and a photo to compare readings on (the x86 build is the reference).
+log "x86 reference build"
+cargo build -q -p faceage-device --bin faceage
+cargo build -q --example make_clip
+X86_TARGET="${CARGO_TARGET_DIR:-target}"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$X86_TARGET/debug/examples/make_clip" "$work/photo.png" 2>/dev/null
+MODEL="${FACEAGE_MODEL:-models/faceage-int8.onnx}"
+[ -f "$MODEL" ] || MODEL=models/faceage-f32.onnx
+DETECTOR=models/face_detection_back_256x256_barracuda.onnx
+"$X86_TARGET/debug/faceage" classify --json --model "$MODEL" --detector "$DETECTOR" "$work/photo.png" > "$work/x86.json"
+
+# Debian's cargo and rustc, ahead of rustup's; linker, runner and bindgen sysroot per target.
+export PATH="/usr/bin:/bin"
+export CARGO_TARGET_DIR="$ARM_TARGET_DIR"
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
+# `-L /`, not `-L /usr/aarch64-linux-gnu`: with two aarch64 libc copies every thread start hangs.
+export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L /"
+export BINDGEN_EXTRA_CLANG_ARGS_aarch64_unknown_linux_gnu="--sysroot=/usr/aarch64-linux-gnu"
+export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
+export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_RUNNER="qemu-arm-static -L /usr/arm-linux-gnueabihf"
+export BINDGEN_EXTRA_CLANG_ARGS_armv7_unknown_linux_gnueabihf="--sysroot=/usr/arm-linux-gnueabihf"
+export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
+rustc --version
+
+compare() {  # compare.py-free: jq-free JSON check with the faceage binary's own output
+  local arm_json="$1" name="$2"
+  python3 - "$work/x86.json" "$arm_json" "$name" <<'PY'
+import json, sys
+a, b, name = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+fa, fb = a[0]["faces"], b[0]["faces"]
+assert len(fa) == len(fb) and len(fa) > 0, f"{name}: {len(fb)} faces vs {len(fa)} on x86"
+worst_age = max(abs(x["age"] - y["age"]) for x, y in zip(fa, fb))
+worst_p = max(abs(x["female"] - y["female"]) for x, y in zip(fa, fb))
+worst_box = max(abs(x[k] - y[k]) for x, y in zip(fa, fb) for k in "xywh")
+print(f"{name} vs x86: {len(fa)} faces, max |age diff| {worst_age:.3f}, max |p diff| {worst_p:.4f}, max box diff {worst_box:.1f} px")
+assert worst_age <= 0.05 and worst_p <= 0.005 and worst_box <= 1.0, f"{name} readings differ from x86"
+PY
+}
+
+log "aarch64: device library tests under qemu ($PROFILE profile)"
+cargo test --profile "$PROFILE" --target aarch64-unknown-linux-gnu -p faceage-device --lib
+log "aarch64: faceage binary"
+cargo build --profile "$PROFILE" --target aarch64-unknown-linux-gnu -p faceage-device --bin faceage
+ARM_BIN="$ARM_TARGET_DIR/aarch64-unknown-linux-gnu/$PROFILE/faceage"
+file "$ARM_BIN" | grep -q "ARM aarch64" || { echo "not an aarch64 binary: $ARM_BIN" >&2; exit 1; }
+qemu-aarch64-static -L / "$ARM_BIN" classify --json --model "$MODEL" --detector "$DETECTOR" "$work/photo.png" > "$work/aarch64.json"
+compare "$work/aarch64.json" aarch64
+
+if [ "$armv7" = 1 ]; then
+  log "armv7: faceage binary (-Z build-std with Debian's rust-web-src)"
+  RUSTC_BOOTSTRAP=1 cargo build --profile "$PROFILE" --target armv7-unknown-linux-gnueabihf \
+    -Z build-std=std,panic_abort -p faceage-device --bin faceage
+  V7_BIN="$ARM_TARGET_DIR/armv7-unknown-linux-gnueabihf/$PROFILE/faceage"
+  qemu-arm-static -L /usr/arm-linux-gnueabihf "$V7_BIN" classify --json --model "$MODEL" --detector "$DETECTOR" "$work/photo.png" > "$work/armv7.json"
+  compare "$work/armv7.json" armv7
+fi
+
+if [ "$size" = 1 ]; then
+  log "aarch64: release binary (fat LTO, codegen-units 1, stripped)"
+  cargo build --release --target aarch64-unknown-linux-gnu -p faceage-device --bin faceage
+  REL="$ARM_TARGET_DIR/aarch64-unknown-linux-gnu/release/faceage"
+  bytes=$(stat -c %s "$REL")
+  echo "aarch64 release binary: $bytes bytes ($(( bytes / 1024 / 1024 )) MiB), bar 15 MB"
+  [ "$bytes" -lt 15000000 ] || { echo "over the 15 MB bar" >&2; exit 1; }
+fi
+log "ARM check passed"
