@@ -69,6 +69,7 @@ impl AgeGenderModel {
     pub fn from_bytes(bytes: &[u8], label: &str) -> Result<Self> {
         let proto = crate::onnx::decode_model(bytes, label)?;
         let contract = ModelContract::from_metadata(&crate::onnx::metadata(&proto), label)?;
+        crate::onnx::check_initializers(&proto, label)?;
         let outputs = output_positions(&proto, &contract, label)?;
         check_input(&proto, &contract, label)?;
         let plan = crate::onnx::runnable(&proto, None, label)?;

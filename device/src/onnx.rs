@@ -26,6 +26,51 @@ pub fn decode_model(bytes: &[u8], label: &str) -> Result<ModelProto> {
     Ok(proto)
 }
 
+/// Refuses weights that cannot be right: non-finite f32 initializers, and quantization scales
+/// that are not positive (a corrupt or hand-edited file would otherwise load and give quietly
+/// wrong readings, since ReLU and max-pool can swallow NaN).
+pub fn check_initializers(proto: &ModelProto, label: &str) -> Result<()> {
+    use tract_onnx::pb::tensor_proto::DataType;
+    let Some(graph) = proto.graph.as_ref() else { return Ok(()) };
+    // Inputs that are scales: position(s) per operator.
+    let mut scales = std::collections::HashSet::new();
+    for node in &graph.node {
+        let positions: &[usize] = match node.op_type.as_str() {
+            "QuantizeLinear" | "DequantizeLinear" => &[1],
+            "QLinearConv" | "QLinearMatMul" => &[1, 4, 6],
+            _ => &[],
+        };
+        for &p in positions {
+            if let Some(name) = node.input.get(p) {
+                scales.insert(name.as_str());
+            }
+        }
+    }
+    for t in &graph.initializer {
+        if t.data_type != DataType::Float as i32 {
+            continue;
+        }
+        let values: Vec<f32> = if t.raw_data.is_empty() {
+            t.float_data.clone()
+        } else {
+            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+        };
+        if values.iter().any(|v| !v.is_finite()) {
+            bail!(
+                "{label}: tensor {} holds non-finite values: corrupt weights or quantization scales?",
+                t.name
+            );
+        }
+        if scales.contains(t.name.as_str()) && values.iter().any(|v| *v <= 0.0) {
+            bail!(
+                "{label}: quantization scale {} is not positive: corrupt weights or quantization scales?",
+                t.name
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Reads and decodes an ONNX file.
 pub fn read_model(path: &Path) -> Result<ModelProto> {
     let bytes = std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
@@ -50,10 +95,16 @@ pub fn runnable(
     if let Some(fact) = input_fact {
         model = model.with_input_fact(0, fact).map_err(|e| anyhow::anyhow!("{e:#}"))?;
     }
-    let plan = model
-        .into_optimized()
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| anyhow::anyhow!("{e:#}"))
-        .with_context(|| format!("{label}: tract cannot optimise this ONNX graph"))?;
+    let plan = model.into_optimized().and_then(|m| m.into_runnable()).map_err(|e| {
+        let text = format!("{e:#}");
+        // tract parses operators it does not know as `Unimplemented(Op)` and fails later;
+        // name the operator instead of the translation step.
+        match text.split("Unimplemented(").nth(1).and_then(|rest| rest.split(')').next()) {
+            Some(op) => anyhow::anyhow!(
+                "{label}: tract cannot load this ONNX graph: operator {op} is not supported ({text})"
+            ),
+            None => anyhow::anyhow!("{label}: tract cannot optimise this ONNX graph: {text}"),
+        }
+    })?;
     Ok(plan)
 }

@@ -194,19 +194,26 @@ impl Model {
     }
 
     /// Predictions on the exact board crops of `set`, in eval mode.
-    pub fn predict(&self, set: &CropSet, device: &Device) -> Result<Vec<Prediction>> {
+    /// Predictions on the exact board crops of `set`, in eval mode, read as the exported file
+    /// reads them (with `mirror`: each face and its mirror image, averaged).
+    pub fn predict_mirrored(&self, set: &CropSet, device: &Device, mirror: bool) -> Result<Vec<Prediction>> {
         let s = set.settings.input_size as usize;
         let mut out = Vec::with_capacity(set.len());
         let indices: Vec<usize> = (0..set.len()).collect();
         for chunk in indices.chunks(256) {
             let batch = make_batch(set, chunk, None);
             let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
-            let o = self.net.forward(&x, false)?;
-            let ages = o.age.to_vec1::<f32>()?;
-            let female = candle_nn::ops::sigmoid(&o.female_logit)?.to_vec1::<f32>()?;
+            let (age, female, _) = self.net.infer(&x, mirror)?;
+            let ages = age.to_vec1::<f32>()?;
+            let female = female.to_vec1::<f32>()?;
             out.extend(ages.into_iter().zip(female).map(|(age, female)| Prediction { age, female }));
         }
         Ok(out)
+    }
+
+    /// Plain single-view predictions (what training selects models on).
+    pub fn predict(&self, set: &CropSet, device: &Device) -> Result<Vec<Prediction>> {
+        self.predict_mirrored(set, device, false)
     }
 
     pub fn evaluate(&self, set: &CropSet, device: &Device) -> Result<Evaluation> {

@@ -123,14 +123,20 @@ pub fn compose_scene(faces: &[PathBuf], width: u32, height: u32, side: u32) -> (
     (scene, placements)
 }
 
-/// A tiny model trained and exported once per test process (a few hundred images, two
-/// epochs), shared by the tests that need *a* model rather than a good one.
-pub fn tiny_model() -> &'static Path {
-    static MODEL: OnceLock<PathBuf> = OnceLock::new();
-    MODEL.get_or_init(|| {
+/// A tiny model trained once per test process (a few hundred images, two epochs) and
+/// exported as f32, shared by the tests that need *a* model rather than a good one.
+pub struct TinyRun {
+    /// Work folder: `run/` (the training run), `cache/`, and the model files.
+    pub dir: PathBuf,
+    pub f32_model: PathBuf,
+}
+
+pub fn tiny_run() -> &'static TinyRun {
+    static RUN: OnceLock<TinyRun> = OnceLock::new();
+    RUN.get_or_init(|| {
         let dir = tempfile::Builder::new().prefix("faceage-tiny-").tempdir().expect("temp dir").keep();
         let run = dir.join("run");
-        let model = dir.join("tiny.onnx");
+        let model = dir.join("tiny-f32.onnx");
         ok(&run_host(
             &[
                 "train",
@@ -148,8 +154,12 @@ pub fn tiny_model() -> &'static Path {
             &dir,
         ));
         ok(&run_host(&["export", "--run", run.to_str().unwrap(), "--out", model.to_str().unwrap()], &dir));
-        model
+        TinyRun { dir, f32_model: model }
     })
+}
+
+pub fn tiny_model() -> &'static Path {
+    &tiny_run().f32_model
 }
 
 /// Runs `faceage-host` with the shared data, detector and a cache inside `work`.

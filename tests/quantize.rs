@@ -1,0 +1,134 @@
+//! int8 export: both forms load and run in tract through the board's code, stay close to the
+//! f32 model on real faces, and broken files are refused with the reason.
+
+use std::path::Path;
+
+use faceage_e2e::*;
+use prost::Message;
+use serde_json::Value;
+
+fn export_int8(format: &str) -> std::path::PathBuf {
+    let run = tiny_run();
+    let f32_out = run.dir.join(format!("q-{format}-f32.onnx"));
+    let out = run.dir.join(format!("q-{format}.onnx"));
+    let exported = run_host(
+        &[
+            "export",
+            "--run",
+            run.dir.join("run").to_str().unwrap(),
+            "--out",
+            f32_out.to_str().unwrap(),
+            "--quantize",
+            "int8",
+            "--quant-format",
+            format,
+            "--int8-out",
+            out.to_str().unwrap(),
+            "--calibration-crops",
+            "64",
+        ],
+        &run.dir,
+    );
+    ok(&exported);
+    assert!(
+        stdout(&exported).contains(&format!("int8-{}", if format == "qdq" { "qdq" } else { "qoperator" })),
+        "{}",
+        stdout(&exported)
+    );
+    out
+}
+
+fn readings(model: &Path, photo: &Path) -> Vec<(f64, f64)> {
+    let out = run_device(&["classify", "--json", photo.to_str().unwrap()], model);
+    ok(&out);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    v[0]["faces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["age"].as_f64().unwrap(), f["female"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn both_int8_forms_run_in_tract_close_to_f32_on_real_faces() {
+    let work = tempfile::tempdir().unwrap();
+    let (scene, _) = compose_scene(&spread_faces(4, 301), 900, 400, 150);
+    let photo = work.path().join("group.png");
+    scene.save(&photo).unwrap();
+    let reference = readings(tiny_model(), &photo);
+    assert_eq!(reference.len(), 4);
+    let f32_size = std::fs::metadata(tiny_model()).unwrap().len();
+    for format in ["qdq", "qoperator"] {
+        let model = export_int8(format);
+        let size = std::fs::metadata(&model).unwrap().len();
+        assert!(size < f32_size, "{format}: {size} bytes, f32 {f32_size}");
+        let got = readings(&model, &photo);
+        assert_eq!(got.len(), reference.len());
+        for ((a, p), (qa, qp)) in reference.iter().zip(&got) {
+            // Stated tolerance per face: 1.5 years of age, 0.05 of probability.
+            assert!(
+                (a - qa).abs() <= 1.5 && (p - qp).abs() <= 0.05,
+                "{format}: f32 ({a:.2}, {p:.3}) vs int8 ({qa:.2}, {qp:.3})"
+            );
+        }
+        // The file says how it was quantized, and `verify` measures it on the test split.
+        let verify = run_host(
+            &[
+                "verify",
+                tiny_model().to_str().unwrap(),
+                model.to_str().unwrap(),
+                "--run",
+                tiny_run().dir.join("run").to_str().unwrap(),
+            ],
+            &tiny_run().dir,
+        );
+        let text = stdout(&verify);
+        assert!(text.contains("uint8 activations per tensor") && text.contains("against"), "{text}");
+    }
+}
+
+fn edit_model(src: &Path, dst: &Path, edit: impl FnOnce(&mut tract_onnx::pb::ModelProto)) {
+    let mut proto = tract_onnx::pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
+    edit(&mut proto);
+    std::fs::write(dst, proto.encode_to_vec()).unwrap();
+}
+
+#[test]
+fn a_corrupt_scale_or_a_foreign_op_is_refused_with_the_reason() {
+    let work = tempfile::tempdir().unwrap();
+    let (scene, _) = compose_scene(&spread_faces(1, 9), 400, 300, 140);
+    let photo = work.path().join("p.png");
+    scene.save(&photo).unwrap();
+    let int8 = export_int8("qdq");
+
+    let corrupt = work.path().join("corrupt-scale.onnx");
+    edit_model(&int8, &corrupt, |m| {
+        let graph = m.graph.as_mut().unwrap();
+        let scale =
+            graph.initializer.iter_mut().find(|t| t.name == "conv2.weight.scale").expect("a weight scale");
+        scale.raw_data = scale.raw_data.chunks(4).flat_map(|_| f32::NAN.to_le_bytes()).collect();
+    });
+    let out = run_device(&["classify", photo.to_str().unwrap()], &corrupt);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("corrupt-scale.onnx") && err.contains("corrupt weights or quantization scales"),
+        "{err}"
+    );
+
+    let foreign = work.path().join("foreign-op.onnx");
+    edit_model(&int8, &foreign, |m| {
+        let node = m.graph.as_mut().unwrap().node.iter_mut().find(|n| n.op_type == "Relu").unwrap();
+        node.op_type = "FancyActivation".into();
+    });
+    let out = run_device(&["classify", photo.to_str().unwrap()], &foreign);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("foreign-op.onnx")
+            && err.contains("tract cannot load")
+            && err.contains("FancyActivation"),
+        "{err}"
+    );
+}
