@@ -158,10 +158,21 @@ fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
     let dom =
         run(headless(&work.path().join("profile-dom")).arg("--dump-dom").arg(format!("http://{address}/")));
     let dom = stdout(&dom);
-    let items = dom.matches("<li").count();
-    assert_eq!(items, 3, "one list item per person in view:\n{dom}");
-    for label in &labels {
-        assert!(dom.contains(label.as_str()), "label {label} on the page:\n{dom}");
+    // The list items' labels ("F 27 (±4 y, 80%)"): as many as people in view, with the same
+    // genders and ages close to the endpoint's (fused ages can move a little in between).
+    let items: Vec<&str> =
+        dom.split("<li").skip(1).filter_map(|li| li.split('>').nth(1)?.split('<').next()).collect();
+    assert_eq!(items.len(), 3, "one list item per person in view:\n{dom}");
+    let parse = |label: &str| -> (char, i64) {
+        let mut parts = label.split_whitespace();
+        (parts.next().unwrap().chars().next().unwrap(), parts.next().unwrap().parse().unwrap())
+    };
+    let mut shown: Vec<(char, i64)> = items.iter().map(|t| parse(t)).collect();
+    let mut expected: Vec<(char, i64)> = labels.iter().map(|l| parse(l)).collect();
+    shown.sort();
+    expected.sort();
+    for (s, e) in shown.iter().zip(&expected) {
+        assert!(s.0 == e.0 && (s.1 - e.1).abs() <= 3, "page shows {shown:?}, the endpoint said {expected:?}");
     }
     assert!(dom.contains("people since midnight") && dom.contains(" fps"), "{dom}");
 
