@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use faceage_e2e::*;
@@ -81,27 +81,20 @@ fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
         .collect();
     write_clip(&clip, &scripted_clip(&walkers, 400, 700, 480, 120, false), 10);
 
-    let mut child = Command::new(bin("faceage"))
-        .args([
-            "run",
-            "--source",
-            clip.to_str().unwrap(),
-            "--counts-log",
-            "-",
-            "--kiosk",
-            "--bind",
-            "127.0.0.1:0",
-            "--max-fps",
-            "10",
-        ])
-        .arg("--model")
-        .arg(tiny_model())
-        .arg("--detector")
-        .arg(detector())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let clip_arg = clip.to_str().unwrap();
+    let args = [
+        "run",
+        "--source",
+        clip_arg,
+        "--counts-log",
+        "-",
+        "--kiosk",
+        "--bind",
+        "127.0.0.1:0",
+        "--max-fps",
+        "10",
+    ];
+    let mut child = spawn_device(&args, tiny_model());
     let child_err = child.stderr.take().unwrap();
     let running = Running(child);
     let mut lines = BufReader::new(child_err).lines();

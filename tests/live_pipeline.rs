@@ -2,7 +2,7 @@
 //! and a counts log that survives kill -9 and SIGTERM.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use faceage_e2e::*;
@@ -128,25 +128,22 @@ fn long_clip(work: &std::path::Path) -> std::path::PathBuf {
 }
 
 fn spawn_run(clip: &std::path::Path, log: &std::path::Path, interval: &str) -> std::process::Child {
-    Command::new(bin("faceage"))
-        .args([
+    let (clip, log) = (clip.to_str().unwrap(), log.to_str().unwrap());
+    spawn_device(
+        &[
             "run",
             "--source",
-            clip.to_str().unwrap(),
+            clip,
             "--counts-log",
-            log.to_str().unwrap(),
+            log,
             "--interval",
             interval,
-        ])
-        .args(["--max-fps", "15", "--events"])
-        .arg("--model")
-        .arg(tiny_model())
-        .arg("--detector")
-        .arg(detector())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start faceage run")
+            "--max-fps",
+            "15",
+            "--events",
+        ],
+        tiny_model(),
+    )
 }
 
 #[test]
@@ -192,25 +189,22 @@ fn sigterm_writes_the_partial_interval() {
     let work = tempfile::tempdir().unwrap();
     let clip = long_clip(work.path());
     let log = work.path().join("counts.csv");
-    let mut child = Command::new(bin("faceage"))
-        .args([
-            "run",
-            "--source",
-            clip.to_str().unwrap(),
-            "--counts-log",
-            log.to_str().unwrap(),
-            "--log-format",
-            "csv",
-        ])
-        .args(["--interval", "3600", "--max-fps", "15", "--events"])
-        .arg("--model")
-        .arg(tiny_model())
-        .arg("--detector")
-        .arg(detector())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (c, l) = (clip.to_str().unwrap(), log.to_str().unwrap());
+    let args = [
+        "run",
+        "--source",
+        c,
+        "--counts-log",
+        l,
+        "--log-format",
+        "csv",
+        "--interval",
+        "3600",
+        "--max-fps",
+        "15",
+        "--events",
+    ];
+    let mut child = spawn_device(&args, tiny_model());
     // Wait for the first person, then ask the process to stop.
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let seen_person = lines.by_ref().map_while(Result::ok).any(|l| l.contains("\"person\""));

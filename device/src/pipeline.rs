@@ -36,6 +36,7 @@ impl From<&FaceReading> for FaceSummary {
     fn from(r: &FaceReading) -> Self {
         let b = &r.face.bbox;
         let round1 = |v: f32| (v * 10.0).round() / 10.0;
+        let round2 = |v: f32| (v * 100.0).round() / 100.0;
         let round3 = |v: f32| (v * 1000.0).round() / 1000.0;
         FaceSummary {
             x: round1(b.x0()),
@@ -43,8 +44,8 @@ impl From<&FaceReading> for FaceSummary {
             w: round1(b.w),
             h: round1(b.h),
             score: round3(r.face.score),
-            age: round1(r.estimate.age),
-            age_std: r.estimate.age_std.map(round1),
+            age: round2(r.estimate.age),
+            age_std: r.estimate.age_std.map(round2),
             gender: r.estimate.gender(),
             female: round3(r.estimate.female),
         }

@@ -178,6 +178,21 @@ pub fn run_device(args: &[&str], model: &Path) -> Output {
     run(Command::new(bin("faceage")).args(args).arg("--model").arg(model).arg("--detector").arg(detector()))
 }
 
+/// Starts `faceage` in the background with the given model and the shared detector,
+/// stdout and stderr piped.
+pub fn spawn_device(args: &[&str], model: &Path) -> std::process::Child {
+    Command::new(bin("faceage"))
+        .args(args)
+        .arg("--model")
+        .arg(model)
+        .arg("--detector")
+        .arg(detector())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start faceage")
+}
+
 /// Intersection over union of two boxes given as (x0, y0, x1, y1).
 pub fn iou(a: (f32, f32, f32, f32), b: (f32, f32, f32, f32)) -> f32 {
     let ix = (a.2.min(b.2) - a.0.max(b.0)).max(0.0);

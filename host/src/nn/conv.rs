@@ -24,6 +24,8 @@ use candle_core::{CpuStorage, CustomOp2, Layout, Result, Shape, Tensor, bail};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
+use super::cpu_f32;
+
 /// Geometry of a square convolution window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Window {
@@ -74,14 +76,6 @@ impl Geometry {
     fn chunks(&self) -> Vec<Range<usize>> {
         let step = self.chunk_images();
         (0..self.n).step_by(step).map(|start| start..(start + step).min(self.n)).collect()
-    }
-}
-
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{op}: input must be contiguous"),
     }
 }
 
@@ -378,8 +372,8 @@ impl CustomOp2 for ConvCnhw {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let w = contiguous_f32(s2, l2, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let w = cpu_f32(s2, l2, self.name())?;
         let (o, ..) = l2.shape().dims4()?;
         let g = Geometry::new(self.window, l1.shape().dims4()?, o);
         let y = conv_forward(x, w, &g);
@@ -417,8 +411,8 @@ impl CustomOp2 for ConvWeightGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1, self.name())?;
-        let dy = contiguous_f32(s2, l2, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let dy = cpu_f32(s2, l2, self.name())?;
         let (o, ..) = l2.shape().dims4()?;
         let g = Geometry::new(self.window, l1.shape().dims4()?, o);
         let dw = conv_weight_grad(x, dy, &g);
@@ -439,8 +433,8 @@ impl CustomOp2 for ConvInputGrad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let w = contiguous_f32(s1, l1, self.name())?;
-        let dy = contiguous_f32(s2, l2, self.name())?;
+        let w = cpu_f32(s1, l1, self.name())?;
+        let dy = cpu_f32(s2, l2, self.name())?;
         let (o, ..) = l1.shape().dims4()?;
         let g = Geometry::new(self.window, self.input_dims, o);
         if l2.shape().dims4()? != (g.o, g.n, g.ho, g.wo) {

@@ -11,15 +11,9 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor, bail};
 use rayon::prelude::*;
 
-pub const BN_EPS: f32 = 1e-5;
+use super::cpu_f32;
 
-fn contiguous<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
-    let data = storage.as_slice::<f32>()?;
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&data[start..end]),
-        None => bail!("{op}: input must be contiguous"),
-    }
-}
+pub const BN_EPS: f32 = 1e-5;
 
 /// `sum(f(x))` over a slice: eight f32 lanes per block of 2048 values (the compiler
 /// vectorises them) and the blocks added in f64, so long channels keep their precision.
@@ -93,9 +87,9 @@ impl CustomOp3 for BnReluTrain {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let gamma = contiguous(s2, l2, self.name())?;
-        let beta = contiguous(s3, l3, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let gamma = cpu_f32(s2, l2, self.name())?;
+        let beta = cpu_f32(s3, l3, self.name())?;
         let (c, m) = channels_and_rest(l1.shape())?;
         let mut y = vec![0f32; c * m];
         let stats: Vec<(f32, f32)> = y
@@ -154,9 +148,9 @@ impl CustomOp3 for BnReluGrad {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let dy = contiguous(s2, l2, self.name())?;
-        let params = contiguous(s3, l3, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let dy = cpu_f32(s2, l2, self.name())?;
+        let params = cpu_f32(s3, l3, self.name())?;
         let (c, m) = channels_and_rest(l1.shape())?;
         let (gamma, rest) = params.split_at(c);
         let (beta, stats) = rest.split_at(c);
@@ -219,7 +213,7 @@ impl candle_core::CustomOp1 for MaxPool2 {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(storage, layout, self.name())?;
+        let x = cpu_f32(storage, layout, self.name())?;
         let (c, n, h, w) = layout.shape().dims4()?;
         let (ho, wo) = (h / 2, w / 2);
         let mut y = vec![0f32; c * n * ho * wo];
@@ -256,8 +250,8 @@ impl CustomOp2 for MaxPool2Grad {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous(s1, l1, self.name())?;
-        let dy = contiguous(s2, l2, self.name())?;
+        let x = cpu_f32(s1, l1, self.name())?;
+        let dy = cpu_f32(s2, l2, self.name())?;
         let (c, n, h, w) = l1.shape().dims4()?;
         let (ho, wo) = (h / 2, w / 2);
         let mut dx = vec![0f32; c * n * h * w];

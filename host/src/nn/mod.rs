@@ -6,3 +6,14 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod params;
+
+use candle_core::{CpuStorage, Layout, Result, bail};
+
+/// The f32 values of a contiguous CPU tensor, for the custom ops; `op` names it in errors.
+pub(crate) fn cpu_f32<'a>(storage: &'a CpuStorage, layout: &Layout, op: &str) -> Result<&'a [f32]> {
+    let data = storage.as_slice::<f32>()?;
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!("{op}: input must be contiguous"),
+    }
+}
