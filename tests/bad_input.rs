@@ -89,7 +89,7 @@ fn training_reports_unparsable_names_and_broken_images_and_carries_on() {
 
     let run_dir = work.path().join("run");
     let out = run(std::process::Command::new(bin("faceage-host"))
-        .args(["train", "--net", "tiny", "--epochs", "1", "--batch", "16", "--data"])
+        .args(["train", "--net", "tiny", "--size", "32", "--epochs", "1", "--batch", "16", "--data"])
         .arg(&data)
         .arg("--out")
         .arg(&run_dir)

@@ -1,16 +1,20 @@
-//! The whole chain on real faces: train a tiny model on a few hundred UTKFace images, export
-//! it, and classify a composed photo of several people with the board's binary.
+//! The whole chain on real faces: train a small model of the shipped design on a few hundred
+//! UTKFace images, export it, and classify a composed photo of several people with the
+//! board's binary.
 
 use faceage_e2e::*;
 
 #[test]
-fn tiny_model_trains_exports_and_finds_every_face_in_a_group_photo() {
+fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     let work = tempfile::tempdir().unwrap();
     let run = work.path().join("run");
     let run_s = run.to_str().unwrap();
 
     let trained = run_host(
-        &["train", "--net", "tiny", "--limit", "300", "--epochs", "2", "--batch", "32", "--out", run_s],
+        &[
+            "train", "--net", "standard", "--size", "32", "--limit", "300", "--epochs", "2", "--batch", "32",
+            "--out", run_s,
+        ],
         work.path(),
     );
     ok(&trained);
@@ -44,7 +48,9 @@ fn tiny_model_trains_exports_and_finds_every_face_in_a_group_photo() {
         &[
             "train",
             "--net",
-            "tiny",
+            "standard",
+            "--size",
+            "32",
             "--limit",
             "300",
             "--epochs",

@@ -19,8 +19,12 @@ use faceage_host::{UTKFACE_LICENSE, compute_device, plots};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum NetSize {
-    /// ~0.4 M parameters: the shipped design.
+    /// MobileNet-style depthwise-separable blocks, ~0.3 M parameters, ~26 M multiply-adds at
+    /// 96x96: the shipped design.
     Standard,
+    /// Six plain 3x3 convolutions (32-48-64-96-128-160), ~0.4 M parameters, ~100 M
+    /// multiply-adds at 64x64: the first shipped design, 4x the board's cost per face.
+    Plain6,
     /// A few thousand parameters: tests and smoke runs.
     Tiny,
     /// DESIGN.md's 4-conv 32/64/128/128 net, for speed comparisons.
@@ -31,6 +35,7 @@ impl NetSize {
     fn config(self, size: u32) -> NetConfig {
         match self {
             NetSize::Standard => NetConfig::standard(size),
+            NetSize::Plain6 => NetConfig::plain6(size),
             NetSize::Tiny => NetConfig::tiny(size),
             NetSize::Reference => NetConfig::reference(size),
         }
@@ -68,8 +73,8 @@ pub struct TrainArgs {
     resume: bool,
     #[arg(long, value_enum, default_value_t = NetSize::Standard)]
     net: NetSize,
-    /// Model input side in pixels (divisible by 16 for the standard net).
-    #[arg(long, default_value_t = 64)]
+    /// Model input side in pixels (divisible by 16 for the standard and plain6 nets).
+    #[arg(long, default_value_t = 96)]
     size: u32,
     #[arg(long, default_value_t = 30)]
     epochs: usize,
@@ -235,7 +240,7 @@ pub enum Quantize {
 pub enum QuantFormatArg {
     /// QuantizeLinear/DequantizeLinear around f32 ops, weights per channel.
     Qdq,
-    /// QLinearConv/QLinearMatMul, per tensor: integer kernels.
+    /// QLinearConv/QLinearMatMul (conv weights per channel): integer kernels.
     Qoperator,
 }
 
@@ -468,7 +473,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 pub struct BenchTrainArgs {
     #[arg(long, value_enum, default_value_t = NetSize::Standard)]
     net: NetSize,
-    #[arg(long, default_value_t = 64)]
+    /// Input side (DESIGN.md's PyTorch comparison: `--net reference --size 64`).
+    #[arg(long, default_value_t = 96)]
     size: u32,
     #[arg(long, default_value_t = 64)]
     batch: usize,

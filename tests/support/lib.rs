@@ -123,8 +123,8 @@ pub fn compose_scene(faces: &[PathBuf], width: u32, height: u32, side: u32) -> (
     (scene, placements)
 }
 
-/// A tiny model trained once per test process (a few hundred images, two epochs) and
-/// exported as f32, shared by the tests that need *a* model rather than a good one.
+/// A small model of the shipped design (32x32 input) trained once per test process (a few
+/// hundred images, two epochs) and exported as f32, shared by the tests that need *a* model rather than a good one.
 pub struct TinyRun {
     /// Work folder: `run/` (the training run), `cache/`, and the model files.
     pub dir: PathBuf,
@@ -141,7 +141,9 @@ pub fn tiny_run() -> &'static TinyRun {
             &[
                 "train",
                 "--net",
-                "tiny",
+                "standard",
+                "--size",
+                "32",
                 "--limit",
                 "300",
                 "--epochs",

@@ -15,7 +15,7 @@ use tract_onnx::pb::ModelProto;
 
 use crate::crops::CropSet;
 use crate::metrics::Prediction;
-use crate::nn::model::{AgeGenderNet, AgeHead};
+use crate::nn::model::{AgeGenderNet, AgeHead, Block, ConvKind};
 use crate::train::Model;
 use graph::{Dim, Graph, attr_int, attr_ints};
 
@@ -30,12 +30,33 @@ const BN_EPS: f32 = 1e-5;
 #[derive(Clone, Debug)]
 pub struct FoldedConv {
     pub name: String,
-    /// `[out, in, 3, 3]` row-major.
+    /// `[out, in / groups, kernel, kernel]` row-major.
     pub weight: Vec<f32>,
     pub out_channels: usize,
     pub in_channels: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    /// 1 for a full convolution, `in_channels` for a depthwise one.
+    pub groups: usize,
     pub bias: Vec<f32>,
     pub pool_after: bool,
+}
+
+impl FoldedConv {
+    pub fn weight_dims(&self) -> [usize; 4] {
+        [self.out_channels, self.in_channels / self.groups, self.kernel, self.kernel]
+    }
+
+    /// The ONNX `Conv` attributes; padding keeps the size at stride 1.
+    pub fn attributes(&self) -> Vec<tract_onnx::pb::AttributeProto> {
+        let (k, pad) = (self.kernel as i64, (self.kernel / 2) as i64);
+        vec![
+            attr_ints("kernel_shape", &[k, k]),
+            attr_ints("pads", &[pad, pad, pad, pad]),
+            attr_ints("strides", &[self.stride as i64, self.stride as i64]),
+            attr_int("group", self.groups as i64),
+        ]
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -68,12 +89,24 @@ fn values(t: &candle_core::Tensor) -> Result<Vec<f32>> {
 
 impl FoldedNet {
     pub fn from_net(net: &AgeGenderNet) -> Result<Self> {
-        let mut convs = Vec::new();
-        for (i, (stage, conv)) in net.convs.iter().enumerate() {
-            let (out_channels, in_channels, _, _) = conv.weight.dims4()?;
+        let mut convs: Vec<FoldedConv> = Vec::new();
+        for block in &net.blocks {
+            let conv = match block {
+                Block::Conv(conv) => conv,
+                Block::Pool => {
+                    let last = convs.last_mut().context("the trunk starts with a pool")?;
+                    last.pool_after = true;
+                    continue;
+                }
+            };
+            let (out_channels, per_group, kernel, _) = conv.weight.dims4()?;
+            let (stride, groups) = match conv.kind {
+                ConvKind::Full { stride, .. } => (stride, 1),
+                ConvKind::Depthwise { stride } => (stride, out_channels),
+            };
             let (w, gamma, beta) = (values(&conv.weight)?, values(&conv.gamma)?, values(&conv.beta)?);
             let (mean, var) = (values(&conv.running_mean)?, values(&conv.running_var)?);
-            let per_out = in_channels * 9;
+            let per_out = per_group * kernel * kernel;
             let mut weight = Vec::with_capacity(w.len());
             let mut bias = Vec::with_capacity(out_channels);
             for o in 0..out_channels {
@@ -81,14 +114,16 @@ impl FoldedNet {
                 weight.extend(w[o * per_out..(o + 1) * per_out].iter().map(|v| v * k));
                 bias.push(beta[o] - mean[o] * k);
             }
-            let pool_after = net.convs.get(i + 1).is_none_or(|(next, _)| next != stage);
             convs.push(FoldedConv {
                 name: conv.name.clone(),
                 weight,
                 out_channels,
-                in_channels,
+                in_channels: per_group * groups,
+                kernel,
+                stride,
+                groups,
                 bias,
-                pool_after,
+                pool_after: false,
             });
         }
         let dense = |l: &crate::nn::model::Linear| -> Result<Dense> {
@@ -138,19 +173,14 @@ pub fn float_trunk(
     for (i, conv) in net.convs.iter().enumerate() {
         taps.push(x.clone());
         let conv_in = activation(g, &x, i)?;
-        let dims = [conv.out_channels, conv.in_channels, 3, 3];
-        let w = weight(g, &format!("{}.weight", conv.name), &dims, &conv.weight)?;
+        let w = weight(g, &format!("{}.weight", conv.name), &conv.weight_dims(), &conv.weight)?;
         let b = g.init_f32(&format!("{}.bias", conv.name), &[conv.out_channels], &conv.bias);
         let y = g.node(
             "Conv",
             &conv.name,
             &[&conv_in, &w, &b],
             &[&format!("{}.out", conv.name)],
-            vec![
-                attr_ints("kernel_shape", &[3, 3]),
-                attr_ints("pads", &[1, 1, 1, 1]),
-                attr_ints("strides", &[1, 1]),
-            ],
+            conv.attributes(),
         );
         x = g.node("Relu", &format!("{}.relu", conv.name), &[&y], &[&format!("{}.relu", conv.name)], vec![]);
         if conv.pool_after {

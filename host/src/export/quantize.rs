@@ -6,9 +6,9 @@
 //!   `DequantizeLinear`; activations pass through `QuantizeLinear`/`DequantizeLinear` pairs
 //!   (uint8, per tensor) at every conv and head input. tract folds the weights back to f32 and
 //!   runs f32 kernels: a 4x smaller file at f32 speed, with int8 rounding in every activation.
-//! - **QOperator**: `QLinearConv` (ReLU fused by a zero point of 0) and `QLinearMatMul`, per
-//!   tensor, uint8 activations end to end through the trunk: integer kernels, which are slow
-//!   on x86 tract and unmeasured on ARM (see README).
+//! - **QOperator**: `QLinearConv` (int8 weights per output channel, ReLU fused by a zero
+//!   point of 0) and `QLinearMatMul`, uint8 activations per tensor end to end through the
+//!   trunk: integer kernels, which are slow on x86 tract and unmeasured on ARM (see README).
 
 use anyhow::{Result, bail, ensure};
 use faceage_device::ModelContract;
@@ -293,18 +293,21 @@ impl Encoding for QOperator {
         let (mut x_scale, mut x_zero) = (s, z);
         let mut x_scale_value = s_in;
         for (i, conv) in net.convs.iter().enumerate() {
-            let (scales, q) = quantize_symmetric(&conv.weight, 1);
-            let w = g.init_i8(
-                &format!("{}.weight.q", conv.name),
-                &[conv.out_channels, conv.in_channels, 3, 3],
-                &q,
-            );
-            let w_s = scalar_f32(g, &format!("{}.weight.scale", conv.name), scales[0]);
-            let w_z = g.init_i8(&format!("{}.weight.zero_point", conv.name), &[], &[0]);
+            // Weights per output channel: a depthwise filter's range differs a lot from its
+            // neighbours', and one scale for all of them rounds the small ones to nothing.
+            let channels = conv.out_channels;
+            let (scales, q) = quantize_symmetric(&conv.weight, channels);
+            let w = g.init_i8(&format!("{}.weight.q", conv.name), &conv.weight_dims(), &q);
+            let w_s = g.init_f32(&format!("{}.weight.scale", conv.name), &[channels], &scales);
+            let w_z = g.init_i8(&format!("{}.weight.zero_point", conv.name), &[channels], &vec![0; channels]);
             // Bias in int32 at scale x_scale * w_scale, as QLinearConv wants.
-            let bias_scale = x_scale_value * scales[0];
-            let bias: Vec<i32> = conv.bias.iter().map(|b| (b / bias_scale).round() as i32).collect();
-            let b = g.init_i32(&format!("{}.bias.q", conv.name), &[conv.out_channels], &bias);
+            let bias: Vec<i32> = conv
+                .bias
+                .iter()
+                .zip(&scales)
+                .map(|(b, w_scale)| (b / (x_scale_value * w_scale)).round() as i32)
+                .collect();
+            let b = g.init_i32(&format!("{}.bias.q", conv.name), &[channels], &bias);
             // Output zero point 0 over [0, max]: negative outputs clamp to 0, which is the ReLU.
             let (y_scale_value, _) = Range { min: 0.0, max: r.conv_outputs[i].max }.uint8();
             let y_s = scalar_f32(g, &format!("{}.out.scale", conv.name), y_scale_value);
@@ -314,11 +317,7 @@ impl Encoding for QOperator {
                 &conv.name,
                 &[&x, &x_scale, &x_zero, &w, &w_s, &w_z, &y_s, &y_z, &b],
                 &[&format!("{}.relu.q", conv.name)],
-                vec![
-                    super::graph::attr_ints("kernel_shape", &[3, 3]),
-                    super::graph::attr_ints("pads", &[1, 1, 1, 1]),
-                    super::graph::attr_ints("strides", &[1, 1]),
-                ],
+                conv.attributes(),
             );
             if conv.pool_after {
                 let pooled = format!("{}.pool.q", conv.name);
@@ -373,7 +372,7 @@ impl Encoding for QOperator {
 pub fn describe(format: faceage_device::QuantFormat, method: Calibration, crops: usize) -> String {
     let weights = match format {
         faceage_device::QuantFormat::Int8Qdq => "int8 weights per output channel (symmetric)",
-        _ => "int8 weights per tensor (symmetric)",
+        _ => "int8 conv weights per output channel, head weights per tensor (symmetric)",
     };
     format!(
         "{weights}; uint8 activations per tensor, ranges from {} over {crops} training crops run through tract",

@@ -73,6 +73,11 @@ impl Geometry {
     fn chunk_images(&self) -> usize {
         (262_144 / (self.kk() * self.out_plane()).max(1)).clamp(1, self.n.max(1))
     }
+    /// A 1x1, stride-1 convolution: the CNHW input already is its `cols` matrix.
+    fn pointwise(&self) -> bool {
+        self.window == Window { kernel: 1, stride: 1, pad: 0 }
+    }
+
     fn chunks(&self) -> Vec<Range<usize>> {
         let step = self.chunk_images();
         (0..self.n).step_by(step).map(|start| start..(start + step).min(self.n)).collect()
@@ -153,7 +158,7 @@ impl SharedOut {
 
 /// For output columns `0..wo`, the range whose input column `ox * stride + kj - pad` lies
 /// inside `0..w`.
-fn valid_columns(wo: usize, w: usize, kj: usize, stride: usize, pad: usize) -> Range<usize> {
+pub(crate) fn valid_columns(wo: usize, w: usize, kj: usize, stride: usize, pad: usize) -> Range<usize> {
     let first = (pad.saturating_sub(kj)).div_ceil(stride).min(wo);
     let last = ((w + pad - kj) as isize - 1).div_euclid(stride as isize) + 1;
     first..(last.max(0) as usize).min(wo).max(first)
@@ -281,12 +286,19 @@ fn conv_forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     let out = SharedOut(y.as_mut_ptr());
     g.chunks().into_par_iter().for_each(|images| {
         let cols_w = images.len() * plane;
-        let mut cols = vec![0f32; kk * cols_w];
-        im2col(x, g, images.clone(), &mut cols);
+        let mut cols = Vec::new();
+        let input = if g.pointwise() {
+            // The chunk's columns of the [C, N*H*W] input, read in place.
+            Mat { ptr: x[images.start * plane..].as_ptr(), rows: kk, cols: cols_w, rs: m as isize, cs: 1 }
+        } else {
+            cols.resize(kk * cols_w, 0.0);
+            im2col(x, g, images.clone(), &mut cols);
+            Mat::row_major(&cols, kk, cols_w)
+        };
         // Y[:, chunk] is a column block of the row-major [O, M] output.
         let dst = Mat { ptr: out.at(images.start * plane), rows: g.o, cols: cols_w, rs: m as isize, cs: 1 };
-        // SAFETY: each chunk writes only its own columns of `y`.
-        unsafe { gemm_into(dst, Mat::row_major(weight, g.o, kk), Mat::row_major(&cols, kk, cols_w), false) };
+        // SAFETY: each chunk writes only its own columns of `y`; `input` lies inside `x` or `cols`.
+        unsafe { gemm_into(dst, Mat::row_major(weight, g.o, kk), input, false) };
     });
     y
 }
@@ -331,9 +343,17 @@ fn conv_input_grad(weight: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let out = SharedOut(dx.as_mut_ptr());
     g.chunks().into_par_iter().for_each(|images| {
         let cols_w = images.len() * plane;
-        let dcols = vec![0f32; kk * cols_w];
         let dy_chunk =
             Mat { ptr: dy[images.start * plane..].as_ptr(), rows: o, cols: cols_w, rs: m as isize, cs: 1 };
+        if g.pointwise() {
+            // col2im of a 1x1 convolution is the identity: write straight into dX's columns.
+            let dst =
+                Mat { ptr: out.at(images.start * plane), rows: kk, cols: cols_w, rs: m as isize, cs: 1 };
+            // SAFETY: each chunk writes only its own columns of `dx`.
+            unsafe { gemm_into(dst, Mat::row_major(weight, o, kk).t(), dy_chunk, false) };
+            return;
+        }
+        let dcols = vec![0f32; kk * cols_w];
         // SAFETY: `dcols` is this chunk's own buffer; dy_chunk lies inside `dy`.
         unsafe {
             gemm_into(Mat::row_major(&dcols, kk, cols_w), Mat::row_major(weight, o, kk).t(), dy_chunk, false)
@@ -522,13 +542,36 @@ mod tests {
 
     #[test]
     fn forward_matches_candle_conv2d() {
-        for (stride, pad) in [(1, 1), (2, 1), (1, 0), (3, 2)] {
+        for (k, stride, pad) in [(3, 1, 1), (3, 2, 1), (3, 1, 0), (3, 3, 2), (1, 1, 0)] {
             let x = random(&[2, 3, 9, 7], 1); // NCHW
-            let w = random(&[4, 3, 3, 3], 2);
+            let w = random(&[4, 3, k, k], 2);
             let reference = x.conv2d(&w, pad, stride, 1, 1).unwrap();
             let ours =
                 conv2d_cnhw(&x.transpose(0, 1).unwrap(), &w, stride, pad).unwrap().transpose(0, 1).unwrap();
-            assert!(max_abs_diff(&reference, &ours) < 1e-5, "stride {stride} pad {pad}");
+            assert!(max_abs_diff(&reference, &ours) < 1e-5, "k {k} stride {stride} pad {pad}");
+        }
+    }
+
+    #[test]
+    fn gradients_match_candle_for_pointwise_and_strided_convolutions() {
+        for (k, stride, pad) in [(1, 1, 0), (3, 2, 1)] {
+            let x0 = random(&[3, 2, 9, 7], 13); // CNHW (sizes candle's own strided backward handles)
+            let w0 = random(&[5, 3, k, k], 14);
+            let x = Var::from_tensor(&x0).unwrap();
+            let w = Var::from_tensor(&w0).unwrap();
+            let y = conv2d_cnhw(&x, &w, stride, pad).unwrap();
+            let probe = random(y.dims(), 15);
+            let g = (&y * &probe).unwrap().sum_all().unwrap().backward().unwrap();
+            let xr = Var::from_tensor(&x0.transpose(0, 1).unwrap().contiguous().unwrap()).unwrap();
+            let wr = Var::from_tensor(&w0).unwrap();
+            let yr = xr.conv2d(&wr, pad, stride, 1, 1).unwrap();
+            let gr = (&yr * probe.transpose(0, 1).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
+            assert!(
+                max_abs_diff(g.get(&w).unwrap(), gr.get(&wr).unwrap()) < 1e-4,
+                "dW k {k} stride {stride}"
+            );
+            let gx = g.get(&x).unwrap().transpose(0, 1).unwrap();
+            assert!(max_abs_diff(&gx, gr.get(&xr).unwrap()) < 1e-4, "dX k {k} stride {stride}");
         }
     }
 

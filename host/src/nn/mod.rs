@@ -1,6 +1,7 @@
 //! The network and its training machinery, on candle.
 
 pub mod conv;
+pub mod depthwise;
 pub mod fused;
 pub mod loss;
 pub mod model;
