@@ -14,22 +14,39 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# The trunks of faceage-host's nets: ("conv", out, stride), ("sep", out, stride), "pool".
+def plain(stages):
+    return [layer for stage in stages for layer in [("conv", o, 1) for o in stage] + ["pool"]]
+
+
 NETS = {
-    "reference": [[32], [64], [128], [128]],
-    "standard": [[32], [48, 64], [96, 128], [160]],
-    "tiny": [[8], [16], [16]],
+    "reference": plain([[32], [64], [128], [128]]),
+    "plain6": plain([[32], [48, 64], [96, 128], [160]]),
+    "tiny": plain([[8], [16], [16]]),
+    "standard": [("conv", 24, 2), ("sep", 48, 1), "pool", ("sep", 64, 1), ("sep", 96, 1), "pool",
+                 ("sep", 128, 1), ("sep", 160, 1), "pool", ("sep", 256, 1), ("sep", 320, 1)],
 }
 
 
+def conv_bn_relu(c, out, kernel, stride, groups=1):
+    return [nn.Conv2d(c, out, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out), nn.ReLU()]
+
+
 class Net(nn.Module):
-    def __init__(self, stages, bins=101):
+    def __init__(self, trunk, bins=101):
         super().__init__()
         layers, c = [], 3
-        for stage in stages:
-            for out in stage:
-                layers += [nn.Conv2d(c, out, 3, padding=1, bias=False), nn.BatchNorm2d(out), nn.ReLU()]
-                c = out
-            layers.append(nn.MaxPool2d(2))
+        for layer in trunk:
+            if layer == "pool":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            kind, out, stride = layer
+            if kind == "conv":
+                layers += conv_bn_relu(c, out, 3, stride)
+            else:  # depthwise 3x3, then pointwise 1x1 (MobileNet)
+                layers += conv_bn_relu(c, c, 3, stride, groups=c) + conv_bn_relu(c, out, 1, 1)
+            c = out
         self.trunk = nn.Sequential(*layers)
         self.age = nn.Linear(c, bins)
         self.gender = nn.Linear(c, 1)
