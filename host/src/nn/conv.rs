@@ -486,24 +486,8 @@ pub fn conv2d_cnhw(x: &Tensor, weight: &Tensor, stride: usize, pad: usize) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::test_support::{max_diff, random};
     use candle_core::{Device, Var};
-
-    fn random(shape: &[usize], seed: u64) -> Tensor {
-        // Deterministic pseudo-random values in [-1, 1].
-        let n: usize = shape.iter().product();
-        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        let values: Vec<f32> = (0..n)
-            .map(|_| {
-                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect();
-        Tensor::from_vec(values, shape, &Device::Cpu).unwrap()
-    }
-
-    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
-    }
 
     #[test]
     fn valid_columns_are_exactly_those_inside_the_input() {
@@ -548,7 +532,7 @@ mod tests {
             let reference = x.conv2d(&w, pad, stride, 1, 1).unwrap();
             let ours =
                 conv2d_cnhw(&x.transpose(0, 1).unwrap(), &w, stride, pad).unwrap().transpose(0, 1).unwrap();
-            assert!(max_abs_diff(&reference, &ours) < 1e-5, "k {k} stride {stride} pad {pad}");
+            assert!(max_diff(&reference, &ours) < 1e-5, "k {k} stride {stride} pad {pad}");
         }
     }
 
@@ -566,12 +550,9 @@ mod tests {
             let wr = Var::from_tensor(&w0).unwrap();
             let yr = xr.conv2d(&wr, pad, stride, 1, 1).unwrap();
             let gr = (&yr * probe.transpose(0, 1).unwrap()).unwrap().sum_all().unwrap().backward().unwrap();
-            assert!(
-                max_abs_diff(g.get(&w).unwrap(), gr.get(&wr).unwrap()) < 1e-4,
-                "dW k {k} stride {stride}"
-            );
+            assert!(max_diff(g.get(&w).unwrap(), gr.get(&wr).unwrap()) < 1e-4, "dW k {k} stride {stride}");
             let gx = g.get(&x).unwrap().transpose(0, 1).unwrap();
-            assert!(max_abs_diff(&gx, gr.get(&xr).unwrap()) < 1e-4, "dX k {k} stride {stride}");
+            assert!(max_diff(&gx, gr.get(&xr).unwrap()) < 1e-4, "dX k {k} stride {stride}");
         }
     }
 
@@ -594,8 +575,8 @@ mod tests {
             .sum_all()
             .unwrap();
         let gr = lr.backward().unwrap();
-        assert!(max_abs_diff(gw, gr.get(&wr).unwrap()) < 1e-4);
-        assert!(max_abs_diff(&gx.transpose(0, 1).unwrap(), gr.get(&xr).unwrap()) < 1e-4);
+        assert!(max_diff(gw, gr.get(&wr).unwrap()) < 1e-4);
+        assert!(max_diff(&gx.transpose(0, 1).unwrap(), gr.get(&xr).unwrap()) < 1e-4);
 
         // Central finite differences on a few coordinates of each argument.
         let f = |x: &Tensor, w: &Tensor| -> f64 {

@@ -7,6 +7,8 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod params;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use candle_core::{CpuStorage, Layout, Result, bail};
 
