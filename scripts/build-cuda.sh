@@ -4,49 +4,52 @@
 #
 #   scripts/build-cuda.sh [CUDA_COMPUTE_CAP]   # default 90 (H100/H200); 80 A100, 89 L4/4090
 #
-# Then, on a machine with an NVIDIA GPU and driver:
-#   LD_LIBRARY_PATH=$(scripts/build-cuda.sh --libs) target/release/faceage-host train --device cuda ...
+# The binary goes to target/cuda/release/faceage-host (beside, not over, the CPU build). Then,
+# on a machine with an NVIDIA GPU and driver:
+#   LD_LIBRARY_PATH=$(scripts/build-cuda.sh --libs) target/cuda/release/faceage-host train --device cuda ...
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${FACEAGE_CUDA_VENV:-$HOME/.cache/faceage-cuda/venv}"
 SITE() { "$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
 if [ "${1:-}" = "--libs" ]; then
-  site=$(SITE)
-  ls -d "$site"/nvidia/*/lib | paste -sd: -
+  echo "$(SITE)/nvidia/cu13/lib"
   exit 0
 fi
 CAP="${1:-90}"
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
+# CUDA 13's wheels carry the whole compiler (CUDA 12's nvcc wheel holds only ptxas); 13.0
+# needs the oldest driver of the 13 line (580). Every part of the compiler is pinned to the same
+# release: nvcc's own dependencies float, and a newer nvvm writes PTX its ptxas cannot read.
 "$VENV/bin/pip" install -q --disable-pip-version-check \
-  nvidia-cuda-nvcc-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvrtc-cu12 nvidia-cublas-cu12 \
-  nvidia-curand-cu12 nvidia-cuda-cccl-cu12
-site=$(SITE)
-root="$VENV/cuda"
-# Lay the wheels out like a CUDA toolkit: bin/, include/, lib64/ (cudarc and nvcc look there).
-rm -rf "$root" && mkdir -p "$root/bin" "$root/include" "$root/lib64"
-for pkg in "$site"/nvidia/*/; do
-  [ -d "$pkg/bin" ] && cp -rs "$pkg/bin/." "$root/bin/" 2>/dev/null || true
-  [ -d "$pkg/include" ] && cp -rs "$pkg/include/." "$root/include/" 2>/dev/null || true
-  [ -d "$pkg/lib" ] && cp -rs "$pkg/lib/." "$root/lib64/" 2>/dev/null || true
-done
+  'nvidia-cuda-nvcc==13.0.*' 'nvidia-nvvm==13.0.*' 'nvidia-cuda-crt==13.0.*' \
+  'nvidia-cuda-runtime==13.0.*' 'nvidia-cuda-nvrtc==13.0.*' 'nvidia-cuda-cccl==13.0.*' \
+  'nvidia-cublas==13.0.*' 'nvidia-curand<10.5'
+root="$(SITE)/nvidia/cu13"  # laid out like a toolkit: bin/ (nvcc), include/, lib/, nvvm/
 # The wheels ship versioned sonames only; the linker wants the plain names.
-for lib in "$root"/lib64/lib*.so.*; do
+for lib in "$root"/lib/lib*.so.*; do
   plain="${lib%%.so.*}.so"
   [ -e "$plain" ] || ln -s "$(basename "$lib")" "$plain"
 done
-# libcuda comes with the driver, not with the toolkit: link against a stub (as the CUDA
-# toolkit's lib64/stubs does); the real driver library is loaded at run time.
-if [ ! -e "$root/lib64/libcuda.so" ]; then
-  echo 'void cuInit(void) {}' > "$root/stub.c"
-  gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$root/lib64/libcuda.so" "$root/stub.c"
-fi
+stubs="$VENV/stubs"
+mkdir -p "$stubs"
+# libcuda comes with the driver, not with the toolkit: link against a stub that defines every
+# driver entry point cudarc declares (as the CUDA toolkit's lib64/stubs does); the real driver
+# library is loaded at run time.
+cudarc_version=$(grep -A1 '^name = "cudarc"' Cargo.lock | sed -n 's/^version = "\(.*\)"/\1/p')
+cargo fetch -q
+driver_sys=$(ls "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/"cudarc-$cudarc_version"/src/driver/sys/mod.rs | head -1)
+grep -oP '^\s+(pub )?fn \Kcu[A-Za-z0-9_]+(?=\()' "$driver_sys" | sort -u \
+  | sed 's/.*/void &(void) {}/' > "$stubs/libcuda_stub.c"
+gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stubs/libcuda.so" "$stubs/libcuda_stub.c"
+echo "libcuda stub: $(wc -l < "$stubs/libcuda_stub.c") driver symbols from cudarc $cudarc_version"
 export PATH="$root/bin:$PATH"
 export CUDA_ROOT="$root" CUDA_PATH="$root" CUDA_TOOLKIT_ROOT_DIR="$root"
 export CUDA_COMPUTE_CAP="$CAP"
-export LIBRARY_PATH="$root/lib64:${LIBRARY_PATH:-}"
-export RUSTFLAGS="${RUSTFLAGS:-} -L $root/lib64"
+export LIBRARY_PATH="$root/lib:$stubs:${LIBRARY_PATH:-}"
+export RUSTFLAGS="${RUSTFLAGS:-} -L $root/lib -L $stubs"
 nvcc --version | tail -1
-cargo build --release -p faceage-host --features cuda
-echo "built target/release/faceage-host with CUDA (compute capability $CAP)"
+out="${FACEAGE_CUDA_TARGET_DIR:-target/cuda}"
+cargo build --release -p faceage-host --features cuda --target-dir "$out"
+echo "built $out/release/faceage-host with CUDA (compute capability $CAP)"
