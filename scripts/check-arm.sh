@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Proof that the board binary builds and works on ARM without Docker: Debian's own Rust
 # (rustc-web 1.96 with the arm64 standard library) cross-compiles `faceage` for aarch64, qemu
-# runs the device library's tests and `faceage classify` on a photo, and the readings must
-# agree with the x86 build's: 0.05 years of age and 0.005 of p(female) per face.
+# runs the device library's tests and `faceage classify` on a photo with both shipped models,
+# and the readings must agree with the x86 build's, per face: the f32 model to 0.05 years of age
+# and 0.005 of p(female); the int8 model to 0.5 years and 0.02, because its activations are
+# rounded to uint8 steps and a last-bit float difference between the two CPUs' kernels can move
+# a value across a step (measured: 0.15 years where f32 differs by 0.01).
 #
 #   scripts/check-arm.sh             # aarch64 (what CI runs)
 #   scripts/check-arm.sh --armv7     # and armv7 (-Z build-std): a build and classify under qemu-arm
@@ -53,10 +56,13 @@ X86_TARGET="${CARGO_TARGET_DIR:-target}"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$X86_TARGET/debug/examples/make_clip" "$work/photo.png" 2>/dev/null
-MODEL="${FACEAGE_MODEL:-models/faceage-int8.onnx}"
-[ -f "$MODEL" ] || MODEL=models/faceage-f32.onnx
 DETECTOR=models/face_detection_back_256x256_barracuda.onnx
-"$X86_TARGET/debug/faceage" classify --json --model "$MODEL" --detector "$DETECTOR" "$work/photo.png" > "$work/x86.json"
+# Model files are copied first, so a model exported while this runs cannot mix two models.
+MODELS=(f32 int8)
+for m in "${MODELS[@]}"; do
+  cp "models/faceage-$m.onnx" "$work/$m.onnx"
+  "$X86_TARGET/debug/faceage" classify --json --model "$work/$m.onnx" --detector "$DETECTOR" "$work/photo.png" > "$work/x86-$m.json"
+done
 
 # Debian's cargo and rustc, ahead of rustup's; linker, runner and bindgen sysroot per target.
 export PATH="/usr/bin:/bin"
@@ -72,18 +78,29 @@ export BINDGEN_EXTRA_CLANG_ARGS_armv7_unknown_linux_gnueabihf="--sysroot=/usr/ar
 export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc
 rustc --version
 
-compare() {  # compare.py-free: jq-free JSON check with the faceage binary's own output
-  local arm_json="$1" name="$2"
-  python3 - "$work/x86.json" "$arm_json" "$name" <<'PY'
+# classify_on ARCH RUNNER... : both models on the photo, each compared with x86.
+classify_on() {
+  local arch="$1"; shift
+  for m in "${MODELS[@]}"; do
+    "$@" classify --json --model "$work/$m.onnx" --detector "$DETECTOR" "$work/photo.png" > "$work/$arch-$m.json"
+    case "$m" in f32) tol="0.05 0.005" ;; *) tol="0.5 0.02" ;; esac
+    # shellcheck disable=SC2086
+    compare "$work/x86-$m.json" "$work/$arch-$m.json" "$arch $m" $tol
+  done
+}
+
+compare() {  # x86.json arm.json name max_age_diff max_p_diff
+  python3 - "$@" <<'PY'
 import json, sys
 a, b, name = json.load(open(sys.argv[1])), json.load(open(sys.argv[2])), sys.argv[3]
+max_age, max_p = float(sys.argv[4]), float(sys.argv[5])
 fa, fb = a[0]["faces"], b[0]["faces"]
 assert len(fa) == len(fb) and len(fa) > 0, f"{name}: {len(fb)} faces vs {len(fa)} on x86"
 worst_age = max(abs(x["age"] - y["age"]) for x, y in zip(fa, fb))
 worst_p = max(abs(x["female"] - y["female"]) for x, y in zip(fa, fb))
 worst_box = max(abs(x[k] - y[k]) for x, y in zip(fa, fb) for k in "xywh")
-print(f"{name} vs x86: {len(fa)} faces, max |age diff| {worst_age:.3f}, max |p diff| {worst_p:.4f}, max box diff {worst_box:.1f} px")
-assert worst_age <= 0.05 and worst_p <= 0.005 and worst_box <= 1.0, f"{name} readings differ from x86"
+print(f"{name} vs x86: {len(fa)} faces, max |age diff| {worst_age:.3f} (bar {max_age}), max |p diff| {worst_p:.4f} (bar {max_p}), max box diff {worst_box:.1f} px")
+assert worst_age <= max_age and worst_p <= max_p and worst_box <= 1.0, f"{name} readings differ from x86"
 PY
 }
 
@@ -93,16 +110,14 @@ log "aarch64: faceage binary"
 cargo build --profile "$PROFILE" --target aarch64-unknown-linux-gnu -p faceage-device --bin faceage
 ARM_BIN="$ARM_TARGET_DIR/aarch64-unknown-linux-gnu/$PROFILE/faceage"
 file "$ARM_BIN" | grep -q "ARM aarch64" || { echo "not an aarch64 binary: $ARM_BIN" >&2; exit 1; }
-qemu-aarch64-static -L / "$ARM_BIN" classify --json --model "$MODEL" --detector "$DETECTOR" "$work/photo.png" > "$work/aarch64.json"
-compare "$work/aarch64.json" aarch64
+classify_on aarch64 qemu-aarch64-static -L / "$ARM_BIN"
 
 if [ "$armv7" = 1 ]; then
   log "armv7: faceage binary (-Z build-std with Debian's rust-web-src)"
   RUSTC_BOOTSTRAP=1 cargo build --profile "$PROFILE" --target armv7-unknown-linux-gnueabihf \
     -Z build-std=std,panic_abort -p faceage-device --bin faceage
   V7_BIN="$ARM_TARGET_DIR/armv7-unknown-linux-gnueabihf/$PROFILE/faceage"
-  qemu-arm-static -L /usr/arm-linux-gnueabihf "$V7_BIN" classify --json --model "$MODEL" --detector "$DETECTOR" "$work/photo.png" > "$work/armv7.json"
-  compare "$work/armv7.json" armv7
+  classify_on armv7 qemu-arm-static -L /usr/arm-linux-gnueabihf "$V7_BIN"
 fi
 
 if [ "$size" = 1 ]; then
