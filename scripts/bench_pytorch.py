@@ -21,9 +21,9 @@ def plain(stages):
 
 NETS = {
     "reference": plain([[32], [64], [128], [128]]),
-    "plain6": plain([[32], [48, 64], [96, 128], [160]]),
+    "standard": plain([[32], [48, 64], [96, 128], [160]]),
     "tiny": plain([[8], [16], [16]]),
-    "standard": [("conv", 24, 2), ("sep", 48, 1), "pool", ("sep", 64, 1), ("sep", 96, 1), "pool",
+    "separable": [("conv", 24, 2), ("sep", 48, 1), "pool", ("sep", 64, 1), ("sep", 96, 1), "pool",
                  ("sep", 128, 1), ("sep", 160, 1), "pool", ("sep", 256, 1), ("sep", 320, 1)],
 }
 

@@ -1,6 +1,7 @@
-//! The whole chain on real faces: train a small model of the shipped design on a few hundred
-//! UTKFace images, export it, and classify a composed photo of several people with the
-//! board's binary.
+//! The whole chain on real faces: train a small model on a few hundred UTKFace images, export
+//! it, and classify a composed photo of several people with the board's binary. It uses the
+//! separable net (depthwise, pointwise and strided convolutions), so that export path is
+//! checked end to end; the other tests' shared model is the shipped plain design.
 
 use faceage_e2e::*;
 
@@ -12,8 +13,19 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
 
     let trained = run_host(
         &[
-            "train", "--net", "standard", "--size", "32", "--limit", "300", "--epochs", "2", "--batch", "32",
-            "--out", run_s,
+            "train",
+            "--net",
+            "separable",
+            "--size",
+            "32",
+            "--limit",
+            "300",
+            "--epochs",
+            "2",
+            "--batch",
+            "32",
+            "--out",
+            run_s,
         ],
         work.path(),
     );
@@ -48,7 +60,7 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
         &[
             "train",
             "--net",
-            "standard",
+            "separable",
             "--size",
             "32",
             "--limit",

@@ -19,12 +19,12 @@ use faceage_host::{UTKFACE_LICENSE, compute_device, plots};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum NetSize {
-    /// MobileNet-style depthwise-separable blocks, 0.21 M parameters, 20 M multiply-adds at
-    /// 96x96: the shipped design.
+    /// Six plain 3x3 convolutions (32-48-64-96-128-160), 0.41 M parameters, 100 M
+    /// multiply-adds at 64x64: the shipped design.
     Standard,
-    /// Six plain 3x3 convolutions (32-48-64-96-128-160), ~0.4 M parameters, ~100 M
-    /// multiply-adds at 64x64: the first shipped design, 4x the board's cost per face.
-    Plain6,
+    /// MobileNet-style depthwise-separable blocks, 0.21 M parameters, 20 M multiply-adds at
+    /// 96x96: fewer operations, but slower in tract and less accurate (see the model card).
+    Separable,
     /// A few thousand parameters: tests and smoke runs.
     Tiny,
     /// DESIGN.md's 4-conv 32/64/128/128 net, for speed comparisons.
@@ -35,7 +35,7 @@ impl NetSize {
     fn config(self, size: u32) -> NetConfig {
         match self {
             NetSize::Standard => NetConfig::standard(size),
-            NetSize::Plain6 => NetConfig::plain6(size),
+            NetSize::Separable => NetConfig::separable(size),
             NetSize::Tiny => NetConfig::tiny(size),
             NetSize::Reference => NetConfig::reference(size),
         }
@@ -73,11 +73,11 @@ pub struct TrainArgs {
     resume: bool,
     #[arg(long, value_enum, default_value_t = NetSize::Standard)]
     net: NetSize,
-    /// Model input side in pixels (divisible by 16 for the standard and plain6 nets).
-    #[arg(long, default_value_t = 96)]
+    /// Model input side in pixels (divisible by 8 for the standard net, 16 for separable).
+    #[arg(long, default_value_t = 64)]
     size: u32,
     /// Epochs (the cosine schedule spans them all; the shipped model's recipe is the default).
-    #[arg(long, default_value_t = 24)]
+    #[arg(long, default_value_t = 12)]
     epochs: usize,
     #[arg(long, default_value_t = 64)]
     batch: usize,
@@ -474,8 +474,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
 pub struct BenchTrainArgs {
     #[arg(long, value_enum, default_value_t = NetSize::Standard)]
     net: NetSize,
-    /// Input side (DESIGN.md's PyTorch comparison: `--net reference --size 64`).
-    #[arg(long, default_value_t = 96)]
+    /// Input side (DESIGN.md's PyTorch comparison: `--net reference`).
+    #[arg(long, default_value_t = 64)]
     size: u32,
     #[arg(long, default_value_t = 64)]
     batch: usize,

@@ -59,9 +59,11 @@ impl NetConfig {
         Self { input_size, stages, layers: Vec::new(), age_head: AGES }
     }
 
-    /// The shipped design: MobileNet-style blocks on a 96x96 face, 0.21 M parameters and
-    /// 20 M multiply-adds, so a face reads in about a millisecond on one core.
-    pub fn standard(input_size: u32) -> Self {
+    /// MobileNet-style blocks (0.21 M parameters, 20 M multiply-adds at 96x96). Measured
+    /// against [`NetConfig::standard`]: a fifth of the multiply-adds, yet slower in tract 0.23
+    /// (6.6 against 3.9 ms per face on one x86 core: its depthwise and 1x1 convolutions are
+    /// memory-bound) and less accurate (test MAE 6.30 against 6.08, mirrored).
+    pub fn separable(input_size: u32) -> Self {
         use Layer::*;
         Self {
             input_size,
@@ -83,8 +85,9 @@ impl NetConfig {
         }
     }
 
-    /// A plain 6-conv net (32-48-64-96-128-160): more accurate per epoch, ~100 M multiply-adds.
-    pub fn plain6(input_size: u32) -> Self {
+    /// The shipped design: six plain 3x3 convolutions (32-48-64-96-128-160) on a 64x64 face,
+    /// 0.41 M parameters, 100 M multiply-adds.
+    pub fn standard(input_size: u32) -> Self {
         Self::plain(input_size, vec![vec![32], vec![48, 64], vec![96, 128], vec![160]])
     }
 
@@ -474,12 +477,18 @@ mod tests {
         assert_eq!(out.age_logits.unwrap().dims(), &[5, 101]);
 
         let mut params = Params::new(0, &Device::Cpu);
-        let net = AgeGenderNet::new(NetConfig::standard(96), &mut params).unwrap();
+        let net = AgeGenderNet::new(NetConfig::standard(64), &mut params).unwrap();
         let n = params.count_trainable();
         assert!(n < 450_000, "standard net has {n} parameters, over the int8 file budget");
+        let x = Tensor::zeros((3, 2, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(net.forward(&x, true).unwrap().age.dims(), &[2]);
+
+        let mut params = Params::new(0, &Device::Cpu);
+        let net = AgeGenderNet::new(NetConfig::separable(96), &mut params).unwrap();
+        assert_eq!(params.count_trainable(), 210_134);
         let x = Tensor::zeros((3, 2, 96, 96), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(net.forward(&x, true).unwrap().age.dims(), &[2]);
-        assert!(NetConfig::standard(96).macs() < 25_000_000, "{}", NetConfig::standard(96).macs());
+        assert_eq!(NetConfig::separable(96).macs(), 20_133_888);
     }
 
     #[test]
