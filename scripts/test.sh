@@ -6,4 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
+# The end-to-end tests run the two binaries; cargo test builds only the test package's own.
+cargo build --workspace --bins
 cargo test --workspace "$@"

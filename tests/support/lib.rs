@@ -38,13 +38,17 @@ pub fn detector() -> PathBuf {
     path
 }
 
-/// A binary of the workspace, built by `cargo test` next to the test executables.
+/// A binary of the workspace, next to the test executables (scripts/test.sh builds them first).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
     let dir = exe.parent().and_then(Path::parent).expect("target directory");
     let path = dir.join(name);
-    assert!(path.exists(), "{} not built: run the tests with `cargo test --workspace`", path.display());
+    assert!(
+        path.exists(),
+        "{} not built: run scripts/test.sh, or `cargo build --workspace --bins` first",
+        path.display()
+    );
     path
 }
 
