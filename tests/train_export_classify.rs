@@ -11,24 +11,7 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     let run = work.path().join("run");
     let run_s = run.to_str().unwrap();
 
-    let trained = run_host(
-        &[
-            "train",
-            "--net",
-            "separable",
-            "--size",
-            "32",
-            "--limit",
-            "300",
-            "--epochs",
-            "2",
-            "--batch",
-            "32",
-            "--out",
-            run_s,
-        ],
-        work.path(),
-    );
+    let trained = train_small("separable", 2, &run, work.path());
     ok(&trained);
     for file in [
         "best.safetensors",
@@ -56,24 +39,7 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     assert!(stdout(&exported).contains("tract vs candle"), "{}", stdout(&exported));
 
     // The second training run finds every crop in the cache.
-    let again = run_host(
-        &[
-            "train",
-            "--net",
-            "separable",
-            "--size",
-            "32",
-            "--limit",
-            "300",
-            "--epochs",
-            "1",
-            "--batch",
-            "32",
-            "--out",
-            work.path().join("run2").to_str().unwrap(),
-        ],
-        work.path(),
-    );
+    let again = train_small("separable", 1, &work.path().join("run2"), work.path());
     ok(&again);
     assert!(stderr(&again).contains("from cache"), "{}", stderr(&again));
 

@@ -141,24 +141,7 @@ pub fn tiny_run() -> &'static TinyRun {
         let dir = tempfile::Builder::new().prefix("faceage-tiny-").tempdir().expect("temp dir").keep();
         let run = dir.join("run");
         let model = dir.join("tiny-f32.onnx");
-        ok(&run_host(
-            &[
-                "train",
-                "--net",
-                "standard",
-                "--size",
-                "32",
-                "--limit",
-                "300",
-                "--epochs",
-                "2",
-                "--batch",
-                "32",
-                "--out",
-                run.to_str().unwrap(),
-            ],
-            &dir,
-        ));
+        ok(&train_small("standard", 2, &run, &dir));
         ok(&run_host(&["export", "--run", run.to_str().unwrap(), "--out", model.to_str().unwrap()], &dir));
         TinyRun { dir, f32_model: model }
     })
@@ -166,6 +149,14 @@ pub fn tiny_run() -> &'static TinyRun {
 
 pub fn tiny_model() -> &'static Path {
     &tiny_run().f32_model
+}
+
+/// Trains a small `net` at 32x32 on 300 UTKFace images (batch 32) into `out`.
+pub fn train_small(net: &str, epochs: usize, out: &Path, work: &Path) -> Output {
+    let epochs = epochs.to_string();
+    let args =
+        ["train", "--net", net, "--size", "32", "--limit", "300", "--epochs", &epochs, "--batch", "32"];
+    run_host(&[&args[..], &["--out", out.to_str().unwrap()]].concat(), work)
 }
 
 /// Runs `faceage-host` with the shared data, detector and a cache inside `work`.
