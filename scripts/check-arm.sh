@@ -34,18 +34,17 @@ log() { echo "[arm $(( $(date +%s) - start )) s] $*"; }
 
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO=sudo
-need=()
-dpkg --print-foreign-architectures | grep -qx arm64 || { $SUDO dpkg --add-architecture arm64; need+=(update); }
-for p in rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-         qemu-user-static libclang-dev rust-web-src gcc-arm-linux-gnueabihf libc6-dev-armhf-cross; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+PACKAGES=(rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+          qemu-user-static libclang-dev rust-web-src gcc-arm-linux-gnueabihf libc6-dev-armhf-cross)
+dpkg --print-foreign-architectures | grep -qx arm64 || $SUDO dpkg --add-architecture arm64
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-if [ ${#need[@]} -gt 0 ]; then
-  log "installing Debian's cross toolchain"
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing Debian's cross toolchain: ${missing[*]}"
   $SUDO apt-get update -qq || true  # a foreign mirror mid-sync must not stop the check
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
-    rustc-web cargo-web libstd-rust-web-dev:arm64 gcc-aarch64-linux-gnu libc6-dev-arm64-cross \
-    qemu-user-static libclang-dev rust-web-src gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
 # The host binary and a photo to compare readings on (the x86 build is the reference).

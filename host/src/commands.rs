@@ -120,7 +120,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let device = compute_device(&a.device)?;
     let config = TrainConfig {
         data: a.data.clone(),
-        net: NetConfig { age_head: NetConfig::standard(a.size).age_head, ..a.net.config(a.size) },
+        net: a.net.config(a.size),
         crop: CropSettings {
             input_size: a.size,
             margin: 1.25,

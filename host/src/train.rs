@@ -203,7 +203,7 @@ impl Model {
         for chunk in indices.chunks(256) {
             let batch = make_batch(set, chunk, None);
             let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
-            let (age, female, _) = self.net.infer(&x, mirror)?;
+            let (age, female) = self.net.infer(&x, mirror)?;
             let ages = age.to_vec1::<f32>()?;
             let female = female.to_vec1::<f32>()?;
             out.extend(ages.into_iter().zip(female).map(|(age, female)| Prediction { age, female }));

@@ -369,10 +369,10 @@ impl AgeGenderNet {
         }
     }
 
-    /// Inference as the exported file does it: age, p(female) and (distribution head) the age
-    /// spread, each `[N]`. With `mirror`, every face is also read mirrored and the two
-    /// readings' probabilities averaged (test-time augmentation).
-    pub fn infer(&self, x: &Tensor, mirror: bool) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+    /// Inference as the exported file does it: age and p(female), each `[N]`. With `mirror`,
+    /// every face is also read mirrored and the two readings' probabilities averaged
+    /// (test-time augmentation).
+    pub fn infer(&self, x: &Tensor, mirror: bool) -> Result<(Tensor, Tensor)> {
         let (_, n, _, w) = x.dims4()?;
         let input = if mirror {
             let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<u32>>(), x.device())?;
@@ -383,25 +383,15 @@ impl AgeGenderNet {
         let copies = if mirror { 2 } else { 1 };
         let out = self.forward(&input, false)?;
         let female = candle_nn::ops::sigmoid(&out.female_logit)?.reshape((copies, n))?.mean(0)?;
-        match &out.age_logits {
+        let age = match &out.age_logits {
             Some(logits) => {
                 let bins = logits.dim(1)?;
                 let probs = candle_nn::ops::softmax_last_dim(logits)?.reshape((copies, n, bins))?.mean(0)?;
-                let mean = probs.matmul(&self.ages.unsqueeze(1)?)?;
-                let second = probs.matmul(&self.ages.sqr()?.unsqueeze(1)?)?;
-                let std = (second - mean.sqr()?)?.relu()?.sqrt()?.squeeze(1)?;
-                Ok((mean.squeeze(1)?, female, Some(std)))
+                probs.matmul(&self.ages.unsqueeze(1)?)?.squeeze(1)?
             }
-            None => Ok((out.age.reshape((copies, n))?.mean(0)?, female, None)),
-        }
-    }
-
-    /// Standard deviation of the predicted age distribution, `[N]` (distribution head).
-    pub fn age_spread(&self, age_logits: &Tensor) -> Result<Tensor> {
-        let probs = candle_nn::ops::softmax_last_dim(age_logits)?;
-        let mean = probs.matmul(&self.ages.unsqueeze(1)?)?;
-        let second = probs.matmul(&self.ages.sqr()?.unsqueeze(1)?)?;
-        Ok((second - mean.sqr()?)?.relu()?.sqrt()?.squeeze(1)?)
+            None => out.age.reshape((copies, n))?.mean(0)?,
+        };
+        Ok((age, female))
     }
 }
 
