@@ -9,3 +9,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 # The end-to-end tests run the two binaries; cargo test builds only the test package's own.
 cargo build --workspace --bins
 cargo test --workspace "$@"
+# The opt-in `multithread` feature (rayon in tract: 4 MB more binary, so off by default).
+cargo clippy -p faceage-device --features multithread --all-targets -- -D warnings
+cargo test -p faceage-device --features multithread --lib "$@"

@@ -75,9 +75,23 @@ pub fn model_figures(model: &AgeGenderModel, runs: usize, batch: usize) -> Resul
 }
 
 /// Makes tract's matrix products use `threads` threads (1: single-threaded, the default).
-pub fn set_inference_threads(threads: usize) {
+#[cfg(feature = "multithread")]
+pub fn set_inference_threads(threads: usize) -> Result<()> {
     use tract_linalg::multithread::{Executor, set_default_executor};
     set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
+    Ok(())
+}
+
+/// Without the `multithread` feature tract runs on the calling thread only; asking for more
+/// is an error rather than a silent single-threaded run.
+#[cfg(not(feature = "multithread"))]
+pub fn set_inference_threads(threads: usize) -> Result<()> {
+    anyhow::ensure!(
+        threads <= 1,
+        "--threads {threads}: this faceage was built without the `multithread` feature \
+         (cargo build --features multithread); it reads faces on one thread"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
@@ -90,5 +104,33 @@ mod tests {
         assert_eq!(t.median, Duration::from_millis(6));
         assert_eq!(t.p90, Duration::from_millis(9));
         assert_eq!(t.runs, 10);
+    }
+
+    #[cfg(not(feature = "multithread"))]
+    #[test]
+    fn more_threads_without_the_feature_is_an_error_naming_it() {
+        set_inference_threads(1).unwrap();
+        let err = set_inference_threads(4).unwrap_err().to_string();
+        assert!(err.contains("--threads 4") && err.contains("multithread"), "{err}");
+    }
+
+    /// The shipped model read on two threads gives the one-thread readings.
+    #[cfg(feature = "multithread")]
+    #[test]
+    fn two_threads_read_like_one() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/faceage-f32.onnx");
+        let model = AgeGenderModel::load(&path).unwrap();
+        let crops = synthetic_crops(model.input_size(), 4);
+        set_inference_threads(1).unwrap();
+        let one = model.predict(&crops).unwrap();
+        set_inference_threads(2).unwrap();
+        use tract_linalg::multithread::{Executor, current_tract_executor};
+        assert!(matches!(current_tract_executor(), Executor::MultiThread(_)));
+        let two = model.predict(&crops).unwrap();
+        set_inference_threads(1).unwrap();
+        assert_eq!(one.len(), 4);
+        for (a, b) in one.iter().zip(&two) {
+            assert!((a.age - b.age).abs() < 1e-3 && (a.female - b.female).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
     }
 }

@@ -21,7 +21,8 @@ pub struct Args {
     /// BlazeFace detector for --source.
     #[arg(long, env = "FACEAGE_DETECTOR")]
     detector: Option<PathBuf>,
-    /// Thread counts to try for tract's matrix products, e.g. `1,4`.
+    /// Thread counts to try for tract's matrix products, e.g. `1,4` (more than 1 needs a build
+    /// with `--features multithread`).
     #[arg(long, value_delimiter = ',', default_value = "1")]
     threads: Vec<usize>,
     /// Timed single-face runs per model and thread count.
@@ -42,6 +43,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
         args.models.clone()
     };
     let arch = std::env::consts::ARCH;
+    // An unavailable thread count is refused before any figure is printed.
+    for &threads in &args.threads {
+        set_inference_threads(threads)?;
+    }
     println!(
         "{:<40} {:>9} {:>15} {:>7} {:>12} {:>9} {:>12}",
         "model", "bytes", "format", "threads", "ms/face p50", "p90", "faces/s @batch"
@@ -49,7 +54,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for path in &models {
         let model = AgeGenderModel::load(path)?;
         for &threads in &args.threads {
-            set_inference_threads(threads);
+            set_inference_threads(threads)?;
             let f = model_figures(&model, args.runs, args.batch)?;
             println!(
                 "{:<40} {:>9} {:>15} {:>7} {:>12.3} {:>9.3} {:>12.0}",
@@ -75,7 +80,7 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
     use std::time::{Duration, Instant};
 
     let threads = args.threads.first().copied().unwrap_or(1);
-    set_inference_threads(threads);
+    set_inference_threads(threads)?;
     let models = super::ModelArgs {
         model: args.models.first().cloned(),
         detector: args.detector.clone(),

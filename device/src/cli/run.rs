@@ -77,7 +77,7 @@ pub struct Args {
     /// Stop after this many frames.
     #[arg(long)]
     max_frames: Option<u64>,
-    /// Threads for tract's matrix products.
+    /// Threads for tract's matrix products (more than 1 needs a build with `--features multithread`).
     #[arg(long, default_value_t = 1)]
     threads: usize,
     #[cfg(feature = "kiosk")]
@@ -140,7 +140,7 @@ enum Frames {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    faceage_device::bench::set_inference_threads(args.threads);
+    faceage_device::bench::set_inference_threads(args.threads)?;
     let pipeline = args.models.load_pipeline()?;
     let spec = SourceSpec::parse(&args.source)?;
     let live_source = matches!(spec, SourceSpec::Camera(_) | SourceSpec::Stream(_)) || args.realtime;
