@@ -44,6 +44,22 @@ fn classify_names_an_unreadable_photo_and_still_reads_the_others() {
 }
 
 #[test]
+fn printing_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let work = tempfile::tempdir().unwrap();
+    let (scene, _) = compose_scene(&spread_faces(1, 3), 400, 300, 140);
+    let photo = work.path().join("photo.png");
+    scene.save(&photo).unwrap();
+    // `faceage classify photo.png | head -c 0`: the reader is gone before the first line.
+    let mut child = spawn_device(&["classify", "--json", photo.to_str().unwrap()], tiny_model());
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE like any Unix tool: {:?}", out.status);
+}
+
+#[test]
 fn truncated_and_foreign_model_files_are_refused_with_the_reason() {
     let work = tempfile::tempdir().unwrap();
     let (scene, _) = compose_scene(&spread_faces(1, 5), 400, 300, 140);

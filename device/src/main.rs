@@ -31,6 +31,9 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if !matches!(args.command, Command::Run(_)) {
+        stop_quietly_on_a_closed_pipe();
+    }
     let result = match args.command {
         Command::Classify(a) => cli::classify::run(a),
         Command::Run(a) => cli::run::run(*a),
@@ -43,5 +46,15 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The printing commands end quietly when their reader goes away (`faceage classify … | head`),
+/// as Unix tools do, instead of panicking on the broken pipe. `run` keeps Rust's default (SIGPIPE
+/// ignored, write errors reported) so that a vanished pipe can never kill the counting service.
+fn stop_quietly_on_a_closed_pipe() {
+    // SAFETY: called at the start of main, before any thread exists; SIG_DFL is a valid action.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }
