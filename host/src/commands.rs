@@ -77,7 +77,7 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 64)]
     size: u32,
     /// Epochs (the cosine schedule spans them all; the shipped model's recipe is the default).
-    #[arg(long, default_value_t = 12)]
+    #[arg(long, default_value_t = 36)]
     epochs: usize,
     #[arg(long, default_value_t = 64)]
     batch: usize,
