@@ -233,6 +233,25 @@ fn a_full_disk_is_reported_and_the_counts_kept_in_memory() {
     assert!(err.contains("No space left on device"), "{err}");
 }
 
+/// The test binaries are the default build (no `multithread` feature): `--threads 2` is a
+/// warning for `run`, which still counts, where `bench` refuses it.
+#[test]
+fn a_thread_count_the_build_lacks_is_a_warning_and_the_run_still_counts() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("one.avi");
+    write_clip(&clip, &scripted_clip(&three_walkers()[..1], 24, 320, 240, 100, false), 10);
+    let out = run_device(
+        &["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--threads", "2"],
+        tiny_model(),
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("--threads 2") && err.contains("counting on one thread"), "{err}");
+    let out = run_device(&["bench", "--threads", "1,2", "--runs", "1"], tiny_model());
+    assert!(!out.status.success() && stderr(&out).contains("multithread"), "{}", stderr(&out));
+    assert!(stdout(&out).is_empty(), "refused before any figure: {}", stdout(&out));
+}
+
 #[test]
 fn sources_that_cannot_be_read_are_clear_errors() {
     let out = run_device(&["run", "--source", "camera:9", "--counts-log", "-"], tiny_model());

@@ -140,7 +140,11 @@ enum Frames {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    faceage_device::bench::set_inference_threads(args.threads)?;
+    if let Err(e) = faceage_device::bench::set_inference_threads(args.threads) {
+        // A speed setting the build cannot honour (say, a config kept from a multithread build)
+        // must not stop the counting service.
+        eprintln!("warning: {e:#}; counting on one thread");
+    }
     let pipeline = args.models.load_pipeline()?;
     let spec = SourceSpec::parse(&args.source)?;
     let live_source = matches!(spec, SourceSpec::Camera(_) | SourceSpec::Stream(_)) || args.realtime;
