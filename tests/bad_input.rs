@@ -16,9 +16,7 @@ fn classify_names_an_unreadable_photo_and_still_reads_the_others() {
     truncated_copy(&spread_faces(1, 0)[0], &broken, 0.3);
     let not_an_image = work.path().join("notes.jpg");
     std::fs::write(&not_an_image, "shopping list").unwrap();
-    let (scene, _) = compose_scene(&spread_faces(1, 3), 400, 300, 140);
-    let good = work.path().join("good.png");
-    scene.save(&good).unwrap();
+    let good = one_face_photo(work.path(), "good.png", 3);
 
     let out = run_device(
         &[
@@ -47,9 +45,7 @@ fn classify_names_an_unreadable_photo_and_still_reads_the_others() {
 fn printing_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
     let work = tempfile::tempdir().unwrap();
-    let (scene, _) = compose_scene(&spread_faces(1, 3), 400, 300, 140);
-    let photo = work.path().join("photo.png");
-    scene.save(&photo).unwrap();
+    let photo = one_face_photo(work.path(), "photo.png", 3);
     // `faceage classify photo.png | head -c 0`: the reader is gone before the first line.
     let mut child = spawn_device(&["classify", "--json", photo.to_str().unwrap()], tiny_model());
     drop(child.stdout.take());
@@ -62,9 +58,7 @@ fn printing_into_a_closed_pipe_ends_quietly() {
 #[test]
 fn truncated_and_foreign_model_files_are_refused_with_the_reason() {
     let work = tempfile::tempdir().unwrap();
-    let (scene, _) = compose_scene(&spread_faces(1, 5), 400, 300, 140);
-    let photo = work.path().join("p.png");
-    scene.save(&photo).unwrap();
+    let photo = one_face_photo(work.path(), "p.png", 5);
 
     let truncated = work.path().join("truncated.onnx");
     truncated_copy(tiny_model(), &truncated, 0.5);

@@ -201,8 +201,7 @@ fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
 #[test]
 fn a_bind_address_beyond_loopback_comes_with_a_warning() {
     let work = tempfile::tempdir().unwrap();
-    let clip = work.path().join("one.avi");
-    write_clip(&clip, &scripted_clip(&three_walkers()[..1], 5, 320, 240, 100, false), 10);
+    let clip = one_walker_clip(work.path(), 5);
     let out = run_device(
         &["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--kiosk", "--bind", "0.0.0.0:0"],
         tiny_model(),

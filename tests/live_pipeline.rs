@@ -223,8 +223,7 @@ fn sigterm_writes_the_partial_interval() {
 #[test]
 fn a_full_disk_is_reported_and_the_counts_kept_in_memory() {
     let work = tempfile::tempdir().unwrap();
-    let clip = work.path().join("three.avi");
-    write_clip(&clip, &scripted_clip(&three_walkers()[..1], 24, 320, 240, 100, false), 10);
+    let clip = one_walker_clip(work.path(), 24);
     let out =
         run_device(&["run", "--source", clip.to_str().unwrap(), "--counts-log", "/dev/full"], tiny_model());
     assert!(!out.status.success(), "lines that could not be written make the run fail at exit");
@@ -238,8 +237,7 @@ fn a_full_disk_is_reported_and_the_counts_kept_in_memory() {
 #[test]
 fn a_thread_count_the_build_lacks_is_a_warning_and_the_run_still_counts() {
     let work = tempfile::tempdir().unwrap();
-    let clip = work.path().join("one.avi");
-    write_clip(&clip, &scripted_clip(&three_walkers()[..1], 24, 320, 240, 100, false), 10);
+    let clip = one_walker_clip(work.path(), 24);
     let out = run_device(
         &["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--threads", "2"],
         tiny_model(),

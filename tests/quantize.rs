@@ -97,9 +97,7 @@ fn edit_model(src: &Path, dst: &Path, edit: impl FnOnce(&mut tract_onnx::pb::Mod
 #[test]
 fn a_corrupt_scale_or_a_foreign_op_is_refused_with_the_reason() {
     let work = tempfile::tempdir().unwrap();
-    let (scene, _) = compose_scene(&spread_faces(1, 9), 400, 300, 140);
-    let photo = work.path().join("p.png");
-    scene.save(&photo).unwrap();
+    let photo = one_face_photo(work.path(), "p.png", 9);
     let int8 = export_int8("qdq");
 
     let corrupt = work.path().join("corrupt-scale.onnx");

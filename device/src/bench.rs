@@ -74,23 +74,29 @@ pub fn model_figures(model: &AgeGenderModel, runs: usize, batch: usize) -> Resul
     Ok(ModelFigures { per_face, batch, batch_timing })
 }
 
-/// Makes tract's matrix products use `threads` threads (1: single-threaded, the default).
-#[cfg(feature = "multithread")]
-pub fn set_inference_threads(threads: usize) -> Result<()> {
-    use tract_linalg::multithread::{Executor, set_default_executor};
-    set_default_executor(if threads > 1 { Executor::multithread(threads) } else { Executor::SingleThread });
-    Ok(())
-}
-
-/// Without the `multithread` feature tract runs on the calling thread only; asking for more
-/// is an error rather than a silent single-threaded run.
-#[cfg(not(feature = "multithread"))]
-pub fn set_inference_threads(threads: usize) -> Result<()> {
+/// Refuses a thread count this build cannot honour: without the `multithread` feature tract
+/// runs on the calling thread only, and asking for more must not be silently ignored.
+pub fn check_inference_threads(threads: usize) -> Result<()> {
     anyhow::ensure!(
-        threads <= 1,
+        threads <= 1 || cfg!(feature = "multithread"),
         "--threads {threads}: this faceage was built without the `multithread` feature \
          (cargo build --features multithread); it reads faces on one thread"
     );
+    Ok(())
+}
+
+/// Makes tract's matrix products use `threads` threads (1: single-threaded, the default).
+pub fn set_inference_threads(threads: usize) -> Result<()> {
+    check_inference_threads(threads)?;
+    #[cfg(feature = "multithread")]
+    {
+        use tract_linalg::multithread::{Executor, set_default_executor};
+        set_default_executor(if threads > 1 {
+            Executor::multithread(threads)
+        } else {
+            Executor::SingleThread
+        });
+    }
     Ok(())
 }
 

@@ -127,6 +127,14 @@ pub fn compose_scene(faces: &[PathBuf], width: u32, height: u32, side: u32) -> (
     (scene, placements)
 }
 
+/// `dir/name`: a 400x300 photo holding one UTKFace face (the `nth` of `spread_faces`), 140 px.
+pub fn one_face_photo(dir: &Path, name: &str, nth: usize) -> PathBuf {
+    let (scene, _) = compose_scene(&spread_faces(1, nth), 400, 300, 140);
+    let path = dir.join(name);
+    scene.save(&path).expect("write the photo");
+    path
+}
+
 /// A small model of the shipped design (32x32 input) trained once per test process (a few
 /// hundred images, two epochs) and exported as f32, shared by the tests that need *a* model rather than a good one.
 pub struct TinyRun {
@@ -207,6 +215,13 @@ pub struct Walker {
     pub leave: usize,
     pub from: (f32, f32),
     pub to: (f32, f32),
+}
+
+/// `dir/one.avi`: `frames` frames (10 fps, 320x240) of one face walking across.
+pub fn one_walker_clip(dir: &Path, frames: usize) -> PathBuf {
+    let clip = dir.join("one.avi");
+    write_clip(&clip, &scripted_clip(&three_walkers()[..1], frames, 320, 240, 100, false), 10);
+    clip
 }
 
 /// Frames of a clip with `walkers` moving over a fixed background; faces are `side` pixels.

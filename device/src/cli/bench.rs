@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use faceage_device::AgeGenderModel;
-use faceage_device::bench::{Timing, model_figures, set_inference_threads};
+use faceage_device::bench::{Timing, check_inference_threads, model_figures, set_inference_threads};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -45,7 +45,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let arch = std::env::consts::ARCH;
     // An unavailable thread count is refused before any figure is printed.
     for &threads in &args.threads {
-        set_inference_threads(threads)?;
+        check_inference_threads(threads)?;
     }
     println!(
         "{:<40} {:>9} {:>15} {:>7} {:>12} {:>9} {:>12}",
