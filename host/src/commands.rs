@@ -12,7 +12,7 @@ use faceage_host::export::quantize::{self, Calibration};
 use faceage_host::export::{self, FoldedNet, PlainF32};
 use faceage_host::metrics::Evaluation;
 use faceage_host::nn::loss::AgeLoss;
-use faceage_host::nn::model::NetConfig;
+use faceage_host::nn::model::{NetConfig, Pooling};
 use faceage_host::nn::optim::AdamWConfig;
 use faceage_host::train::{self, Model, Outcome, RunDir, TrainConfig};
 use faceage_host::{UTKFACE_LICENSE, compute_device, plots};
@@ -92,6 +92,9 @@ pub struct TrainArgs {
     /// Early stopping: epochs without a better validation score.
     #[arg(long, default_value_t = 8)]
     patience: usize,
+    /// How the last feature map is pooled for the heads.
+    #[arg(long, value_enum, default_value_t = Pooling::Average)]
+    pooling: Pooling,
     #[arg(long, value_enum, default_value_t = AgeLoss::Ldl)]
     age_loss: AgeLoss,
     /// Width in years of the LDL target distribution.
@@ -120,7 +123,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let device = compute_device(&a.device)?;
     let config = TrainConfig {
         data: a.data.clone(),
-        net: a.net.config(a.size),
+        net: NetConfig { pooling: a.pooling, ..a.net.config(a.size) },
         crop: CropSettings {
             input_size: a.size,
             margin: 1.25,

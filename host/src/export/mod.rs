@@ -60,6 +60,14 @@ impl FoldedConv {
 }
 
 #[derive(Clone, Debug)]
+pub struct LearnedPool {
+    /// Side of the last feature map.
+    pub side: usize,
+    /// `[C, side, side]` row-major.
+    pub weight: Vec<f32>,
+}
+
+#[derive(Clone, Debug)]
 pub struct Dense {
     pub name: String,
     /// `[out, in]` row-major.
@@ -74,6 +82,8 @@ pub struct Dense {
 pub struct FoldedNet {
     pub input_size: u32,
     pub convs: Vec<FoldedConv>,
+    /// Learned pooling of the last map; `None`: global average.
+    pub learned_pool: Option<LearnedPool>,
     pub age_head: Dense,
     pub gender_head: Dense,
     pub age_distribution: bool,
@@ -139,6 +149,10 @@ impl FoldedNet {
         Ok(Self {
             input_size: net.config.input_size,
             convs,
+            learned_pool: match &net.pool_weight {
+                Some(w) => Some(LearnedPool { side: w.dim(2)?, weight: values(w)? }),
+                None => None,
+            },
             age_head: dense(&net.age_head)?,
             gender_head: dense(&net.gender_head)?,
             age_distribution: matches!(net.config.age_head, AgeHead::Distribution { .. }),
@@ -188,11 +202,28 @@ pub fn float_trunk(
             x = g.node("MaxPool", &pooled, &[&x], &[&pooled], max_pool_attributes());
         }
     }
-    let gap = g.node("GlobalAveragePool", "gap", &[&x], &["gap"], vec![]);
-    let features = g.node("Flatten", "features", &[&gap], &["features"], vec![attr_int("axis", 1)]);
+    let features = pool_features(g, net, &x);
     taps.push(features.clone());
     let features = activation(g, &features, net.convs.len())?;
     Ok((features, taps))
+}
+
+/// Writes the pooling of the last `[N, C, S, S]` map into the `[N, C]` features the heads
+/// read: a global average, or the learned weights as a depthwise convolution spanning the map.
+pub fn pool_features(g: &mut Graph, net: &FoldedNet, map: &str) -> String {
+    let pooled = match &net.learned_pool {
+        None => g.node("GlobalAveragePool", "gap", &[map], &["gap"], vec![]),
+        Some(LearnedPool { side, weight }) => {
+            let (side, channels) = (*side, weight.len() / (side * side));
+            let w = g.init_f32("pool.weight", &[channels, 1, side, side], weight);
+            let attributes = vec![
+                attr_ints("kernel_shape", &[side as i64, side as i64]),
+                attr_int("group", channels as i64),
+            ];
+            g.node("Conv", "pool", &[map, &w], &["pool"], attributes)
+        }
+    };
+    g.node("Flatten", "features", &[&pooled], &["features"], vec![attr_int("axis", 1)])
 }
 
 pub fn max_pool_attributes() -> Vec<tract_onnx::pb::AttributeProto> {

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 use tract_onnx::prelude::*;
 
 use super::graph::{Graph, attr_int};
-use super::{Dense, Encoding, FoldedNet, INPUT_NAME, float_dense, float_trunk, max_pool_attributes};
+use super::{
+    Dense, Encoding, FoldedNet, INPUT_NAME, float_dense, float_trunk, max_pool_attributes, pool_features,
+};
 
 /// How activation ranges are chosen from the calibration crops.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, clap::ValueEnum)]
@@ -327,8 +329,7 @@ impl Encoding for QOperator {
         }
         let dq =
             g.node("DequantizeLinear", "trunk.dequantize", &[&x, &x_scale, &x_zero], &["trunk.dq"], vec![]);
-        let gap = g.node("GlobalAveragePool", "gap", &[&dq], &["gap"], vec![]);
-        Ok(g.node("Flatten", "features", &[&gap], &["features"], vec![attr_int("axis", 1)]))
+        Ok(pool_features(g, net, &dq))
     }
 
     fn dense(&self, g: &mut Graph, d: &Dense, input: &str) -> Result<String> {

@@ -27,6 +27,25 @@ pub enum AgeHead {
     Regression,
 }
 
+/// How the last feature map becomes the features the heads read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// Global average: every position of the map counts the same.
+    #[default]
+    Average,
+    /// One learned weight per channel and position (MobileFaceNet's "global depthwise
+    /// convolution"), started at the average: a face is aligned, so where a feature fires
+    /// (eyes, forehead, mouth) carries information an average throws away.
+    Learned,
+}
+
+impl Pooling {
+    fn is_average(&self) -> bool {
+        *self == Pooling::Average
+    }
+}
+
 /// One step of the trunk.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -49,6 +68,9 @@ pub struct NetConfig {
     /// The trunk layer by layer (used when given, instead of `stages`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub layers: Vec<Layer>,
+    /// Older runs have no field here: they pooled by average.
+    #[serde(default, skip_serializing_if = "Pooling::is_average")]
+    pub pooling: Pooling,
     pub age_head: AgeHead,
 }
 
@@ -56,7 +78,7 @@ const AGES: AgeHead = AgeHead::Distribution { max_age: 100 };
 
 impl NetConfig {
     fn plain(input_size: u32, stages: Vec<Vec<usize>>) -> Self {
-        Self { input_size, stages, layers: Vec::new(), age_head: AGES }
+        Self { input_size, stages, layers: Vec::new(), pooling: Pooling::Average, age_head: AGES }
     }
 
     /// MobileNet-style blocks (0.21 M parameters, 20 M multiply-adds at 96x96). Measured
@@ -81,6 +103,7 @@ impl NetConfig {
                 Separable { out: 256, stride: 1 },
                 Separable { out: 320, stride: 1 },
             ],
+            pooling: Pooling::Average,
             age_head: AGES,
         }
     }
@@ -157,6 +180,14 @@ impl NetConfig {
         Ok(())
     }
 
+    /// Side of the last feature map.
+    pub fn final_size(&self) -> usize {
+        self.trunk().iter().fold(self.input_size as usize, |size, layer| match layer {
+            Layer::Pool => size / 2,
+            Layer::Conv { stride, .. } | Layer::Separable { stride, .. } => size.div_ceil(*stride),
+        })
+    }
+
     pub fn feature_channels(&self) -> usize {
         self.convs().last().map_or(0, |c| c.4)
     }
@@ -178,7 +209,11 @@ impl NetConfig {
                 per_pixel as u64 * size * size
             })
             .sum();
-        trunk + self.feature_channels() as u64 * (self.age_bins() as u64 + 1)
+        let pooling = match self.pooling {
+            Pooling::Average => 0,
+            Pooling::Learned => (self.feature_channels() * self.final_size().pow(2)) as u64,
+        };
+        trunk + pooling + self.feature_channels() as u64 * (self.age_bins() as u64 + 1)
     }
 }
 
@@ -278,6 +313,8 @@ pub struct NetOutput {
 pub struct AgeGenderNet {
     pub config: NetConfig,
     pub blocks: Vec<Block>,
+    /// `[C, S, S]` weights of [`Pooling::Learned`].
+    pub pool_weight: Option<Var>,
     pub age_head: Linear,
     pub gender_head: Linear,
     /// `[bins]` ages 0..=max_age, for the expected value.
@@ -323,6 +360,15 @@ impl AgeGenderNet {
             }
         }
         let features = config.feature_channels();
+        let pool_weight = match config.pooling {
+            Pooling::Average => None,
+            Pooling::Learned => {
+                let side = config.final_size();
+                // Starts as the average; decay would pull it towards "no features at all".
+                let average = 1.0 / (side * side) as f32;
+                Some(params.constant("pool.weight", &[features, side, side], average, Role::NoDecay)?)
+            }
+        };
         let (bins, age_bias) = match config.age_head {
             AgeHead::Distribution { max_age } => (max_age + 1, 0.0),
             // Start near the typical age so early steps are not spent walking there.
@@ -331,7 +377,7 @@ impl AgeGenderNet {
         let age_head = Linear::new(params, "age_head", features, bins, age_bias)?;
         let gender_head = Linear::new(params, "gender_head", features, 1, 0.0)?;
         let ages = Tensor::arange(0f32, bins as f32, params.device())?;
-        Ok(Self { config, blocks, age_head, gender_head, ages })
+        Ok(Self { config, blocks, pool_weight, age_head, gender_head, ages })
     }
 
     /// The convolution layers in order.
@@ -352,13 +398,19 @@ impl AgeGenderNet {
                 Block::Pool => max_pool_2x2(&h)?,
             };
         }
-        // Global average pool: [C, N, h, w] -> [N, C]
-        let features = h.mean(D::Minus1)?.mean(D::Minus1)?.t()?;
+        // [C, N, h, w] -> [N, C]
+        let pooled = match &self.pool_weight {
+            Some(w) => h.broadcast_mul(&w.unsqueeze(1)?)?.sum(D::Minus1)?.sum(D::Minus1)?,
+            None => h.mean(D::Minus1)?.mean(D::Minus1)?,
+        };
+        let features = pooled.t()?;
         let female_logit = self.gender_head.forward(&features)?.squeeze(1)?;
         match self.config.age_head {
             AgeHead::Distribution { .. } => {
                 let logits = self.age_head.forward(&features)?;
-                let probs = candle_nn::ops::softmax_last_dim(&logits)?;
+                // Not `softmax_last_dim`: that fused op has no backward pass, and the L1 term
+                // on this expected age would then train nothing.
+                let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 let age = probs.matmul(&self.ages.unsqueeze(1)?)?.squeeze(1)?;
                 Ok(NetOutput { age_logits: Some(logits), age, female_logit })
             }
@@ -479,6 +531,60 @@ mod tests {
         let x = Tensor::zeros((3, 2, 96, 96), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(net.forward(&x, true).unwrap().age.dims(), &[2]);
         assert_eq!(NetConfig::separable(96).macs(), 20_133_888);
+    }
+
+    #[test]
+    fn the_expected_age_passes_gradients_to_the_age_head() {
+        // The L1 term of LDL is on the expected age; without a gradient through the softmax
+        // it would be reported in the loss and train nothing (candle's fused
+        // `softmax_last_dim` has no backward pass).
+        let mut params = Params::new(3, &Device::Cpu);
+        let net = AgeGenderNet::new(NetConfig::tiny(16), &mut params).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 16, 16), &Device::Cpu).unwrap();
+        let out = net.forward(&x, true).unwrap();
+        let grads = out.age.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(&net.age_head.weight).expect("the age head gets a gradient from the age");
+        let size = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(size > 0.0);
+    }
+
+    #[test]
+    fn learned_pooling_starts_as_the_average_and_then_learns() {
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 32, 32), &Device::Cpu).unwrap();
+        let net_with = |pooling| {
+            let mut params = Params::new(7, &Device::Cpu);
+            let net = AgeGenderNet::new(NetConfig { pooling, ..NetConfig::tiny(32) }, &mut params).unwrap();
+            (params, net)
+        };
+        let (_, average) = net_with(Pooling::Average);
+        let (params, learned) = net_with(Pooling::Learned);
+        assert_eq!(params.count_trainable() - 16 * 4 * 4, {
+            let (p, _) = net_with(Pooling::Average);
+            p.count_trainable()
+        });
+        let a = average.forward(&x, false).unwrap();
+        let l = learned.forward(&x, false).unwrap();
+        let diff = (a.age - &l.age).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(diff < 1e-4, "learned pooling starts {diff} years away from the average");
+
+        let pool = learned.pool_weight.as_ref().unwrap();
+        let grads = l.age.sum_all().unwrap().backward().unwrap();
+        let g = grads.get(pool).expect("the pooling weights get a gradient");
+        let size = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
+        assert!(size > 0.0, "the pooling weights get a nonzero gradient");
+    }
+
+    #[test]
+    fn runs_from_before_learned_pooling_read_as_average_pooling() {
+        let mut config = serde_json::to_value(NetConfig::standard(64)).unwrap();
+        assert!(config.get("pooling").is_none(), "average pooling is written as before");
+        let old: NetConfig = serde_json::from_value(config.clone()).unwrap();
+        assert_eq!(old.pooling, Pooling::Average);
+        config["pooling"] = "learned".into();
+        let new: NetConfig = serde_json::from_value(config).unwrap();
+        assert_eq!(new.pooling, Pooling::Learned);
+        assert_eq!(new.final_size(), 4);
+        assert_eq!(new.macs() - NetConfig::standard(64).macs(), 160 * 4 * 4);
     }
 
     #[test]
