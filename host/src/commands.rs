@@ -89,13 +89,15 @@ pub struct TrainArgs {
     /// Warm-up length in epochs.
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
-    /// Early stopping: epochs without a better validation score.
-    #[arg(long, default_value_t = 8)]
-    patience: usize,
+    /// Early stopping: epochs without a better validation score [default: 8]. With --resume,
+    /// a new patience lets a run that stopped early go on to the end of its schedule.
+    #[arg(long)]
+    patience: Option<usize>,
     /// How the last feature map is pooled for the heads.
     #[arg(long, value_enum, default_value_t = Pooling::Average)]
     pooling: Pooling,
-    #[arg(long, value_enum, default_value_t = AgeLoss::Ldl)]
+    /// Age loss; the default is the shipped model's recipe.
+    #[arg(long, value_enum, default_value_t = AgeLoss::LdlKl)]
     age_loss: AgeLoss,
     /// Width in years of the LDL target distribution.
     #[arg(long, default_value_t = 2.0)]
@@ -136,7 +138,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         lr_floor: 0.01,
         warmup_epochs: a.warmup,
         adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
-        patience: a.patience,
+        patience: a.patience.unwrap_or(8),
         seed: a.seed,
         augment: Augment::scaled(a.augment),
         age_loss: a.age_loss,
@@ -148,7 +150,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         // The saved configuration wins: a resumed run continues the same experiment.
         let saved = run.read_config()?;
         eprintln!("resuming {} with its saved settings", run.0.display());
-        saved
+        TrainConfig { patience: a.patience.unwrap_or(saved.patience), ..saved }
     } else {
         if run.checkpoint().exists() {
             bail!(

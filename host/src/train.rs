@@ -248,11 +248,16 @@ pub fn train(
     let mut state = TrainState::default();
     if resume {
         let saved = run.read_config()?;
-        if saved != *config {
+        // Patience only decides when to stop, so a run that stopped early can go on to the
+        // end of its schedule; everything else must match or the run would not be one run.
+        if (TrainConfig { patience: config.patience, ..saved.clone() }) != *config {
             bail!(
                 "{}: --resume with different settings than train.json; start a new --out folder",
                 run.0.display()
             );
+        }
+        if saved.patience != config.patience {
+            std::fs::write(run.config(), serde_json::to_string_pretty(config)?)?;
         }
         let ckpt = checkpoint::load(&run.checkpoint(), device)?;
         model.params.assign(&ckpt.params, &run.checkpoint().display().to_string())?;

@@ -172,7 +172,7 @@ pub trait Encoding {
 /// Writes a weight tensor (name, dims, values) and returns the name the graph reads it by.
 pub type WeightFn<'a> = dyn Fn(&mut Graph, &str, &[usize], &[f32]) -> Result<String> + 'a;
 
-/// Writes the f32-compute trunk (Conv, Relu, MaxPool, global average pool), asking `weight`
+/// Writes the f32-compute trunk (Conv, Relu, MaxPool, then the pooling), asking `weight`
 /// for each conv weight tensor and `activation` for each conv input; returns the features
 /// and the names of the tensors entering each conv (then the features), for calibration.
 pub fn float_trunk(

@@ -16,6 +16,9 @@ pub enum AgeLoss {
     /// Label-distribution learning: KL divergence to a Gaussian around the true age, plus L1
     /// on the distribution's mean (needs the distribution head).
     Ldl,
+    /// The KL term alone. The shipped model was trained this way: until the fix of the
+    /// softmax's backward pass, `ldl`'s L1 term was reported but sent no gradient to the net.
+    LdlKl,
     /// Mean absolute error in years.
     L1,
     /// Huber loss with a 5-year knee.
@@ -24,7 +27,7 @@ pub enum AgeLoss {
 
 pub struct MultiTaskLoss {
     pub age_loss: AgeLoss,
-    /// Width (years) of the target age distribution for [`AgeLoss::Ldl`].
+    /// Width (years) of the target age distribution for [`AgeLoss::Ldl`] and [`AgeLoss::LdlKl`].
     pub sigma: f32,
     /// One learned log-variance per task term.
     log_vars: Vec<Var>,
@@ -49,6 +52,7 @@ impl MultiTaskLoss {
     fn names_for(age_loss: AgeLoss) -> &'static [&'static str] {
         match age_loss {
             AgeLoss::Ldl => &["age_kl", "age_l1", "gender_bce"],
+            AgeLoss::LdlKl => &["age_kl", "gender_bce"],
             AgeLoss::L1 => &["age_l1", "gender_bce"],
             AgeLoss::SmoothL1 => &["age_huber", "gender_bce"],
         }
@@ -63,7 +67,7 @@ impl MultiTaskLoss {
         let age_error = (&out.age - ages)?;
         let mut terms = Vec::new();
         match self.age_loss {
-            AgeLoss::Ldl => {
+            AgeLoss::Ldl | AgeLoss::LdlKl => {
                 let logits = out
                     .age_logits
                     .as_ref()
@@ -75,7 +79,9 @@ impl MultiTaskLoss {
                 let entropy = (&target * target.clamp(1e-12, 1.0)?.log()?)?.sum(1)?;
                 let cross = (&target * &log_p)?.sum(1)?;
                 terms.push((entropy - cross)?.mean_all()?);
-                terms.push(age_error.abs()?.mean_all()?);
+                if self.age_loss == AgeLoss::Ldl {
+                    terms.push(age_error.abs()?.mean_all()?);
+                }
             }
             AgeLoss::L1 => terms.push(age_error.abs()?.mean_all()?),
             AgeLoss::SmoothL1 => terms.push(huber(&age_error, 5.0)?),
@@ -135,6 +141,25 @@ mod tests {
         assert_eq!(argmax(&rows[0]), 30);
         assert_eq!(argmax(&rows[1]), 0);
         assert_eq!(argmax(&rows[2]), 100, "ages beyond the last bin go to the last bin");
+    }
+
+    #[test]
+    fn ldl_kl_is_ldl_without_the_l1_term() {
+        use crate::nn::model::{AgeGenderNet, NetConfig};
+        let mut params = Params::new(5, &Device::Cpu);
+        let net = AgeGenderNet::new(NetConfig::tiny(16), &mut params).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (3, 4, 16, 16), &Device::Cpu).unwrap();
+        let out = net.forward(&x, false).unwrap();
+        let ages = Tensor::new(&[3f32, 30.0, 60.0, 90.0], &Device::Cpu).unwrap();
+        let female = Tensor::new(&[0f32, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();
+        let value = |age_loss| {
+            let loss = MultiTaskLoss::new(age_loss, 2.0, &mut Params::new(0, &Device::Cpu)).unwrap();
+            let v = loss.compute(&out, &ages, &female).unwrap();
+            assert_eq!(v.terms.len(), loss.term_names().len());
+            v.terms.iter().map(|t| t.to_scalar::<f32>().unwrap()).collect::<Vec<_>>()
+        };
+        let (full, kl) = (value(AgeLoss::Ldl), value(AgeLoss::LdlKl));
+        assert_eq!(kl, vec![full[0], full[2]], "the same KL and BCE, no L1");
     }
 
     #[test]

@@ -1,0 +1,105 @@
+//! Training runs survive being stopped: a run that stopped early goes on to the end of its
+//! schedule with more patience, and a run interrupted by Ctrl-C (SIGINT) mid-epoch continues
+//! from its checkpoint. Either way the resumed run reads like one that was never stopped.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use faceage_e2e::*;
+use serde_json::Value;
+
+const EPOCHS: &str = "3";
+
+fn train(run: &Path, work: &Path, extra: &[&str]) -> std::process::Output {
+    let base =
+        ["train", "--net", "tiny", "--size", "32", "--limit", "300", "--epochs", EPOCHS, "--batch", "32"];
+    run_host(&[&base[..], extra, &["--out", run.to_str().unwrap()]].concat(), work)
+}
+
+fn metrics(run: &Path) -> Vec<Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// The validation figures of every epoch must match a run that was never stopped.
+fn assert_same_validation(resumed: &[Value], straight: &[Value]) {
+    assert_eq!(resumed.len(), straight.len(), "one line per epoch");
+    for (r, s) in resumed.iter().zip(straight) {
+        assert_eq!(r["epoch"], s["epoch"]);
+        for key in ["val_age_mae", "val_gender_accuracy"] {
+            let (a, b) = (r[key].as_f64().unwrap(), s[key].as_f64().unwrap());
+            assert!((a - b).abs() < 1e-3, "epoch {}: {key} {a} resumed vs {b} straight", r["epoch"]);
+        }
+    }
+}
+
+fn straight_run() -> &'static Vec<Value> {
+    static RUN: std::sync::OnceLock<Vec<Value>> = std::sync::OnceLock::new();
+    RUN.get_or_init(|| {
+        let work = tempfile::tempdir().unwrap();
+        let run = work.path().join("straight");
+        ok(&train(&run, work.path(), &["--patience", "9"]));
+        metrics(&run)
+    })
+}
+
+#[test]
+fn a_run_that_stopped_early_goes_on_with_more_patience() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    // Patience 0 stops after the first epoch, whatever the data.
+    let stopped = train(&run, work.path(), &["--patience", "0"]);
+    ok(&stopped);
+    assert!(stderr(&stopped).contains("stopping early"), "{}", stderr(&stopped));
+    assert_eq!(metrics(&run).len(), 1);
+
+    let resumed = train(&run, work.path(), &["--resume", "--patience", "9"]);
+    ok(&resumed);
+    assert!(stderr(&resumed).contains("resuming at epoch 2"), "{}", stderr(&resumed));
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["patience"], 9, "train.json records the patience the run ended with");
+    assert_same_validation(&metrics(&run), straight_run());
+}
+
+#[test]
+fn a_run_interrupted_mid_epoch_continues_from_its_checkpoint() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    // Crops first, so the interruption lands in training rather than in crop building.
+    ok(&train(&work.path().join("warm-up"), work.path(), &["--patience", "0"]));
+
+    let child = Command::new(bin("faceage-host"))
+        .args([
+            "train", "--net", "tiny", "--size", "32", "--limit", "300", "--epochs", EPOCHS, "--batch", "32",
+        ])
+        .args(["--patience", "9", "--out", run.to_str().unwrap(), "--data"])
+        .arg(utkface_dir())
+        .arg("--detector")
+        .arg(detector())
+        .arg("--cache-dir")
+        .arg(work.path().join("cache"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt once the first epoch is on record, i.e. inside a later one.
+    let started = Instant::now();
+    while !std::fs::read_to_string(run.join("metrics.jsonl")).is_ok_and(|m| m.lines().count() >= 1) {
+        assert!(started.elapsed() < Duration::from_secs(300), "no epoch finished in 5 minutes");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    ok(&Command::new("kill").args(["-INT", &child.id().to_string()]).output().unwrap());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "Ctrl-C is a clean stop: {err}");
+    assert!(err.contains("interrupted at epoch"), "the signal came inside a later epoch: {err}");
+    assert!(metrics(&run).len() < 3, "{err}");
+    assert!(run.join("checkpoint.safetensors").exists());
+
+    let resumed = train(&run, work.path(), &["--resume"]);
+    ok(&resumed);
+    assert!(stderr(&resumed).contains("resuming at epoch"), "{}", stderr(&resumed));
+    assert_same_validation(&metrics(&run), straight_run());
+}
