@@ -96,3 +96,49 @@ fn a_photo_without_faces_says_so() {
     ok(&out);
     assert!(stdout(&out).contains("no face found"), "{}", stdout(&out));
 }
+
+#[test]
+fn learned_pooling_exports_to_f32_and_both_int8_forms() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("run");
+    let run_s = run.to_str().unwrap();
+    let args =
+        ["train", "--net", "standard", "--size", "32", "--limit", "300", "--epochs", "1", "--batch", "32"];
+    ok(&run_host(&[&args[..], &["--pooling", "learned", "--out", run_s]].concat(), work.path()));
+    let config = std::fs::read_to_string(run.join("train.json")).unwrap();
+    assert!(config.contains("\"pooling\": \"learned\""), "{config}");
+
+    let f32_model = work.path().join("f32.onnx");
+    for format in ["qdq", "qoperator"] {
+        let int8_model = work.path().join(format!("{format}.onnx"));
+        let exported = run_host(
+            &[
+                "export",
+                "--run",
+                run_s,
+                "--out",
+                f32_model.to_str().unwrap(),
+                "--quantize",
+                "int8",
+                "--quant-format",
+                format,
+                "--int8-out",
+                int8_model.to_str().unwrap(),
+                "--calibration-crops",
+                "64",
+            ],
+            work.path(),
+        );
+        // Export fails when tract and candle disagree on the f32 file by more than 1e-3.
+        ok(&exported);
+        let text = stdout(&exported);
+        assert!(text.contains("tract vs candle") && text.contains(&format!("int8-{format}")), "{text}");
+        // The board reads both files.
+        let photo = one_face_photo(work.path(), "one.png", 0);
+        for model in [&f32_model, &int8_model] {
+            let out = run_device(&["classify", "--json", photo.to_str().unwrap()], model);
+            ok(&out);
+            assert!(stdout(&out).contains("\"age\""), "{}", stdout(&out));
+        }
+    }
+}
