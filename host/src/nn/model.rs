@@ -1,8 +1,8 @@
 //! The multi-task CNN: a stack of convolution + batch-norm + ReLU layers (plain 3x3, or
 //! MobileNet-style depthwise-separable blocks) with 2x2 max-pooling or strided convolutions,
 //! pooling of the last map (a global average, or learned weights per channel and position),
-//! and two heads: age (a distribution over whole years, or a single
-//! regressed value) and gender (one logit for "female").
+//! and two heads: age (a distribution over whole years, or a single regressed value) and
+//! gender (one logit for "female").
 //!
 //! Weights are named as the ONNX initializers will be (`conv3.weight`, `age_head.bias`...).
 
