@@ -22,14 +22,15 @@ fn metrics(run: &Path) -> Vec<Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// The validation figures of every epoch must match a run that was never stopped.
+/// The validation figures of every epoch must match a run that was never stopped, to the bit:
+/// training is deterministic for a given thread count.
 fn assert_same_validation(resumed: &[Value], straight: &[Value]) {
     assert_eq!(resumed.len(), straight.len(), "one line per epoch");
     for (r, s) in resumed.iter().zip(straight) {
         assert_eq!(r["epoch"], s["epoch"]);
         for key in ["val_age_mae", "val_gender_accuracy"] {
             let (a, b) = (r[key].as_f64().unwrap(), s[key].as_f64().unwrap());
-            assert!((a - b).abs() < 1e-3, "epoch {}: {key} {a} resumed vs {b} straight", r["epoch"]);
+            assert_eq!(a, b, "epoch {}: {key} resumed vs straight", r["epoch"]);
         }
     }
 }

@@ -303,14 +303,19 @@ fn conv_forward(x: &[f32], weight: &[f32], g: &Geometry) -> Vec<f32> {
     y
 }
 
-/// `dW [O, C, k, k]` from `x` and `dY`; chunks accumulate their own `dW` and are summed.
+/// `dW [O, C, k, k]` from `x` and `dY`. The chunks are split into one contiguous group per
+/// thread; each group accumulates its own `dW` and the groups are summed in order, so the
+/// result is the same on every run with the same thread count (rayon's `fold`/`reduce` groups
+/// by work stealing, and float sums in a varying order made seeded runs drift apart).
 fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
     let (kk, m, plane, o) = (g.kk(), g.m(), g.out_plane(), g.o);
-    g.chunks()
-        .into_par_iter()
-        .fold(
-            || vec![0f32; o * kk],
-            |acc, images| {
+    let chunks = g.chunks();
+    let per_group = chunks.len().div_ceil(rayon::current_num_threads()).max(1);
+    let partials: Vec<Vec<f32>> = chunks
+        .par_chunks(per_group)
+        .map(|group| {
+            let acc = vec![0f32; o * kk];
+            for images in group {
                 let cols_w = images.len() * plane;
                 let mut patches = vec![0f32; cols_w * kk];
                 im2row(x, g, images.clone(), &mut patches);
@@ -322,18 +327,17 @@ fn conv_weight_grad(x: &[f32], dy: &[f32], g: &Geometry) -> Vec<f32> {
                     cs: 1,
                 };
                 let dst = Mat::row_major(&acc, o, kk);
-                // SAFETY: `acc` is this fold's own [o, kk] buffer; dy_chunk lies inside `dy`.
+                // SAFETY: `acc` is this group's own [o, kk] buffer; dy_chunk lies inside `dy`.
                 unsafe { gemm_into(dst, dy_chunk, Mat::row_major(&patches, cols_w, kk), true) };
-                acc
-            },
-        )
-        .reduce(
-            || vec![0f32; o * kk],
-            |mut a, b| {
-                a.iter_mut().zip(&b).for_each(|(x, y)| *x += y);
-                a
-            },
-        )
+            }
+            acc
+        })
+        .collect();
+    let mut sum = vec![0f32; o * kk];
+    for partial in &partials {
+        sum.iter_mut().zip(partial).for_each(|(s, p)| *s += p);
+    }
+    sum
 }
 
 /// `dX [C, N, H, W] = col2im(W^T @ dY)`.
@@ -553,6 +557,27 @@ mod tests {
             assert!(max_diff(g.get(&w).unwrap(), gr.get(&wr).unwrap()) < 1e-4, "dW k {k} stride {stride}");
             let gx = g.get(&x).unwrap().transpose(0, 1).unwrap();
             assert!(max_diff(&gx, gr.get(&xr).unwrap()) < 1e-4, "dX k {k} stride {stride}");
+        }
+    }
+
+    #[test]
+    fn the_weight_gradient_is_the_same_on_every_run() {
+        // Several image chunks over two threads: the order of their sums must not vary.
+        let x = Var::from_tensor(&random(&[8, 64, 16, 16], 6)).unwrap();
+        let w = Var::from_tensor(&random(&[8, 8, 3, 3], 7)).unwrap();
+        let probe = random(&[8, 64, 16, 16], 8);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+        let gradient = || -> Vec<u32> {
+            pool.install(|| {
+                let loss = (conv2d_cnhw(&x, &w, 1, 1).unwrap() * &probe).unwrap().sum_all().unwrap();
+                let g = loss.backward().unwrap();
+                let gw = g.get(&w).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                gw.iter().map(|v| v.to_bits()).collect()
+            })
+        };
+        let first = gradient();
+        for _ in 0..10 {
+            assert!(gradient() == first, "the weight gradient changed between identical runs");
         }
     }
 
