@@ -145,10 +145,7 @@ mod tests {
 
     #[test]
     fn ldl_kl_is_ldl_without_the_l1_term() {
-        use crate::nn::model::{AgeGenderNet, NetConfig};
-        let mut params = Params::new(5, &Device::Cpu);
-        let net = AgeGenderNet::new(NetConfig::tiny(16), &mut params).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (3, 4, 16, 16), &Device::Cpu).unwrap();
+        let (_, net, x) = crate::nn::test_support::net_and_batch(crate::nn::model::NetConfig::tiny(16), 5);
         let out = net.forward(&x, false).unwrap();
         let ages = Tensor::new(&[3f32, 30.0, 60.0, 90.0], &Device::Cpu).unwrap();
         let female = Tensor::new(&[0f32, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();

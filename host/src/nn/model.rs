@@ -507,6 +507,7 @@ pub fn to_cnhw(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::test_support::{gradient_size, max_diff, net_and_batch};
     use candle_core::Device;
 
     #[test]
@@ -539,40 +540,27 @@ mod tests {
         // The L1 term of LDL is on the expected age; without a gradient through the softmax
         // it would be reported in the loss and train nothing (candle's fused
         // `softmax_last_dim` has no backward pass).
-        let mut params = Params::new(3, &Device::Cpu);
-        let net = AgeGenderNet::new(NetConfig::tiny(16), &mut params).unwrap();
-        let x = Tensor::randn(0f32, 1.0, (3, 4, 16, 16), &Device::Cpu).unwrap();
+        let (_, net, x) = net_and_batch(NetConfig::tiny(16), 3);
         let out = net.forward(&x, true).unwrap();
         let grads = out.age.sum_all().unwrap().backward().unwrap();
-        let g = grads.get(&net.age_head.weight).expect("the age head gets a gradient from the age");
-        let size = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(size > 0.0);
+        assert!(gradient_size(&grads, &net.age_head.weight, "the age head") > 0.0);
     }
 
     #[test]
     fn learned_pooling_starts_as_the_average_and_then_learns() {
-        let x = Tensor::randn(0f32, 1.0, (3, 4, 32, 32), &Device::Cpu).unwrap();
-        let net_with = |pooling| {
-            let mut params = Params::new(7, &Device::Cpu);
-            let net = AgeGenderNet::new(NetConfig { pooling, ..NetConfig::tiny(32) }, &mut params).unwrap();
-            (params, net)
-        };
-        let (_, average) = net_with(Pooling::Average);
-        let (params, learned) = net_with(Pooling::Learned);
-        assert_eq!(params.count_trainable() - 16 * 4 * 4, {
-            let (p, _) = net_with(Pooling::Average);
-            p.count_trainable()
-        });
+        let with = |pooling| net_and_batch(NetConfig { pooling, ..NetConfig::tiny(32) }, 7);
+        let (average_params, average, x) = with(Pooling::Average);
+        let (learned_params, learned, _) = with(Pooling::Learned);
+        // One weight per channel (16) and position of the last 4x4 map.
+        assert_eq!(learned_params.count_trainable(), average_params.count_trainable() + 16 * 4 * 4);
         let a = average.forward(&x, false).unwrap();
         let l = learned.forward(&x, false).unwrap();
-        let diff = (a.age - &l.age).unwrap().abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+        let diff = max_diff(&a.age, &l.age);
         assert!(diff < 1e-4, "learned pooling starts {diff} years away from the average");
 
-        let pool = learned.pool_weight.as_ref().unwrap();
         let grads = l.age.sum_all().unwrap().backward().unwrap();
-        let g = grads.get(pool).expect("the pooling weights get a gradient");
-        let size = g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap();
-        assert!(size > 0.0, "the pooling weights get a nonzero gradient");
+        let pool = learned.pool_weight.as_ref().unwrap();
+        assert!(gradient_size(&grads, pool, "the pooling weights") > 0.0);
     }
 
     #[test]
