@@ -16,6 +16,9 @@ pub enum AgeLoss {
     /// Label-distribution learning: KL divergence to a Gaussian around the true age, plus L1
     /// on the distribution's mean (needs the distribution head).
     Ldl,
+    /// KL + L1 as one age term under one learned weight (DLDL-v2, Gao et al., IJCAI 2018), so
+    /// age and gender are weighed one to one; `ldl` gives age two weights against gender's one.
+    Dldl,
     /// The KL term alone. The shipped model was trained this way: until the fix of the
     /// softmax's backward pass, `ldl`'s L1 term was reported but sent no gradient to the net.
     LdlKl,
@@ -52,6 +55,7 @@ impl MultiTaskLoss {
     fn names_for(age_loss: AgeLoss) -> &'static [&'static str] {
         match age_loss {
             AgeLoss::Ldl => &["age_kl", "age_l1", "gender_bce"],
+            AgeLoss::Dldl => &["age_kl_plus_l1", "gender_bce"],
             AgeLoss::LdlKl => &["age_kl", "gender_bce"],
             AgeLoss::L1 => &["age_l1", "gender_bce"],
             AgeLoss::SmoothL1 => &["age_huber", "gender_bce"],
@@ -67,7 +71,7 @@ impl MultiTaskLoss {
         let age_error = (&out.age - ages)?;
         let mut terms = Vec::new();
         match self.age_loss {
-            AgeLoss::Ldl | AgeLoss::LdlKl => {
+            AgeLoss::Ldl | AgeLoss::Dldl | AgeLoss::LdlKl => {
                 let logits = out
                     .age_logits
                     .as_ref()
@@ -78,9 +82,12 @@ impl MultiTaskLoss {
                 // KL(q || p) = sum q log q - sum q log p; the first term is a constant.
                 let entropy = (&target * target.clamp(1e-12, 1.0)?.log()?)?.sum(1)?;
                 let cross = (&target * &log_p)?.sum(1)?;
-                terms.push((entropy - cross)?.mean_all()?);
-                if self.age_loss == AgeLoss::Ldl {
-                    terms.push(age_error.abs()?.mean_all()?);
+                let kl = (entropy - cross)?.mean_all()?;
+                let l1 = age_error.abs()?.mean_all()?;
+                match self.age_loss {
+                    AgeLoss::Ldl => terms.extend([kl, l1]),
+                    AgeLoss::Dldl => terms.push((kl + l1)?),
+                    _ => terms.push(kl),
                 }
             }
             AgeLoss::L1 => terms.push(age_error.abs()?.mean_all()?),
@@ -144,7 +151,7 @@ mod tests {
     }
 
     #[test]
-    fn ldl_kl_is_ldl_without_the_l1_term() {
+    fn ldl_kl_drops_the_l1_term_and_dldl_joins_it_to_the_kl() {
         let (_, net, x) = crate::nn::test_support::net_and_batch(crate::nn::model::NetConfig::tiny(16), 5);
         let out = net.forward(&x, false).unwrap();
         let ages = Tensor::new(&[3f32, 30.0, 60.0, 90.0], &Device::Cpu).unwrap();
@@ -157,6 +164,10 @@ mod tests {
         };
         let (full, kl) = (value(AgeLoss::Ldl), value(AgeLoss::LdlKl));
         assert_eq!(kl, vec![full[0], full[2]], "the same KL and BCE, no L1");
+        let joint = value(AgeLoss::Dldl);
+        assert_eq!(joint.len(), 2, "one age term, one gender term, so two learned weights");
+        assert!((joint[0] - (full[0] + full[1])).abs() < 1e-5, "{} vs {} + {}", joint[0], full[0], full[1]);
+        assert_eq!(joint[1], full[2]);
     }
 
     #[test]
