@@ -325,7 +325,7 @@ pub fn train(
             if !value.is_finite() {
                 bail!("loss became {value} at epoch {} batch {}; lower --lr", epoch + 1, state.batch);
             }
-            let predicted = out.age.to_vec1::<f32>()?;
+            let predicted = out.age_reading()?.to_vec1::<f32>()?;
             let logits = out.female_logit.to_vec1::<f32>()?;
             loss_sum += value * n as f64;
             err_sum += predicted.iter().zip(&batch.ages).map(|(p, a)| (p - a).abs() as f64).sum::<f64>();

@@ -208,6 +208,41 @@ pub fn float_trunk(
     Ok((features, taps))
 }
 
+/// `[N, 1]` median of the `[N, bins]` age distributions `p`, as
+/// [`crate::nn::model::median_age`] computes it: each bin adds the part of it below the median,
+/// `clip((0.5 - mass before it) / (its mass + eps), 0, 1)`, and the sum less half a bin is the
+/// median. CumSum, elementwise ops and a MatMul: nothing the board's runtime lacks.
+fn median_age(g: &mut Graph, p: &str, bins: usize) -> String {
+    let axis = g.init_i64("age.median.axis", &[], &[1]);
+    let half = g.init_f32("age.median.half", &[], &[0.5]);
+    let epsilon = g.init_f32("age.median.epsilon", &[], &[crate::nn::model::MEDIAN_EPSILON]);
+    let (zero, one) = (g.init_f32("age.median.zero", &[], &[0.0]), g.init_f32("age.median.one", &[], &[1.0]));
+    let oldest = g.init_f32("age.median.oldest", &[], &[(bins - 1) as f32]);
+    let ones = g.init_f32("age.median.ones", &[bins, 1], &vec![1.0; bins]);
+    let before = g.node(
+        "CumSum",
+        "age.median.before",
+        &[p, &axis],
+        &["age.median.before"],
+        vec![attr_int("exclusive", 1)],
+    );
+    let missing = g.node("Sub", "age.median.missing", &[&half, &before], &["age.median.missing"], vec![]);
+    let mass = g.node("Add", "age.median.mass", &[p, &epsilon], &["age.median.mass"], vec![]);
+    let share = g.node("Div", "age.median.share", &[&missing, &mass], &["age.median.share"], vec![]);
+    let share = g.node(
+        "Clip",
+        "age.median.share_clipped",
+        &[&share, &zero, &one],
+        &["age.median.share_clipped"],
+        vec![],
+    );
+    let bins_below =
+        g.node("MatMul", "age.median.bins_below", &[&share, &ones], &["age.median.bins_below"], vec![]);
+    let median =
+        g.node("Sub", "age.median.unclipped", &[&bins_below, &half], &["age.median.unclipped"], vec![]);
+    g.node("Clip", "age.median", &[&median, &zero, &oldest], &["age.median"], vec![])
+}
+
 /// Writes the pooling of the last `[N, C, S, S]` map into the `[N, C]` features the heads
 /// read: a global average, or the learned weights as a depthwise convolution spanning the map.
 pub fn pool_features(g: &mut Graph, net: &FoldedNet, map: &str) -> String {
@@ -325,7 +360,8 @@ pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Enc
         let var = g.node("Sub", "age.variance", &[&second, &square], &["age.variance"], vec![]);
         let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
         let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
-        g.node("Reshape", OUTPUT_AGE, &[&mean, &flat], &[OUTPUT_AGE], vec![]);
+        let median = median_age(&mut g, &p, bins);
+        g.node("Reshape", OUTPUT_AGE, &[&median, &flat], &[OUTPUT_AGE], vec![]);
         g.node("Reshape", OUTPUT_AGE_STD, &[&std, &flat], &[OUTPUT_AGE_STD], vec![]);
     } else {
         let age = g.node("Reshape", "age.flat", &[&age_out, &flat], &["age.flat"], vec![]);
