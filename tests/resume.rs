@@ -104,3 +104,26 @@ fn a_run_interrupted_mid_epoch_continues_from_its_checkpoint() {
     assert!(stderr(&resumed).contains("resuming at epoch"), "{}", stderr(&resumed));
     assert_same_validation(&metrics(&run), straight_run());
 }
+
+#[test]
+fn a_run_with_a_weight_average_judges_the_average_and_resumes_exactly() {
+    let work = tempfile::tempdir().unwrap();
+    let refused = train(&work.path().join("bad"), work.path(), &["--ema", "1.5"]);
+    assert!(!refused.status.success() && stderr(&refused).contains("--ema 1.5"), "{}", stderr(&refused));
+
+    let straight = work.path().join("straight");
+    ok(&train(&straight, work.path(), &["--patience", "9", "--ema", "0.9"]));
+    let averaged = metrics(&straight);
+    let last = averaged.len() - 1;
+    assert_ne!(
+        averaged[last]["val_age_mae"],
+        straight_run()[last]["val_age_mae"],
+        "the same run without the average: the average must be what is judged"
+    );
+
+    // The average lives in the checkpoint: stopping and resuming changes nothing.
+    let run = work.path().join("run");
+    ok(&train(&run, work.path(), &["--patience", "0", "--ema", "0.9"]));
+    ok(&train(&run, work.path(), &["--resume", "--patience", "9"]));
+    assert_same_validation(&metrics(&run), &averaged);
+}

@@ -1,5 +1,5 @@
-//! Checkpoints: one safetensors file holding the weights, the optimiser moments and, in its
-//! metadata, where training stood. safetensors writes through a temporary file and renames it,
+//! Checkpoints: one safetensors file holding the weights, the optimiser moments, the weight
+//! average (with `--ema`) and, in its metadata, where training stood. safetensors writes through a temporary file and renames it,
 //! so a killed run leaves the previous checkpoint intact.
 
 use std::collections::HashMap;
@@ -13,10 +13,13 @@ use crate::train::TrainState;
 
 const STATE_KEY: &str = "faceage.train_state";
 const OPTIM_PREFIX: &str = "optim.";
+const AVERAGE_PREFIX: &str = "average.";
 
 pub struct Checkpoint {
     pub params: HashMap<String, Tensor>,
     pub optimizer: HashMap<String, Tensor>,
+    /// The weight average ([`crate::nn::average`]); empty when the run keeps none.
+    pub averaged: HashMap<String, Tensor>,
     pub state: Option<TrainState>,
 }
 
@@ -24,11 +27,12 @@ pub fn save(
     path: &Path,
     params: &HashMap<String, Tensor>,
     optimizer: Option<&HashMap<String, Tensor>>,
+    averaged: Option<&HashMap<String, Tensor>>,
     state: &impl Serialize,
 ) -> Result<()> {
     let mut all: Vec<(String, Tensor)> = params.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(opt) = optimizer {
-        all.extend(opt.iter().map(|(k, v)| (format!("{OPTIM_PREFIX}{k}"), v.clone())));
+    for (prefix, tensors) in [(OPTIM_PREFIX, optimizer), (AVERAGE_PREFIX, averaged)] {
+        all.extend(tensors.into_iter().flatten().map(|(k, v)| (format!("{prefix}{k}"), v.clone())));
     }
     all.sort_by(|a, b| a.0.cmp(&b.0));
     let metadata = HashMap::from([(STATE_KEY.to_string(), serde_json::to_string(state)?)]);
@@ -50,12 +54,15 @@ pub fn load(path: &Path, device: &Device) -> Result<Checkpoint> {
         .with_context(|| format!("{}: unreadable training state", path.display()))?;
     let tensors = candle_core::safetensors::load_buffer(&bytes, device)
         .with_context(|| format!("{}: unreadable tensors", path.display()))?;
-    let (mut params, mut optimizer) = (HashMap::new(), HashMap::new());
+    let (mut params, mut optimizer, mut averaged) = (HashMap::new(), HashMap::new(), HashMap::new());
     for (name, t) in tensors {
-        match name.strip_prefix(OPTIM_PREFIX) {
-            Some(rest) => optimizer.insert(rest.to_string(), t),
-            None => params.insert(name, t),
-        };
+        if let Some(rest) = name.strip_prefix(OPTIM_PREFIX) {
+            optimizer.insert(rest.to_string(), t);
+        } else if let Some(rest) = name.strip_prefix(AVERAGE_PREFIX) {
+            averaged.insert(rest.to_string(), t);
+        } else {
+            params.insert(name, t);
+        }
     }
-    Ok(Checkpoint { params, optimizer, state })
+    Ok(Checkpoint { params, optimizer, averaged, state })
 }

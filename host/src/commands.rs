@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
 use faceage_host::augment::{Augment, MEAN, STD};
 use faceage_host::crops::{CropSettings, default_cache_dir};
@@ -99,6 +99,10 @@ pub struct TrainArgs {
     /// Age loss; the default is the shipped model's recipe.
     #[arg(long, value_enum, default_value_t = AgeLoss::LdlKl)]
     age_loss: AgeLoss,
+    /// Evaluate, keep and export an exponential moving average of the weights with this decay
+    /// per step (e.g. 0.999: about the last 1,000 steps) instead of the last weights.
+    #[arg(long)]
+    ema: Option<f64>,
     /// Width in years of the LDL target distribution.
     #[arg(long, default_value_t = 2.0)]
     sigma: f32,
@@ -122,6 +126,9 @@ pub struct TrainArgs {
 }
 
 pub fn train(a: TrainArgs) -> Result<()> {
+    if let Some(decay) = a.ema {
+        ensure!(decay > 0.0 && decay < 1.0, "--ema {decay}: the decay must lie between 0 and 1");
+    }
     let device = compute_device(&a.device)?;
     let config = TrainConfig {
         data: a.data.clone(),
@@ -144,6 +151,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         age_loss: a.age_loss,
         ldl_sigma: a.sigma,
         limit: a.limit,
+        ema_decay: a.ema,
     };
     let run = RunDir(a.out.clone());
     let config = if a.resume {

@@ -18,6 +18,7 @@ use crate::augment::{Augment, make_batch};
 use crate::crops::{CropSet, CropSettings, ensure_some};
 use crate::data::{Rejected, Split, fnv1a, load_dataset, split_of};
 use crate::metrics::{Evaluation, Prediction, evaluate};
+use crate::nn::average::WeightAverage;
 use crate::nn::loss::{AgeLoss, MultiTaskLoss};
 use crate::nn::model::{AgeGenderNet, NetConfig};
 use crate::nn::optim::{AdamW, AdamWConfig, warmup_cosine};
@@ -50,6 +51,10 @@ pub struct TrainConfig {
     pub ldl_sigma: f32,
     /// Use only this many images (a seeded choice), for smoke tests.
     pub limit: Option<usize>,
+    /// Decay of the weight average that is evaluated and kept (`--ema`); none by default,
+    /// and runs from before it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 /// Where training stands; stored in checkpoints.
@@ -245,6 +250,7 @@ pub fn train(
     std::fs::create_dir_all(&run.0).with_context(|| format!("{}: cannot create", run.0.display()))?;
     let model = Model::new(config, device)?;
     let mut optimizer = AdamW::new(&model.params, config.adamw)?;
+    let mut average = config.ema_decay.map(|decay| WeightAverage::new(decay, &model.params)).transpose()?;
     let mut state = TrainState::default();
     if resume {
         let saved = run.read_config()?;
@@ -263,6 +269,9 @@ pub fn train(
         model.params.assign(&ckpt.params, &run.checkpoint().display().to_string())?;
         state = ckpt.state.context("checkpoint has no training state")?;
         optimizer.load_state(&ckpt.optimizer, state.optimizer_step)?;
+        if let Some(average) = &mut average {
+            average.load(&ckpt.averaged, &run.checkpoint().display().to_string())?;
+        }
         eprintln!("resuming at epoch {} batch {}", state.epoch + 1, state.batch);
     } else {
         std::fs::write(run.config(), serde_json::to_string_pretty(config)?)?;
@@ -318,6 +327,9 @@ pub fn train(
             let loss = model.loss.compute(&out, &ages, &female)?;
             let grads = loss.total.backward()?;
             optimizer.step(&grads, lr)?;
+            if let Some(average) = &mut average {
+                average.update(&model.params, optimizer.step)?;
+            }
             state.optimizer_step = optimizer.step;
             state.batch += 1;
 
@@ -343,7 +355,7 @@ pub fn train(
                 drop(rx);
                 let _ = producer.join();
                 bar.finish();
-                save_checkpoint(run, &model, &optimizer, &state)?;
+                save_checkpoint(run, &model, &optimizer, average.as_ref(), &state)?;
                 eprintln!(
                     "interrupted at epoch {} batch {}; checkpoint saved, continue with --resume",
                     epoch + 1,
@@ -356,8 +368,12 @@ pub fn train(
         bar.finish();
 
         let seconds = started.elapsed().as_secs_f64();
-        let val = model.evaluate(&data.val, device)?;
-        let val_loss = validation_loss(&model, &data.val, device)?;
+        // With --ema the average is what is judged, kept as best and exported.
+        let judge = || Ok((model.evaluate(&data.val, device)?, validation_loss(&model, &data.val, device)?));
+        let (val, val_loss) = match &average {
+            Some(average) => average.with_averaged(&model.params, judge)?,
+            None => judge()?,
+        };
         let record = EpochRecord {
             epoch: epoch + 1,
             lr,
@@ -390,11 +406,12 @@ pub fn train(
             state.best_score = Some(record.val_score);
             state.best_epoch = Some(record.epoch);
             state.stale_epochs = 0;
-            checkpoint::save(&run.best(), &model.params.tensors(), None, &state)?;
+            let kept = average.as_ref().map_or_else(|| model.params.tensors(), WeightAverage::tensors);
+            checkpoint::save(&run.best(), &kept, None, None, &state)?;
         } else {
             state.stale_epochs += 1;
         }
-        save_checkpoint(run, &model, &optimizer, &state)?;
+        save_checkpoint(run, &model, &optimizer, average.as_ref(), &state)?;
         if state.stale_epochs >= config.patience {
             eprintln!("no better validation score for {} epochs: stopping early", config.patience);
             outcome = Outcome::EarlyStopped;
@@ -405,8 +422,21 @@ pub fn train(
     Ok(outcome)
 }
 
-fn save_checkpoint(run: &RunDir, model: &Model, optimizer: &AdamW, state: &TrainState) -> Result<()> {
-    checkpoint::save(&run.checkpoint(), &model.params.tensors(), Some(&optimizer.state()), state)
+fn save_checkpoint(
+    run: &RunDir,
+    model: &Model,
+    optimizer: &AdamW,
+    average: Option<&WeightAverage>,
+    state: &TrainState,
+) -> Result<()> {
+    let averaged = average.map(WeightAverage::tensors);
+    checkpoint::save(
+        &run.checkpoint(),
+        &model.params.tensors(),
+        Some(&optimizer.state()),
+        averaged.as_ref(),
+        state,
+    )
 }
 
 /// Mean total loss on the validation crops (eval mode).
@@ -470,6 +500,7 @@ pub fn bench_steps(net: NetConfig, batch: usize, steps: usize, device: &Device) 
         age_loss: AgeLoss::Ldl,
         ldl_sigma: 2.0,
         limit: None,
+        ema_decay: None,
     };
     let model = Model::new(&config, device)?;
     let mut optimizer = AdamW::new(&model.params, config.adamw)?;

@@ -1,5 +1,6 @@
 //! The network and its training machinery, on candle.
 
+pub mod average;
 pub mod conv;
 pub mod depthwise;
 pub mod fused;
