@@ -22,7 +22,7 @@ impl WeightAverage {
     /// Starts at the current weights.
     pub fn new(decay: f64, params: &Params) -> Result<Self> {
         let averaged =
-            params.tensors().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<Result<_>>()?;
+            params.tensors().into_iter().map(|(k, t)| Ok((k, t.detach().copy()?))).collect::<Result<_>>()?;
         Ok(Self { decay, averaged })
     }
 
@@ -37,7 +37,10 @@ impl WeightAverage {
         let d = self.decay_at(step);
         for (name, current) in params.tensors() {
             let averaged = self.averaged.get_mut(&name).with_context(|| format!("no average of {name}"))?;
-            *averaged = (averaged.affine(d, 0.0)? + current.affine(1.0 - d, 0.0)?)?;
+            // Detached: arithmetic on a variable records its inputs for backprop, so each new
+            // average would hold the previous one and the chain would grow by the whole model
+            // every step (24 GB by epoch 18 before this).
+            *averaged = (averaged.affine(d, 0.0)? + current.detach().affine(1.0 - d, 0.0)?)?;
         }
         Ok(())
     }
@@ -59,7 +62,7 @@ impl WeightAverage {
     pub fn with_averaged<T>(&self, params: &Params, f: impl FnOnce() -> Result<T>) -> Result<T> {
         // Deep copies: `assign` writes into the variables' storage, which `tensors()` shares.
         let trained: HashMap<String, Tensor> =
-            params.tensors().into_iter().map(|(k, t)| Ok((k, t.copy()?))).collect::<Result<_>>()?;
+            params.tensors().into_iter().map(|(k, t)| Ok((k, t.detach().copy()?))).collect::<Result<_>>()?;
         params.assign(&self.tensors(), "weight average")?;
         let result = f();
         params.assign(&trained, "trained weights")?;
@@ -93,6 +96,11 @@ mod tests {
         let expected = [2.9f32, -0.9];
         let got = average.tensors()["w"].to_vec1::<f32>().unwrap();
         assert!(got.iter().zip(expected).all(|(g, e)| (g - e).abs() < 1e-5), "{got:?}");
+
+        assert!(
+            average.tensors().values().all(|t| !t.track_op()),
+            "the average must not hold a backprop graph: it would keep every earlier average alive"
+        );
 
         let inside = average.with_averaged(&params, || Ok(values(&params))).unwrap();
         assert_eq!(inside, got, "the model sees the average inside");
