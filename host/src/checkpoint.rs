@@ -1,6 +1,7 @@
 //! Checkpoints: one safetensors file holding the weights, the optimiser moments, the weight
-//! average (with `--ema`) and, in its metadata, where training stood. safetensors writes through a temporary file and renames it,
-//! so a killed run leaves the previous checkpoint intact.
+//! average (with `--ema`) and, in its metadata, where training stood. safetensors writes
+//! through a temporary file and renames it, so a killed run leaves the previous checkpoint
+//! intact.
 
 use std::collections::HashMap;
 use std::path::Path;
