@@ -306,6 +306,8 @@ impl Linear {
 pub struct NetOutput {
     /// `[N, bins]` logits of the age distribution (distribution head only).
     pub age_logits: Option<Tensor>,
+    /// `[N, bins]` the distribution itself, their softmax (distribution head only).
+    pub age_probs: Option<Tensor>,
     /// `[N]` age in years, differentiable: the distribution's mean, or the regression output.
     pub age: Tensor,
     /// `[N]` logit of "female".
@@ -316,8 +318,8 @@ impl NetOutput {
     /// `[N]` the age as the exported file reads it out (the median of the distribution), for
     /// reports; no gradient.
     pub fn age_reading(&self) -> Result<Tensor> {
-        match &self.age_logits {
-            Some(logits) => median_age(&candle_nn::ops::softmax_last_dim(&logits.detach())?),
+        match &self.age_probs {
+            Some(probs) => median_age(&probs.detach()),
             None => Ok(self.age.detach()),
         }
     }
@@ -441,11 +443,11 @@ impl AgeGenderNet {
                 // on this expected age would then train nothing.
                 let probs = candle_nn::ops::softmax(&logits, D::Minus1)?;
                 let age = probs.matmul(&self.ages.unsqueeze(1)?)?.squeeze(1)?;
-                Ok(NetOutput { age_logits: Some(logits), age, female_logit })
+                Ok(NetOutput { age_logits: Some(logits), age_probs: Some(probs), age, female_logit })
             }
             AgeHead::Regression => {
                 let age = self.age_head.forward(&features)?.squeeze(1)?;
-                Ok(NetOutput { age_logits: None, age, female_logit })
+                Ok(NetOutput { age_logits: None, age_probs: None, age, female_logit })
             }
         }
     }
@@ -464,12 +466,8 @@ impl AgeGenderNet {
         let copies = if mirror { 2 } else { 1 };
         let out = self.forward(&input, false)?;
         let female = candle_nn::ops::sigmoid(&out.female_logit)?.reshape((copies, n))?.mean(0)?;
-        let age = match &out.age_logits {
-            Some(logits) => {
-                let bins = logits.dim(1)?;
-                let probs = candle_nn::ops::softmax_last_dim(logits)?.reshape((copies, n, bins))?.mean(0)?;
-                median_age(&probs)?
-            }
+        let age = match &out.age_probs {
+            Some(probs) => median_age(&probs.reshape((copies, n, probs.dim(1)?))?.mean(0)?)?,
             None => out.age.reshape((copies, n))?.mean(0)?,
         };
         Ok((age, female))
