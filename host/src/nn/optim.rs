@@ -58,7 +58,12 @@ impl AdamW {
         let correct2 = 1.0 - beta2.powi(self.step as i32);
         for slot in &mut self.slots {
             let Some(g) = grads.get(&slot.var) else { continue };
-            slot.m = ((&slot.m * beta1)? + (g * (1.0 - beta1))?)?;
+            // candle detaches the gradients it passes along, but not the sum it keeps for a
+            // variable that feeds an op directly (candle's own conv2d, used off the CPU): that
+            // sum still points into the forward graph. Kept in `m`, it would hold every step's
+            // activations alive (the first GPU run ran out of 139 GB within an epoch).
+            let g = g.detach();
+            slot.m = ((&slot.m * beta1)? + (&g * (1.0 - beta1))?)?;
             slot.v = ((&slot.v * beta2)? + (g.sqr()? * (1.0 - beta2))?)?;
             let update = ((&slot.m / correct1)? / ((&slot.v / correct2)?.sqrt()? + eps)?)?;
             let decay = if slot.decay { 1.0 - lr * weight_decay } else { 1.0 };
@@ -145,5 +150,29 @@ mod tests {
         opt.step(&loss.backward().unwrap(), 0.1).unwrap();
         assert!(w.to_vec1::<f32>().unwrap()[0] < wv[0]);
         assert!((b.to_vec1::<f32>().unwrap()[0] - before_b).abs() < 1e-6);
+    }
+
+    #[test]
+    fn optimizer_state_holds_no_graph() {
+        // `w` feeds a product with a tensor that has a graph of its own, so candle leaves w's
+        // gradient attached to that graph (as its CUDA conv2d does with a conv weight).
+        let mut params = Params::new(0, &Device::Cpu);
+        let w = params.constant("w", &[3], 0.5, Role::Weight).unwrap();
+        let v = params.constant("v", &[3], 2.0, Role::Weight).unwrap();
+        let mut opt = AdamW::new(&params, AdamWConfig::default()).unwrap();
+        for _ in 0..3 {
+            let x = (v.as_tensor() * 3.0).unwrap().exp().unwrap();
+            let loss = w.as_tensor().mul(&x).unwrap().sum_all().unwrap();
+            let grads = loss.backward().unwrap();
+            assert!(
+                grads.get(&w).unwrap().track_op(),
+                "the case this test is about: a gradient with a graph"
+            );
+            opt.step(&grads, 0.01).unwrap();
+        }
+        assert!(
+            opt.state().values().all(|t| !t.track_op()),
+            "the moments must not hold a backprop graph: they would keep every step's activations alive"
+        );
     }
 }
