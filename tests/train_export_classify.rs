@@ -20,6 +20,7 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
         "curves.png",
         "gallery.png",
         "test-eval.md",
+        "age-map.json",
     ] {
         assert!(run.join(file).exists(), "training should write {file}");
     }
@@ -37,6 +38,24 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     let exported = run_host(&["export", "--run", run_s, "--out", model.to_str().unwrap()], work.path());
     ok(&exported);
     assert!(stdout(&exported).contains("tract vs candle"), "{}", stdout(&exported));
+
+    // With the age map written into the graph, tract still reads what candle reads (export
+    // fails above 1e-3), and the file reads ages differently from the plain one.
+    let mapped = work.path().join("model-mapped.onnx");
+    ok(&run_host(&["export", "--run", run_s, "--age-map", "--out", mapped.to_str().unwrap()], work.path()));
+    let single = one_face_photo(work.path(), "one.jpg", 3);
+    let age_of = |model: &std::path::Path| -> f64 {
+        let out = run_device(&["classify", "--json", single.to_str().unwrap()], model);
+        let json: serde_json::Value = serde_json::from_str(&stdout(ok(&out))).unwrap();
+        json[0]["faces"][0]["age"].as_f64().expect("one face read")
+    };
+    let map: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("age-map.json")).unwrap()).unwrap();
+    let identity = map["knots"] == map["values"];
+    assert!(
+        identity || (age_of(&model) - age_of(&mapped)).abs() > 1e-3,
+        "the map changes the reading: {map}"
+    );
 
     // The second training run finds every crop in the cache.
     let again = train_small("separable", 1, &work.path().join("run2"), work.path());
@@ -83,6 +102,12 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     let table = run_device(&["classify", photo.to_str().unwrap()], &model);
     ok(&table);
     assert!(stdout(&table).contains("3 faces"), "{}", stdout(&table));
+
+    // Asked for a map the run does not have, eval says which command makes one.
+    std::fs::remove_file(run.join("age-map.json")).unwrap();
+    let refused = run_host(&["eval", "--run", run_s, "--age-map"], work.path());
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("fit-age-map"), "{}", stderr(&refused));
 }
 
 #[test]

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
 use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
+use faceage_host::age_map::AgeMap;
 use faceage_host::augment::{Augment, MEAN, STD};
 use faceage_host::crops::{CropSettings, default_cache_dir};
 use faceage_host::export::quantize::{self, Calibration};
@@ -190,6 +191,12 @@ pub fn train(a: TrainArgs) -> Result<()> {
     plots::write_curves(&records, &run.file("curves.png"))?;
 
     let (_, model) = Model::load_best(&run, &device)?;
+    let (_, before, after) = train::fit_age_map(&run, &model, &data.val, &device)?;
+    eprintln!(
+        "age map fitted on {} validation faces (mirrored reading; MAE there {before:.2} -> {after:.2}) into {}: applied only by `eval --age-map` and `export --age-map`",
+        data.val.len(),
+        run.file(AgeMap::FILE).display()
+    );
     let test = if data.test.is_empty() { &data.val } else { &data.test };
     let predictions = model.predict(test, &device)?;
     let evaluation = faceage_host::metrics::evaluate(&test.samples, &predictions);
@@ -218,6 +225,9 @@ pub struct EvalArgs {
     /// Read each face and its mirror image and average them, as exported files do.
     #[arg(long)]
     mirror: bool,
+    /// Correct the age reading with the run's age map (age-map.json; see `fit-age-map`).
+    #[arg(long)]
+    age_map: bool,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -227,7 +237,10 @@ pub struct EvalArgs {
 pub fn eval(a: EvalArgs) -> Result<()> {
     let device = compute_device(&a.device)?;
     let run = RunDir(a.run.clone());
-    let (config, model) = Model::load_best(&run, &device)?;
+    let (config, mut model) = Model::load_best(&run, &device)?;
+    if a.age_map {
+        model.use_age_map(&run)?;
+    }
     let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
     train::report_rejected(&data.rejected, None)?;
     let set = match a.split {
@@ -241,6 +254,35 @@ pub fn eval(a: EvalArgs) -> Result<()> {
     if let Some(path) = a.json {
         std::fs::write(&path, serde_json::to_string_pretty(&evaluation)?)
             .with_context(|| format!("{}: cannot write", path.display()))?;
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct FitAgeMapArgs {
+    /// Run folder written by `train` (its age map is written there as age-map.json).
+    #[arg(long, default_value = "runs/default")]
+    run: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[command(flatten)]
+    data_args: DataArgs,
+}
+
+/// Fits (again) the age map of a run on its validation split; `train` does it at its end.
+pub fn fit_age_map(a: FitAgeMapArgs) -> Result<()> {
+    let device = compute_device(&a.device)?;
+    let run = RunDir(a.run.clone());
+    let (config, model) = Model::load_best(&run, &device)?;
+    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let (map, before, after) = train::fit_age_map(&run, &model, &data.val, &device)?;
+    println!(
+        "{}: age map fitted on {} validation faces, MAE there {before:.2} -> {after:.2} (in-sample; measure with eval on the test split)",
+        run.file(AgeMap::FILE).display(),
+        data.val.len()
+    );
+    for (k, v) in map.knots.iter().zip(&map.values) {
+        println!("  read {k:>5.1} -> {v:>5.1} years");
     }
     Ok(())
 }
@@ -286,6 +328,10 @@ pub struct ExportArgs {
     /// accurate).
     #[arg(long)]
     no_mirror: bool,
+    /// Write the run's age map into the file (age-map.json; see `fit-age-map`): a lower age
+    /// MAE per face, but counts per age band drift toward the crowded bands (model card).
+    #[arg(long)]
+    age_map: bool,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -308,7 +354,10 @@ fn metrics_map(val: &Evaluation, test: &Evaluation) -> std::collections::BTreeMa
 pub fn export(a: ExportArgs) -> Result<()> {
     let device = compute_device(&a.device)?;
     let run = RunDir(a.run.clone());
-    let (config, model) = Model::load_best(&run, &device)?;
+    let (config, mut model) = Model::load_best(&run, &device)?;
+    if a.age_map {
+        model.use_age_map(&run)?;
+    }
     let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
     let test_set = if data.test.is_empty() { &data.val } else { &data.test };
     let mirror = !a.no_mirror;
@@ -318,7 +367,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
     let val = measure(&data.val)?;
     let test = measure(test_set)?;
     let command = std::fs::read_to_string(run.file("command.txt")).unwrap_or_default().trim().to_string();
-    let folded = FoldedNet { mirror, ..FoldedNet::from_net(&model.net)? };
+    let folded = FoldedNet { mirror, age_map: model.age_map.clone(), ..FoldedNet::from_net(&model.net)? };
     let contract = ModelContract {
         name: format!("faceage-cnn{}", config.net.input_size),
         input_name: export::INPUT_NAME.into(),

@@ -2,10 +2,11 @@
 //!
 //! ```text
 //! data (UTKFace / CSV) ─► crops (device detect+align+crop, cached) ─► augment ─► nn (candle)
-//!        ─► train (AdamW, warm-up+cosine, checkpoints) ─► metrics ─► export (ONNX + contract,
-//!        verified with the device library) ─► quantize (int8)
+//!        ─► train (AdamW, warm-up+cosine, checkpoints) ─► age map (fitted on validation)
+//!        ─► metrics ─► export (ONNX + contract, verified with the device library) ─► quantize (int8)
 //! ```
 
+pub mod age_map;
 pub mod augment;
 pub mod checkpoint;
 pub mod crops;

@@ -56,6 +56,8 @@ enum Command {
     Train(commands::TrainArgs),
     /// Age MAE and gender accuracy of a run's best checkpoint, with breakdowns.
     Eval(commands::EvalArgs),
+    /// Fit a run's age map (the correction of the age reading) on its validation split again.
+    FitAgeMap(commands::FitAgeMapArgs),
     /// Write the ONNX model file of a run and check it with the device library.
     Export(commands::ExportArgs),
     /// Measure model files with the device library on a held-out split, against a reference.
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
         Command::Export(a) => commands::export(a),
         Command::Verify(a) => commands::verify(a),
         Command::BenchTrain(a) => commands::bench_train(a),
+        Command::FitAgeMap(a) => commands::fit_age_map(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,13 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+use crate::age_map::AgeMap;
 use crate::augment::{Augment, make_batch};
 use crate::crops::{CropSet, CropSettings, ensure_some};
 use crate::data::{Rejected, Split, fnv1a, load_dataset, split_of};
@@ -179,6 +180,9 @@ pub struct Model {
     pub params: Params,
     pub net: AgeGenderNet,
     pub loss: MultiTaskLoss,
+    /// Correction of the age reading ([`AgeMap`]), when asked for (`--age-map`); never while
+    /// training (model choice sees the net's own reading).
+    pub age_map: Option<AgeMap>,
 }
 
 impl Model {
@@ -186,7 +190,7 @@ impl Model {
         let mut params = Params::new(config.seed, device);
         let net = AgeGenderNet::new(config.net.clone(), &mut params)?;
         let loss = MultiTaskLoss::new(config.age_loss, config.ldl_sigma, &mut params)?;
-        Ok(Self { params, net, loss })
+        Ok(Self { params, net, loss, age_map: None })
     }
 
     /// Builds the model of a run and loads its best weights.
@@ -198,9 +202,23 @@ impl Model {
         Ok((config, model))
     }
 
-    /// Predictions on the exact board crops of `set`, in eval mode.
+    /// Sets the run's fitted age map on the model (`--age-map`).
+    pub fn use_age_map(&mut self, run: &RunDir) -> Result<()> {
+        let map = AgeMap::load(&run.0)?.with_context(|| {
+            format!(
+                "{}: no {} here; fit one with `faceage-host fit-age-map --run {}`",
+                run.0.display(),
+                AgeMap::FILE,
+                run.0.display()
+            )
+        })?;
+        self.age_map = Some(map);
+        Ok(())
+    }
+
     /// Predictions on the exact board crops of `set`, in eval mode, read as the exported file
-    /// reads them (with `mirror`: each face and its mirror image, averaged).
+    /// reads them (with `mirror`: each face and its mirror image, averaged; the age map
+    /// applied when there is one).
     pub fn predict_mirrored(&self, set: &CropSet, device: &Device, mirror: bool) -> Result<Vec<Prediction>> {
         let s = set.settings.input_size as usize;
         let mut out = Vec::with_capacity(set.len());
@@ -209,6 +227,10 @@ impl Model {
             let batch = make_batch(set, chunk, None);
             let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
             let (age, female) = self.net.infer(&x, mirror)?;
+            let age = match &self.age_map {
+                Some(map) => map.apply_tensor(&age)?,
+                None => age,
+            };
             let ages = age.to_vec1::<f32>()?;
             let female = female.to_vec1::<f32>()?;
             out.extend(ages.into_iter().zip(female).map(|(age, female)| Prediction { age, female }));
@@ -224,6 +246,28 @@ impl Model {
     pub fn evaluate(&self, set: &CropSet, device: &Device) -> Result<Evaluation> {
         Ok(evaluate(&set.samples, &self.predict(set, device)?))
     }
+}
+
+/// Fits the age map of a trained model on the validation crops, read as the exported file
+/// reads them (mirrored), and saves it in the run. Returns it with the validation MAE before
+/// and after (in-sample: the test split is what measures it).
+pub fn fit_age_map(
+    run: &RunDir,
+    model: &Model,
+    val: &CropSet,
+    device: &Device,
+) -> Result<(AgeMap, f64, f64)> {
+    ensure!(model.age_map.is_none(), "the age map is fitted on the net's own reading");
+    let readings = model.predict_mirrored(val, device, true)?;
+    let ages: Vec<f32> = val.samples.iter().map(|s| s.age).collect();
+    let raw: Vec<f32> = readings.iter().map(|p| p.age).collect();
+    let map = AgeMap::fit(&raw, &ages)?;
+    let mae = |f: &dyn Fn(f32) -> f32| -> f64 {
+        raw.iter().zip(&ages).map(|(r, a)| (f(*r) - a).abs() as f64).sum::<f64>() / ages.len().max(1) as f64
+    };
+    let (before, after) = (mae(&|r| r), mae(&|r| map.apply(r)));
+    map.save(&run.0)?;
+    Ok((map, before, after))
 }
 
 pub fn score(age_mae: f64, gender_accuracy: f64) -> f64 {

@@ -13,6 +13,7 @@ use faceage_device::{AgeGenderModel, ModelContract};
 use prost::Message;
 use tract_onnx::pb::ModelProto;
 
+use crate::age_map::AgeMap;
 use crate::crops::CropSet;
 use crate::metrics::Prediction;
 use crate::nn::model::{AgeGenderNet, AgeHead, Block, ConvKind};
@@ -91,6 +92,8 @@ pub struct FoldedNet {
     /// augmentation: measured -0.1 years of MAE and +0.2 points of accuracy for twice the
     /// classifier's cost, still well under a millisecond per face).
     pub mirror: bool,
+    /// Correction of the age reading fitted on validation ([`AgeMap`]), applied last.
+    pub age_map: Option<AgeMap>,
 }
 
 fn values(t: &candle_core::Tensor) -> Result<Vec<f32>> {
@@ -157,6 +160,7 @@ impl FoldedNet {
             gender_head: dense(&net.gender_head)?,
             age_distribution: matches!(net.config.age_head, AgeHead::Distribution { .. }),
             mirror: true,
+            age_map: None,
         })
     }
 }
@@ -241,6 +245,25 @@ fn median_age(g: &mut Graph, p: &str, bins: usize) -> String {
     let median =
         g.node("Sub", "age.median.unclipped", &[&bins_below, &half], &["age.median.unclipped"], vec![]);
     g.node("Clip", "age.median", &[&median, &zero, &oldest], &["age.median"], vec![])
+}
+
+/// `[N, 1]` readings through the age map, as [`AgeMap::apply_tensor`] computes it:
+/// `values[0] + (relu(r - starts) - relu(r - ends)) @ slopes`.
+fn mapped_age(g: &mut Graph, map: &AgeMap, reading: &str) -> String {
+    let (starts, ends, slopes) = map.segments();
+    let n = starts.len();
+    let starts = g.init_f32("age.map.starts", &[1, n], &starts);
+    let ends = g.init_f32("age.map.ends", &[1, n], &ends);
+    let slopes = g.init_f32("age.map.slopes", &[n, 1], &slopes);
+    let first = g.init_f32("age.map.first", &[], &[map.values[0]]);
+    let from_start =
+        g.node("Sub", "age.map.from_start", &[reading, &starts], &["age.map.from_start"], vec![]);
+    let from_start = g.node("Relu", "age.map.above_start", &[&from_start], &["age.map.above_start"], vec![]);
+    let from_end = g.node("Sub", "age.map.from_end", &[reading, &ends], &["age.map.from_end"], vec![]);
+    let from_end = g.node("Relu", "age.map.above_end", &[&from_end], &["age.map.above_end"], vec![]);
+    let inside = g.node("Sub", "age.map.inside", &[&from_start, &from_end], &["age.map.inside"], vec![]);
+    let rise = g.node("MatMul", "age.map.rise", &[&inside, &slopes], &["age.map.rise"], vec![]);
+    g.node("Add", "age.map", &[&rise, &first], &["age.map"], vec![])
 }
 
 /// Writes the pooling of the last `[N, C, S, S]` map into the `[N, C]` features the heads
@@ -361,12 +384,24 @@ pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Enc
         let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
         let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
         let median = median_age(&mut g, &p, bins);
-        g.node("Reshape", OUTPUT_AGE, &[&median, &flat], &[OUTPUT_AGE], vec![]);
+        let age = match &net.age_map {
+            Some(map) => mapped_age(&mut g, map, &median),
+            None => median,
+        };
+        g.node("Reshape", OUTPUT_AGE, &[&age, &flat], &[OUTPUT_AGE], vec![]);
         g.node("Reshape", OUTPUT_AGE_STD, &[&std, &flat], &[OUTPUT_AGE_STD], vec![]);
     } else {
         let age = g.node("Reshape", "age.flat", &[&age_out, &flat], &["age.flat"], vec![]);
         let age = average_views(&mut g, &age, None);
-        g.node("Identity", OUTPUT_AGE, &[&age], &[OUTPUT_AGE], vec![]);
+        let age = match &net.age_map {
+            Some(map) => {
+                let column = g.init_i64("shape.column", &[2], &[-1, 1]);
+                let age = g.node("Reshape", "age.column", &[&age, &column], &["age.column"], vec![]);
+                mapped_age(&mut g, map, &age)
+            }
+            None => age,
+        };
+        g.node("Reshape", OUTPUT_AGE, &[&age, &flat], &[OUTPUT_AGE], vec![]);
     }
     let gender = encoding.dense(&mut g, &net.gender_head, &features)?;
     let p = g.node("Sigmoid", "female.sigmoid", &[&gender], &["female.probability"], vec![]);
