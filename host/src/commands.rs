@@ -390,7 +390,11 @@ pub fn export(a: ExportArgs) -> Result<()> {
             config.seed
         ),
         train_license: UTKFACE_LICENSE.into(),
-        train_command: command,
+        // The file says when its age is not the net's own reading.
+        train_command: match &model.age_map {
+            Some(_) => format!("{command} (age corrected by the run's age-map.json: export --age-map)"),
+            None => command,
+        },
         metrics: metrics_map(&val, &test),
     };
     let proto = export::build_model(&folded, &contract, &PlainF32)?;
