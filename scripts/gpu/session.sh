@@ -3,6 +3,7 @@
 # unpack the crops, measure the GPU (bench-train; a 2-epoch run of the recipe alone: the GPU
 # epoch time), then train a sweep of runs side by side until DEADLINE seconds after the start,
 # and leave the log and every run's figures and weights (one .tgz each) in $OUT.
+# DEADLINE (default 420 s) bounds the whole script, MAX_EPOCHS (default 36) each run of the sweep.
 #
 # Measured on an H200 (driver 580): the machine's CUDA libraries are found in PyTorch's wheels
 # and the driver's folder; /usr/local/cuda-*/compat holds a libcuda that the driver refuses
@@ -48,24 +49,26 @@ log "step s/batch alone $S1, 2 side by side $S2, 4 side by side $S4"
 # Wall per epoch (validation and checkpoints included) from the 2-epoch run, scaled; as many
 # runs side by side as can finish 36 epochs before the deadline.
 LEFT=$(( DEADLINE - $(el) - 25 ))
-pick=$(python3 - "$W" "$S1" "$S2" "$S4" "$LEFT" <<'PY'
+pick=$(python3 - "$W" "$S1" "$S2" "$S4" "$LEFT" "${MAX_EPOCHS:-36}" <<'PY'
 import sys
-w, s1, s2, s4, left = map(float, sys.argv[1:])
+w, s1, s2, s4, left, most = map(float, sys.argv[1:])
 per = max(w, 1.0) / 2.0
 for n, s in ((4, s4), (3, (s2 + s4) / 2), (2, s2), (1, s1)):
     epochs = int(left / (per * max(1.0, s / s1) * 1.1))
-    if epochs >= 36 or n == 1:
-        print(n, min(epochs, 36)); break
+    if epochs >= most or n == 1:
+        print(n, int(min(epochs, most))); break
 PY
 )
 [ -n "$pick" ] || pick="1 30"
 N=${pick% *}; E=${pick#* }
 log "sweep: $N runs of $E epochs"
+# The recipe first (a GPU re-run of the shipped recipe says how far GPU numerics move the
+# figures), then variations the 2-core machine has not had time for (model card).
 CONFIGS=(
-  "dldl|--age-loss dldl"
-  "learned-dldl|--pooling learned --age-loss dldl"
   "recipe|"
   "aug15|--augment 1.5"
+  "wd1e-3|--weight-decay 1e-3"
+  "sigma3|--sigma 3"
 )
 for c in "${CONFIGS[@]:0:$N}"; do
   name=${c%%|*}; flags=${c#*|}
