@@ -56,6 +56,10 @@ impl AgeMap {
             readings.len(),
             truths.len()
         );
+        ensure!(
+            readings.iter().chain(truths).all(|v| v.is_finite()),
+            "age map: a reading or an age is not a finite number"
+        );
         let k = KNOTS.len();
         let rows: Vec<([f64; 2], usize)> = readings.iter().map(|&r| hat_weights(r)).collect();
         let mut values: Vec<f64> = KNOTS.iter().map(|&v| v as f64).collect();
@@ -214,6 +218,7 @@ mod tests {
         for (f, t) in fitted.values.iter().zip(&truth.values) {
             assert!((f - t).abs() < 1.0, "fitted {:?}, true {:?}", fitted.values, truth.values);
         }
+        assert!(AgeMap::fit(&[1.0, f32::NAN], &[1.0, 2.0]).is_err(), "a diverged net's readings are refused");
     }
 
     #[test]
