@@ -49,13 +49,8 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
         let json: serde_json::Value = serde_json::from_str(&stdout(ok(&out))).unwrap();
         json[0]["faces"][0]["age"].as_f64().expect("one face read")
     };
-    let map: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("age-map.json")).unwrap()).unwrap();
-    let identity = map["knots"] == map["values"];
-    assert!(
-        identity || (age_of(&model) - age_of(&mapped)).abs() > 1e-3,
-        "the map changes the reading: {map}"
-    );
+    let map = std::fs::read_to_string(run.join("age-map.json")).unwrap();
+    assert!((age_of(&model) - age_of(&mapped)).abs() > 1e-3, "the map changes the reading: {map}");
 
     // The second training run finds every crop in the cache.
     let again = train_small("separable", 1, &work.path().join("run2"), work.path());

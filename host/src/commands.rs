@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
+use candle_core::Device;
 use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
 use faceage_host::age_map::AgeMap;
 use faceage_host::augment::{Augment, MEAN, STD};
@@ -15,7 +16,7 @@ use faceage_host::metrics::Evaluation;
 use faceage_host::nn::loss::AgeLoss;
 use faceage_host::nn::model::{NetConfig, Pooling};
 use faceage_host::nn::optim::AdamWConfig;
-use faceage_host::train::{self, Model, Outcome, RunDir, TrainConfig};
+use faceage_host::train::{self, Model, Outcome, Prepared, RunDir, TrainConfig};
 use faceage_host::{UTKFACE_LICENSE, compute_device, plots};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -52,6 +53,27 @@ pub struct DataArgs {
     /// Folder for cached crops (built once per dataset and crop geometry).
     #[arg(long, default_value_os_t = default_cache_dir())]
     cache_dir: PathBuf,
+}
+
+/// A trained run opened for reading: its best weights (with its age map when asked for) and
+/// its crops, split as in training.
+struct OpenRun {
+    device: Device,
+    run: RunDir,
+    config: TrainConfig,
+    model: Model,
+    data: Prepared,
+}
+
+fn open_run(run: &std::path::Path, device: &str, age_map: bool, data_args: &DataArgs) -> Result<OpenRun> {
+    let device = compute_device(device)?;
+    let run = RunDir(run.to_path_buf());
+    let (config, mut model) = Model::load_best(&run, &device)?;
+    if age_map {
+        model.use_age_map(&run)?;
+    }
+    let data = train::prepare(&config, &data_args.detector, &data_args.cache_dir, threads())?;
+    Ok(OpenRun { device, run, config, model, data })
 }
 
 fn threads() -> usize {
@@ -235,19 +257,9 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let device = compute_device(&a.device)?;
-    let run = RunDir(a.run.clone());
-    let (config, mut model) = Model::load_best(&run, &device)?;
-    if a.age_map {
-        model.use_age_map(&run)?;
-    }
-    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let OpenRun { device, model, data, .. } = open_run(&a.run, &a.device, a.age_map, &a.data_args)?;
     train::report_rejected(&data.rejected, None)?;
-    let set = match a.split {
-        faceage_host::data::Split::Train => &*data.train,
-        faceage_host::data::Split::Val => &data.val,
-        faceage_host::data::Split::Test => &data.test,
-    };
+    let set = data.split(a.split);
     let predictions = model.predict_mirrored(set, &device, a.mirror)?;
     let evaluation = faceage_host::metrics::evaluate(&set.samples, &predictions);
     println!("{}", evaluation.markdown());
@@ -271,10 +283,7 @@ pub struct FitAgeMapArgs {
 
 /// Fits (again) the age map of a run on its validation split; `train` does it at its end.
 pub fn fit_age_map(a: FitAgeMapArgs) -> Result<()> {
-    let device = compute_device(&a.device)?;
-    let run = RunDir(a.run.clone());
-    let (config, model) = Model::load_best(&run, &device)?;
-    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let OpenRun { device, run, model, data, .. } = open_run(&a.run, &a.device, false, &a.data_args)?;
     let (map, before, after) = train::fit_age_map(&run, &model, &data.val, &device)?;
     println!(
         "{}: age map fitted on {} validation faces, MAE there {before:.2} -> {after:.2} (in-sample; measure with eval on the test split)",
@@ -352,13 +361,7 @@ fn metrics_map(val: &Evaluation, test: &Evaluation) -> std::collections::BTreeMa
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let device = compute_device(&a.device)?;
-    let run = RunDir(a.run.clone());
-    let (config, mut model) = Model::load_best(&run, &device)?;
-    if a.age_map {
-        model.use_age_map(&run)?;
-    }
-    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let OpenRun { device, run, config, model, data } = open_run(&a.run, &a.device, a.age_map, &a.data_args)?;
     let test_set = if data.test.is_empty() { &data.val } else { &data.test };
     let mirror = !a.no_mirror;
     let measure = |set: &faceage_host::crops::CropSet| -> Result<Evaluation> {
@@ -487,11 +490,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     let run = RunDir(a.run.clone());
     let config = run.read_config()?;
     let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
-    let set = match a.split {
-        faceage_host::data::Split::Train => &*data.train,
-        faceage_host::data::Split::Val => &data.val,
-        faceage_host::data::Split::Test => &data.test,
-    };
+    let set = data.split(a.split);
     let reference_path = a.reference.clone().unwrap_or_else(|| a.models[0].clone());
     let mut paths = vec![reference_path.clone()];
     paths.extend(a.models.iter().filter(|p| **p != reference_path).cloned());

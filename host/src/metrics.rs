@@ -27,6 +27,13 @@ pub struct Evaluation {
     pub by_age_band: Vec<GroupMetrics>,
     pub by_gender: Vec<GroupMetrics>,
     pub by_race: Vec<GroupMetrics>,
+    /// Faces *read* into each age band, in the order of `by_age_band` (whose counts are the
+    /// faces truly there): the board logs counts per band, so these say how true its log is.
+    #[serde(default)]
+    pub read_per_band: Vec<usize>,
+    /// Percent of faces read into their own age band.
+    #[serde(default)]
+    pub band_accuracy: f64,
 }
 
 fn group(name: &str, pairs: &[(&Sample, &Prediction)]) -> GroupMetrics {
@@ -57,6 +64,13 @@ pub fn evaluate(samples: &[Sample], predictions: &[Prediction]) -> Evaluation {
             .map(|(i, name)| select(name, &|s| s.race == Some(i as u8)))
             .filter(|g| g.count > 0)
             .collect(),
+        read_per_band: AGE_BANDS
+            .iter()
+            .map(|(name, _, _)| predictions.iter().filter(|p| age_band(p.age) == *name).count())
+            .collect(),
+        band_accuracy: 100.0
+            * pairs.iter().filter(|(s, p)| age_band(s.age) == age_band(p.age)).count() as f64
+            / pairs.len().max(1) as f64,
     }
 }
 
@@ -69,6 +83,20 @@ impl Evaluation {
             "**{} faces: age MAE {:.2} years, gender accuracy {:.2}%**\n",
             o.count, o.age_mae, o.gender_accuracy
         ));
+        if self.read_per_band.len() == self.by_age_band.len() {
+            let per_band: Vec<String> = self
+                .by_age_band
+                .iter()
+                .zip(&self.read_per_band)
+                .map(|(g, read)| format!("{} {read}/{}", g.group, g.count))
+                .collect();
+            out.push_str(&format!(
+                "\nAge band right for {:.2}% of faces; faces read into each band / truly in it: {} (off by {} in all)\n",
+                self.band_accuracy,
+                per_band.join(", "),
+                self.band_count_error()
+            ));
+        }
         for (title, rows) in
             [("age band", &self.by_age_band), ("gender", &self.by_gender), ("race group", &self.by_race)]
         {
@@ -81,6 +109,11 @@ impl Evaluation {
             }
         }
         out
+    }
+
+    /// Sum over the age bands of |faces read into the band - faces truly in it|.
+    pub fn band_count_error(&self) -> usize {
+        self.by_age_band.iter().zip(&self.read_per_band).map(|(g, &read)| read.abs_diff(g.count)).sum()
     }
 
     /// The group furthest below the overall gender accuracy (age bands and race groups).
@@ -121,5 +154,10 @@ mod tests {
         assert_eq!((black.count, black.gender_accuracy), (2, 50.0));
         assert_eq!(e.worst_gender_group().unwrap().gender_accuracy, 0.0);
         assert!(e.markdown().contains("| Black | 2 |"));
+        // The 1-year-old is read as 3 (band 3-12); the others stay in their bands.
+        assert_eq!(e.read_per_band, vec![0, 1, 0, 1, 0, 1]);
+        assert!((e.band_accuracy - 200.0 / 3.0).abs() < 1e-9);
+        assert_eq!(e.band_count_error(), 2);
+        assert!(e.markdown().contains("0-2 0/1, 3-12 1/0"), "{}", e.markdown());
     }
 }

@@ -131,6 +131,16 @@ pub struct Prepared {
     pub rejected: Vec<Rejected>,
 }
 
+impl Prepared {
+    pub fn split(&self, split: Split) -> &CropSet {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        }
+    }
+}
+
 /// Loads the labels, builds (or loads) the crops and splits them.
 pub fn prepare(config: &TrainConfig, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
     let (mut samples, mut rejected) = load_dataset(&config.data)?;
