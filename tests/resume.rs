@@ -127,3 +127,16 @@ fn a_run_with_a_weight_average_judges_the_average_and_resumes_exactly() {
     ok(&train(&run, work.path(), &["--resume", "--patience", "9"]));
     assert_same_validation(&metrics(&run), &averaged);
 }
+
+#[test]
+fn a_run_with_momentum_statistics_reads_differently_once_they_are_estimated_again() {
+    let work = tempfile::tempdir().unwrap();
+    let run = work.path().join("momentum");
+    ok(&train(&run, work.path(), &["--bn-stats", "momentum"]));
+    let run_s = run.to_str().unwrap();
+    let eval =
+        |extra: &[&str]| stdout(ok(&run_host(&[&["eval", "--run", run_s][..], extra].concat(), work.path())));
+    let (kept, recalibrated) = (eval(&[]), eval(&["--recalibrate-bn"]));
+    assert_ne!(kept, recalibrated, "training's momentum average is not the statistics of the plain crops");
+    assert_eq!(recalibrated, eval(&["--recalibrate-bn"]), "the estimate is the same every time");
+}

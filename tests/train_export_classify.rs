@@ -52,6 +52,12 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     let map = std::fs::read_to_string(run.join("age-map.json")).unwrap();
     assert!((age_of(&model) - age_of(&mapped)).abs() > 1e-3, "the map changes the reading: {map}");
 
+    // The run kept batch-norm statistics re-estimated on plain training crops (`--bn-stats
+    // precise`, the default): estimating them again changes no reading.
+    let eval =
+        |extra: &[&str]| stdout(ok(&run_host(&[&["eval", "--run", run_s][..], extra].concat(), work.path())));
+    assert_eq!(eval(&[]), eval(&["--recalibrate-bn"]));
+
     // The second training run finds every crop in the cache.
     let again = train_small("separable", 1, &work.path().join("run2"), work.path());
     ok(&again);

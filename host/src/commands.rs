@@ -16,7 +16,7 @@ use faceage_host::metrics::Evaluation;
 use faceage_host::nn::loss::AgeLoss;
 use faceage_host::nn::model::{NetConfig, Pooling};
 use faceage_host::nn::optim::AdamWConfig;
-use faceage_host::train::{self, Model, Outcome, Prepared, RunDir, TrainConfig};
+use faceage_host::train::{self, BnStats, Model, Outcome, Prepared, RunDir, TrainConfig};
 use faceage_host::{UTKFACE_LICENSE, compute_device, plots};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -65,14 +65,39 @@ struct OpenRun {
     data: Prepared,
 }
 
-fn open_run(run: &std::path::Path, device: &str, age_map: bool, data_args: &DataArgs) -> Result<OpenRun> {
+/// How a run's kept model is read.
+#[derive(clap::Args)]
+pub struct ReadingArgs {
+    /// Correct the age reading with the run's age map (age-map.json; see `fit-age-map`): a
+    /// lower age MAE per face, but counts per age band drift toward the crowded bands (model
+    /// card).
+    #[arg(long)]
+    age_map: bool,
+    /// Re-estimate the batch-norm statistics on plain training crops first, as `train
+    /// --bn-stats precise` (the default) does before every validation; for runs trained
+    /// before that, whose kept statistics are training's momentum average.
+    #[arg(long)]
+    recalibrate_bn: bool,
+}
+
+fn open_run(
+    run: &std::path::Path,
+    device: &str,
+    reading: &ReadingArgs,
+    data_args: &DataArgs,
+) -> Result<OpenRun> {
     let device = compute_device(device)?;
     let run = RunDir(run.to_path_buf());
     let (config, mut model) = Model::load_best(&run, &device)?;
-    if age_map {
+    if reading.age_map {
         model.use_age_map(&run)?;
     }
     let data = train::prepare(&config, &data_args.detector, &data_args.cache_dir, threads())?;
+    if reading.recalibrate_bn {
+        let images =
+            model.recalibrate_batch_norm(&train::bn_stats_crops(&data.train, config.seed), &device)?;
+        eprintln!("batch-norm statistics re-estimated on {images} training images (crops and mirror images)");
+    }
     Ok(OpenRun { device, run, config, model, data })
 }
 
@@ -122,6 +147,9 @@ pub struct TrainArgs {
     /// Age loss; the default is the shipped model's recipe.
     #[arg(long, value_enum, default_value_t = AgeLoss::LdlKl)]
     age_loss: AgeLoss,
+    /// Where the kept model's batch-norm statistics come from.
+    #[arg(long, value_enum, default_value_t = BnStats::Precise)]
+    bn_stats: BnStats,
     /// Evaluate, keep and export an exponential moving average of the weights with this decay
     /// per step (e.g. 0.999: about the last 1,000 steps) instead of the last weights.
     #[arg(long)]
@@ -175,6 +203,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         ldl_sigma: a.sigma,
         limit: a.limit,
         ema_decay: a.ema,
+        bn_stats: a.bn_stats,
     };
     let run = RunDir(a.out.clone());
     let config = if a.resume {
@@ -247,9 +276,8 @@ pub struct EvalArgs {
     /// Read each face and its mirror image and average them, as exported files do.
     #[arg(long)]
     mirror: bool,
-    /// Correct the age reading with the run's age map (age-map.json; see `fit-age-map`).
-    #[arg(long)]
-    age_map: bool,
+    #[command(flatten)]
+    reading: ReadingArgs,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -257,7 +285,7 @@ pub struct EvalArgs {
 }
 
 pub fn eval(a: EvalArgs) -> Result<()> {
-    let OpenRun { device, model, data, .. } = open_run(&a.run, &a.device, a.age_map, &a.data_args)?;
+    let OpenRun { device, model, data, .. } = open_run(&a.run, &a.device, &a.reading, &a.data_args)?;
     train::report_rejected(&data.rejected, None)?;
     let set = data.split(a.split);
     let predictions = model.predict_mirrored(set, &device, a.mirror)?;
@@ -275,6 +303,9 @@ pub struct FitAgeMapArgs {
     /// Run folder written by `train` (its age map is written there as age-map.json).
     #[arg(long, default_value = "runs/default")]
     run: PathBuf,
+    /// Fit it on the net with re-estimated batch-norm statistics (see `eval --recalibrate-bn`).
+    #[arg(long)]
+    recalibrate_bn: bool,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -283,7 +314,8 @@ pub struct FitAgeMapArgs {
 
 /// Fits (again) the age map of a run on its validation split; `train` does it at its end.
 pub fn fit_age_map(a: FitAgeMapArgs) -> Result<()> {
-    let OpenRun { device, run, model, data, .. } = open_run(&a.run, &a.device, false, &a.data_args)?;
+    let reading = ReadingArgs { age_map: false, recalibrate_bn: a.recalibrate_bn };
+    let OpenRun { device, run, model, data, .. } = open_run(&a.run, &a.device, &reading, &a.data_args)?;
     let (map, before, after) = train::fit_age_map(&run, &model, &data.val, &device)?;
     println!(
         "{}: age map fitted on {} validation faces, MAE there {before:.2} -> {after:.2} (in-sample; measure with eval on the test split)",
@@ -337,10 +369,8 @@ pub struct ExportArgs {
     /// accurate).
     #[arg(long)]
     no_mirror: bool,
-    /// Write the run's age map into the file (age-map.json; see `fit-age-map`): a lower age
-    /// MAE per face, but counts per age band drift toward the crowded bands (model card).
-    #[arg(long)]
-    age_map: bool,
+    #[command(flatten)]
+    reading: ReadingArgs,
     #[arg(long, default_value = "cpu")]
     device: String,
     #[command(flatten)]
@@ -361,7 +391,7 @@ fn metrics_map(val: &Evaluation, test: &Evaluation) -> std::collections::BTreeMa
 }
 
 pub fn export(a: ExportArgs) -> Result<()> {
-    let OpenRun { device, run, config, model, data } = open_run(&a.run, &a.device, a.age_map, &a.data_args)?;
+    let OpenRun { device, run, config, model, data } = open_run(&a.run, &a.device, &a.reading, &a.data_args)?;
     let test_set = if data.test.is_empty() { &data.val } else { &data.test };
     let mirror = !a.no_mirror;
     let measure = |set: &faceage_host::crops::CropSet| -> Result<Evaluation> {
@@ -393,10 +423,16 @@ pub fn export(a: ExportArgs) -> Result<()> {
             config.seed
         ),
         train_license: UTKFACE_LICENSE.into(),
-        // The file says when its age is not the net's own reading.
-        train_command: match &model.age_map {
-            Some(_) => format!("{command} (age corrected by the run's age-map.json: export --age-map)"),
-            None => command,
+        // The file says how it differs from the run's kept model.
+        train_command: {
+            let mut notes = Vec::new();
+            if a.reading.recalibrate_bn {
+                notes.push("batch-norm statistics re-estimated on training crops: export --recalibrate-bn");
+            }
+            if model.age_map.is_some() {
+                notes.push("age corrected by the run's age-map.json: export --age-map");
+            }
+            if notes.is_empty() { command } else { format!("{command} ({})", notes.join("; ")) }
         },
         metrics: metrics_map(&val, &test),
     };

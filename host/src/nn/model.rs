@@ -452,6 +452,64 @@ impl AgeGenderNet {
         }
     }
 
+    /// Re-estimates every batch norm's running statistics over `batches` (CNHW inputs, as
+    /// [`forward`](Self::forward) takes), replacing them: the population mean and variance of
+    /// each layer's input in training mode, pooled over all batches (PreciseBN, Wu & Johnson
+    /// 2021). Training's running statistics are a momentum average of the last few augmented
+    /// batches, so they move from epoch to epoch even when the weights hardly do, and they
+    /// describe augmented faces rather than the plain crops the board reads. Returns the number
+    /// of images seen.
+    pub fn recalibrate_batch_norm(&self, batches: impl IntoIterator<Item = Result<Tensor>>) -> Result<usize> {
+        let convs: Vec<&ConvBnRelu> = self.convs().collect();
+        // Per layer and channel, in f64: the sums over batches of count x mean and of
+        // count x E[x^2]; and per layer the total count.
+        let mut sums: Vec<(Vec<f64>, Vec<f64>, usize)> = Vec::new();
+        for conv in &convs {
+            let channels = conv.running_mean.dim(0)?;
+            sums.push((vec![0.0; channels], vec![0.0; channels], 0));
+        }
+        let mut images = 0;
+        for batch in batches {
+            let mut h = batch?.detach();
+            images += h.dim(1)?;
+            let mut layer = 0;
+            for block in &self.blocks {
+                h = match block {
+                    Block::Conv(conv) => {
+                        let (y, stats) = batch_norm_relu_batch_stats(&conv.convolve(&h)?, conv)?;
+                        let (mean_sums, square_sums, count) = &mut sums[layer];
+                        let means = stats.mean.to_vec1::<f32>()?;
+                        let vars = stats.biased_var.to_vec1::<f32>()?;
+                        let weight = stats.count as f64;
+                        for (k, (&m, &v)) in means.iter().zip(&vars).enumerate() {
+                            mean_sums[k] += weight * m as f64;
+                            square_sums[k] += weight * (v as f64 + m as f64 * m as f64);
+                        }
+                        *count += stats.count;
+                        layer += 1;
+                        y.detach()
+                    }
+                    Block::Pool => max_pool_2x2(&h)?,
+                };
+            }
+        }
+        ensure!(images > 0, "no images to re-estimate the batch-norm statistics on");
+        for (conv, (mean_sums, square_sums, count)) in convs.iter().zip(sums) {
+            let n = count as f64;
+            let means: Vec<f32> = mean_sums.iter().map(|s| (s / n) as f32).collect();
+            // Unbiased, as training keeps it.
+            let vars: Vec<f32> = mean_sums
+                .iter()
+                .zip(&square_sums)
+                .map(|(s, q)| ((q / n - (s / n).powi(2)).max(0.0) * n / (n - 1.0).max(1.0)) as f32)
+                .collect();
+            let device = conv.running_mean.device();
+            conv.running_mean.set(&Tensor::new(means, device)?)?;
+            conv.running_var.set(&Tensor::new(vars, device)?)?;
+        }
+        Ok(images)
+    }
+
     /// Inference as the exported file does it: age and p(female), each `[N]`. With `mirror`,
     /// every face is also read mirrored and the two readings' probabilities averaged
     /// (test-time augmentation).
@@ -477,28 +535,52 @@ impl AgeGenderNet {
 /// Batch norm over (N, H, W) per channel, then ReLU, on a CNHW tensor. Training uses the
 /// batch statistics and folds them into the running ones.
 fn batch_norm_relu(x: &Tensor, conv: &ConvBnRelu, train: bool) -> Result<Tensor> {
-    let (c, n, h, w) = x.dims4()?;
-    let m = n * h * w;
-    if train && x.device().is_cpu() {
-        let (y, stats) = super::fused::bn_relu_train(x, &conv.gamma, &conv.beta)?;
-        let means: Vec<f32> = stats.iter().map(|s| s.0).collect();
-        let vars: Vec<f32> = stats.iter().map(|s| s.1).collect();
-        update_running(conv, &Tensor::new(means, x.device())?, &Tensor::new(vars, x.device())?, m)?;
+    if train {
+        let (y, stats) = batch_norm_relu_batch_stats(x, conv)?;
+        update_running(conv, &stats.mean, &stats.biased_var, stats.count)?;
         return Ok(y);
     }
-    let flat = x.reshape((c, m))?;
-    let (mean, var) = if train {
-        let mean = flat.mean_keepdim(1)?;
-        let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-        update_running(conv, &mean.detach().squeeze(1)?, &var.detach().squeeze(1)?, m)?;
-        (mean, var)
-    } else {
-        (conv.running_mean.unsqueeze(1)?, conv.running_var.unsqueeze(1)?)
-    };
+    let (c, n, h, w) = x.dims4()?;
+    let flat = x.reshape((c, n * h * w))?;
+    let (mean, var) = (conv.running_mean.unsqueeze(1)?, conv.running_var.unsqueeze(1)?);
     let scale = (conv.gamma.unsqueeze(1)? / (var + BN_EPS)?.sqrt()?)?;
     let shift = (conv.beta.unsqueeze(1)? - mean.broadcast_mul(&scale)?)?;
     let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?.relu()?;
     Ok(y.reshape((c, n, h, w))?)
+}
+
+/// One batch's per-channel statistics (outside the gradient).
+struct BatchStats {
+    mean: Tensor,
+    biased_var: Tensor,
+    /// Values per channel they were taken over (N x H x W).
+    count: usize,
+}
+
+/// Training-mode batch norm + ReLU: normalises with the batch's own statistics (the gradient
+/// flows through them) and returns them.
+fn batch_norm_relu_batch_stats(x: &Tensor, conv: &ConvBnRelu) -> Result<(Tensor, BatchStats)> {
+    let (c, n, h, w) = x.dims4()?;
+    let count = n * h * w;
+    if x.device().is_cpu() {
+        let (y, stats) = super::fused::bn_relu_train(x, &conv.gamma, &conv.beta)?;
+        let means: Vec<f32> = stats.iter().map(|s| s.0).collect();
+        let vars: Vec<f32> = stats.iter().map(|s| s.1).collect();
+        let stats = BatchStats {
+            mean: Tensor::new(means, x.device())?,
+            biased_var: Tensor::new(vars, x.device())?,
+            count,
+        };
+        return Ok((y, stats));
+    }
+    let flat = x.reshape((c, count))?;
+    let mean = flat.mean_keepdim(1)?;
+    let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
+    let scale = (conv.gamma.unsqueeze(1)? / (&var + BN_EPS)?.sqrt()?)?;
+    let shift = (conv.beta.unsqueeze(1)? - mean.broadcast_mul(&scale)?)?;
+    let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?.relu()?;
+    let stats = BatchStats { mean: mean.detach().squeeze(1)?, biased_var: var.detach().squeeze(1)?, count };
+    Ok((y.reshape((c, n, h, w))?, stats))
 }
 
 /// Running statistics are bookkeeping outside the gradient; the variance kept is unbiased.
@@ -533,7 +615,7 @@ pub fn to_cnhw(x: &Tensor) -> Result<Tensor> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::test_support::{gradient_size, max_diff, net_and_batch};
+    use crate::nn::test_support::{gradient_size, max_diff, net_and_batch, random};
     use candle_core::Device;
 
     #[test]
@@ -660,6 +742,50 @@ mod tests {
         let g = y.sum_all().unwrap().backward().unwrap();
         let gx = g.get(&x).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         assert_eq!(gx, vec![0., 1., 0., 0., 0., 0., 1., 0., 1., 0., 0., 0., 0., 0., 0., 1.]);
+    }
+
+    #[test]
+    fn recalibrated_statistics_are_the_pooled_ones_of_all_batches() {
+        let (_, net, _) = net_and_batch(NetConfig::tiny(16), 3);
+        let convs: Vec<&ConvBnRelu> = net.convs().collect();
+        // Stale statistics first: the result must not depend on them.
+        for conv in &convs {
+            let c = conv.running_mean.dim(0).unwrap();
+            conv.running_mean.set(&Tensor::full(7f32, c, &Device::Cpu).unwrap()).unwrap();
+            conv.running_var.set(&Tensor::full(9f32, c, &Device::Cpu).unwrap()).unwrap();
+        }
+        // Two batches of unlike faces: pooling them is not averaging their variances.
+        let a = random(&[3, 6, 16, 16], 11);
+        let b = ((random(&[3, 4, 16, 16], 12) * 3.0).unwrap() + 1.0).unwrap();
+        let images = net.recalibrate_batch_norm([Ok(a.clone()), Ok(b.clone())]).unwrap();
+        assert_eq!(images, 10);
+
+        // The first layer sees the images themselves: its statistics are those of its
+        // convolution over all ten, per channel, the variance unbiased.
+        let first = convs[0];
+        let y = first.convolve(&Tensor::cat(&[&a, &b], 1).unwrap()).unwrap();
+        let (c, n, h, w) = y.dims4().unwrap();
+        let flat = y.reshape((c, n * h * w)).unwrap();
+        let mean = flat.mean(1).unwrap();
+        let var = (flat.broadcast_sub(&mean.unsqueeze(1).unwrap()).unwrap().sqr().unwrap().sum(1).unwrap()
+            / (n * h * w - 1) as f64)
+            .unwrap();
+        assert!(max_diff(&mean, first.running_mean.as_tensor()) < 1e-5);
+        assert!(max_diff(&var, first.running_var.as_tensor()) < 1e-4);
+        for conv in &convs[1..] {
+            let m = conv.running_mean.to_vec1::<f32>().unwrap();
+            assert!(m.iter().all(|&v| v != 7.0 && v.is_finite()), "{}: {m:?}", conv.name);
+        }
+
+        // On a single batch, eval mode then reads it as training mode does (the same
+        // statistics, but for the unbiased variance's n / (n - 1)).
+        net.recalibrate_batch_norm([Ok(b.clone())]).unwrap();
+        let eval = net.forward(&b, false).unwrap();
+        let train = net.forward(&b, true).unwrap();
+        let diff = max_diff(&train.female_logit, &eval.female_logit);
+        assert!(diff < 2e-2, "eval vs training mode on the batch the statistics came from: {diff}");
+        let none = std::iter::empty::<Result<Tensor>>();
+        assert!(net.recalibrate_batch_norm(none).is_err(), "no images is an error, not NaN statistics");
     }
 
     #[test]
