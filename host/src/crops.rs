@@ -146,21 +146,26 @@ impl CropSet {
         let known: std::collections::HashMap<(PathBuf, u64), usize> =
             header.images.iter().enumerate().map(|(i, c)| ((c.path.clone(), c.len), i)).collect();
         let lens: Vec<u64> = samples.iter().map(|s| file_len(&s.path)).collect();
-        let missing: Vec<usize> = (0..samples.len())
-            .filter(|&i| !known.contains_key(&(samples[i].path.clone(), lens[i])))
+        // Images are known by their absolute path, so `--data ../x` and `--data /abs/x` share
+        // one cache rather than cropping everything again.
+        let keys: Vec<PathBuf> = samples
+            .iter()
+            .map(|s| std::fs::canonicalize(&s.path).unwrap_or_else(|_| s.path.clone()))
             .collect();
+        let missing: Vec<usize> =
+            (0..samples.len()).filter(|&i| !known.contains_key(&(keys[i].clone(), lens[i]))).collect();
         if !missing.is_empty() {
             let todo: Vec<Sample> = missing.iter().map(|&i| samples[i].clone()).collect();
             let outcomes = Self::detect_and_crop(&todo, settings, detector_path, threads)?;
             let crop_len = settings.cache_size() as usize * settings.cache_size() as usize * 3;
-            for ((&i, outcome), sample) in missing.iter().zip(outcomes).zip(&todo) {
+            for (&i, outcome) in missing.iter().zip(outcomes) {
                 let outcome = outcome.map(|(face, crop)| {
                     debug_assert_eq!(crop.len(), crop_len);
                     pixels.extend_from_slice(&crop);
                     header.crops += 1;
                     (face, header.crops - 1)
                 });
-                header.images.push(CachedImage { path: sample.path.clone(), len: lens[i], outcome });
+                header.images.push(CachedImage { path: keys[i].clone(), len: lens[i], outcome });
             }
             std::fs::create_dir_all(cache_dir)
                 .with_context(|| format!("{}: cannot create", cache_dir.display()))?;
@@ -185,8 +190,8 @@ impl CropSet {
             pixels: Vec::new(),
         };
         let mut rejected = Vec::new();
-        for (sample, len) in samples.iter().zip(lens) {
-            match &index[&(sample.path.as_path(), len)].outcome {
+        for ((sample, key), len) in samples.iter().zip(&keys).zip(lens) {
+            match &index[&(key.as_path(), len)].outcome {
                 Ok((face, at)) => {
                     set.samples.push(sample.clone());
                     set.faces.push(face.clone());

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::age_map::AgeMap;
 use crate::augment::{Augment, make_batch};
 use crate::crops::{CropSet, CropSettings, ensure_some};
-use crate::data::{Rejected, Split, fnv1a, load_dataset, split_of};
+use crate::data::{Rejected, Sample, Split, fnv1a, load_dataset, split_of};
 use crate::metrics::{Evaluation, Prediction, evaluate};
 use crate::nn::average::WeightAverage;
 use crate::nn::loss::{AgeLoss, MultiTaskLoss};
@@ -178,8 +178,11 @@ impl Prepared {
 pub fn prepare(config: &TrainConfig, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
     let (mut samples, mut rejected) = load_dataset(&config.data)?;
     if let Some(limit) = config.limit {
-        // A seeded choice spread over the whole set, not the first names alphabetically.
-        samples.sort_by_key(|s| fnv1a(config.seed ^ 0x5eed, s.path.to_string_lossy().as_bytes()));
+        // A seeded choice spread over the whole set, not the first names alphabetically; by
+        // file name, as the split is, so it does not hang on how the folder was named.
+        let name =
+            |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        samples.sort_by_key(|s| fnv1a(config.seed ^ 0x5eed, name(s).as_bytes()));
         samples.truncate(limit);
         samples.sort_by(|a, b| a.path.cmp(&b.path));
     }

@@ -167,11 +167,12 @@ pub fn train_small(net: &str, epochs: usize, out: &Path, work: &Path) -> Output 
     run_host(&[&args[..], &["--out", out.to_str().unwrap()]].concat(), work)
 }
 
-/// Runs `faceage-host` with the shared data, detector and a cache inside `work`.
+/// Runs `faceage-host` with the shared data (unless `args` name a `--data`), the detector and
+/// a cache inside `work`.
 pub fn run_host(args: &[&str], work: &Path) -> Output {
     let mut cmd = Command::new(bin("faceage-host"));
     cmd.args(args);
-    if args.first() == Some(&"train") {
+    if args.first() == Some(&"train") && !args.contains(&"--data") {
         cmd.arg("--data").arg(utkface_dir());
     }
     cmd.arg("--detector").arg(detector()).arg("--cache-dir").arg(work.join("cache"));
