@@ -2,9 +2,10 @@
 //!
 //! Read as the median of its distribution, the net's age is still biased *given the reading*.
 //! Mapping each reading to the median true age of the faces read so (post-hoc calibration of
-//! a regressor, fitted by least absolute deviations: what MAE counts) takes the shipped net's
+//! a regressor, fitted by least absolute deviations: what MAE counts) took the shipped net's
 //! readings 20 -> 21.5, 40 -> 35.7 and 60 -> 57.7 years (`fit-age-map --run runs/ship-e36`), and
-//! its test MAE from 5.46 to 5.31 (`eval --mirror --age-map`).
+//! its test MAE from 5.46 to 5.31 (`eval --mirror --age-map`), with the batch-norm statistics the
+//! net was first shipped with (training's momentum average; see `--bn-stats`).
 //!
 //! It is **off unless asked for** (`eval --age-map`, `export --age-map`): it pulls readings
 //! toward the crowded twenties and thirties, so per face it errs less but per age band the

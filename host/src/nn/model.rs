@@ -453,8 +453,8 @@ impl AgeGenderNet {
     }
 
     /// Re-estimates every batch norm's running statistics over `batches` (CNHW inputs, as
-    /// [`forward`](Self::forward) takes), replacing them: the population mean and variance of
-    /// each layer's input in training mode, pooled over all batches (PreciseBN, Wu & Johnson
+    /// [`forward`](Self::forward) takes), replacing them: the mean and variance of what each
+    /// batch norm is fed in training mode, pooled over all batches (PreciseBN, Wu & Johnson
     /// 2021). Training's running statistics are a momentum average of the last few augmented
     /// batches, so they move from epoch to epoch even when the weights hardly do, and they
     /// describe augmented faces rather than the plain crops the board reads. Returns the number
