@@ -514,13 +514,8 @@ impl AgeGenderNet {
     /// every face is also read mirrored and the two readings' probabilities averaged
     /// (test-time augmentation).
     pub fn infer(&self, x: &Tensor, mirror: bool) -> Result<(Tensor, Tensor)> {
-        let (_, n, _, w) = x.dims4()?;
-        let input = if mirror {
-            let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<u32>>(), x.device())?;
-            Tensor::cat(&[x, &x.index_select(&reversed, 3)?], 1)?
-        } else {
-            x.clone()
-        };
+        let n = x.dim(1)?;
+        let input = if mirror { with_mirror_images(x)? } else { x.clone() };
         let copies = if mirror { 2 } else { 1 };
         let out = self.forward(&input, false)?;
         let female = candle_nn::ops::sigmoid(&out.female_logit)?.reshape((copies, n))?.mean(0)?;
@@ -540,9 +535,15 @@ fn batch_norm_relu(x: &Tensor, conv: &ConvBnRelu, train: bool) -> Result<Tensor>
         update_running(conv, &stats.mean, &stats.biased_var, stats.count)?;
         return Ok(y);
     }
+    let (mean, var) = (conv.running_mean.unsqueeze(1)?, conv.running_var.unsqueeze(1)?);
+    normalise_relu(x, &mean, &var, conv)
+}
+
+/// `relu(gamma (x - mean) / sqrt(var + eps) + beta)` per channel of a CNHW tensor, with
+/// `mean` and `var` as `[C, 1]`.
+fn normalise_relu(x: &Tensor, mean: &Tensor, var: &Tensor, conv: &ConvBnRelu) -> Result<Tensor> {
     let (c, n, h, w) = x.dims4()?;
     let flat = x.reshape((c, n * h * w))?;
-    let (mean, var) = (conv.running_mean.unsqueeze(1)?, conv.running_var.unsqueeze(1)?);
     let scale = (conv.gamma.unsqueeze(1)? / (var + BN_EPS)?.sqrt()?)?;
     let shift = (conv.beta.unsqueeze(1)? - mean.broadcast_mul(&scale)?)?;
     let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?.relu()?;
@@ -576,11 +577,9 @@ fn batch_norm_relu_batch_stats(x: &Tensor, conv: &ConvBnRelu) -> Result<(Tensor,
     let flat = x.reshape((c, count))?;
     let mean = flat.mean_keepdim(1)?;
     let var = flat.broadcast_sub(&mean)?.sqr()?.mean_keepdim(1)?;
-    let scale = (conv.gamma.unsqueeze(1)? / (&var + BN_EPS)?.sqrt()?)?;
-    let shift = (conv.beta.unsqueeze(1)? - mean.broadcast_mul(&scale)?)?;
-    let y = flat.broadcast_mul(&scale)?.broadcast_add(&shift)?.relu()?;
+    let y = normalise_relu(x, &mean, &var, conv)?;
     let stats = BatchStats { mean: mean.detach().squeeze(1)?, biased_var: var.detach().squeeze(1)?, count };
-    Ok((y.reshape((c, n, h, w))?, stats))
+    Ok((y, stats))
 }
 
 /// Running statistics are bookkeeping outside the gradient; the variance kept is unbiased.
@@ -605,6 +604,13 @@ fn max_pool_2x2(x: &Tensor) -> Result<Tensor> {
         return Ok(super::fused::max_pool_2x2(x)?);
     }
     Ok(x.reshape((c, n, h / 2, 2, w / 2, 2))?.max(5)?.max(3)?)
+}
+
+/// `[C, N, H, W]` -> `[C, 2N, H, W]`: the N images, then each mirrored left to right.
+pub fn with_mirror_images(x: &Tensor) -> Result<Tensor> {
+    let w = x.dim(3)?;
+    let reversed = Tensor::new((0..w as u32).rev().collect::<Vec<u32>>(), x.device())?;
+    Ok(Tensor::cat(&[x, &x.index_select(&reversed, 3)?], 1)?)
 }
 
 /// Converts an NCHW batch into the net's CNHW layout.
