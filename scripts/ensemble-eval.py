@@ -8,6 +8,12 @@ The crops are the board's (the cache `faceage-host train` builds), so each file 
 the figures of `faceage-host eval --run R --mirror` for the run it was exported from. The
 split is the one of --seed 1, which every shipped and experiment run uses.
 
+It also prints how far the counts per age band (what the board logs) are from the truth,
+summed over the bands: "read" counts each face in the band of its age reading, as the board
+does; "mass" adds each face's predicted probability mass per band (the file's averaged age
+distribution, which export.rs names `age.probs.averaged`), a way of counting the board could
+take up.
+
 Usage: ensemble-eval.py [--split test|val] [--cache FILE] [--subsets] MODEL.onnx...
   --subsets   also every subset of two files or more, best age MAE first
 Needs numpy and onnxruntime (pip)."""
@@ -15,12 +21,15 @@ import argparse, itertools, sys
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crop_cache import CropCache, find_cache, split_of, utkface_labels  # noqa: E402
 
 MEAN, STD = 0.5, 0.25  # augment.rs: x = (pixel / 255 - MEAN) / STD
+BAND_EDGES = [0, 3, 13, 20, 40, 60, float('inf')]  # the board's age bands (counts.rs)
+DISTRIBUTION = 'age.probs.averaged'  # export.rs: the age distribution over the bins, both views averaged
 
 
 def read_split(cache, split):
@@ -37,16 +46,29 @@ def read_split(cache, split):
     return np.stack(faces), np.array(ages, float), np.array(female)
 
 
+def band_of(age):
+    return np.clip(np.searchsorted(BAND_EDGES, age, side='right') - 1, 0, len(BAND_EDGES) - 2)
+
+
 def read_model(path, faces):
+    """Per face: age reading, p(female), and the probability mass per age band."""
+    model = onnx.load(str(path))
+    bins = [onnx.numpy_helper.to_array(t).ravel() for t in model.graph.initializer if t.name == 'age.bins']
+    if not bins or DISTRIBUTION not in {o for n in model.graph.node for o in n.output}:
+        sys.exit(f'{path}: no age distribution ({DISTRIBUTION}, age.bins): not a faceage export')
+    model.graph.output.append(onnx.helper.make_tensor_value_info(DISTRIBUTION, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = ort.InferenceSession(str(path), options)
-    age, female = [], []
+    session = ort.InferenceSession(model.SerializeToString(), options)
+    bins = bins[0]
+    band_matrix = np.stack([band_of(bins) == k for k in range(len(BAND_EDGES) - 1)], axis=1).astype(np.float64)
+    age, female, mass = [], [], []
     for i in range(0, len(faces), 256):
-        a, f = session.run(['age', 'female'], {'faces': faces[i:i + 256]})
+        a, f, p = session.run(['age', 'female', DISTRIBUTION], {'faces': faces[i:i + 256]})
         age.append(a)
         female.append(f)
-    return np.concatenate(age), np.concatenate(female)
+        mass.append(p @ band_matrix)
+    return np.concatenate(age), np.concatenate(female), np.concatenate(mass)
 
 
 def main():
@@ -75,19 +97,24 @@ def main():
     print(f'{args.split} split: {len(ages)} faces ({cache})')
     readings = [read_model(m, faces) for m in args.models]
 
+    truly = np.bincount(band_of(ages), minlength=len(BAND_EDGES) - 1)
+
     def figures(members):
         age = np.mean([readings[i][0] for i in members], axis=0)
         p_female = np.mean([readings[i][1] for i in members], axis=0)
-        return np.abs(age - ages).mean(), 100 * ((p_female > 0.5) == female).mean()
+        mass = np.mean([readings[i][2] for i in members], axis=0).sum(axis=0)
+        read = np.bincount(band_of(age), minlength=len(truly))
+        return (np.abs(age - ages).mean(), 100 * ((p_female > 0.5) == female).mean(),
+                np.abs(read - truly).sum(), np.abs(mass - truly).sum())
 
     rows = [((i,), *figures([i])) for i in range(len(readings))]
     groups = [tuple(range(len(readings)))]
     if args.subsets:
         groups = [g for k in range(2, len(readings) + 1) for g in itertools.combinations(range(len(readings)), k)]
     ensembles = sorted(((g, *figures(g)) for g in groups), key=lambda r: r[1])
-    for members, mae, acc in rows + ensembles:
+    for members, mae, acc, off_read, off_mass in rows + ensembles:
         name = ' + '.join(args.models[i].stem for i in members)
-        print(f'age MAE {mae:.2f}  gender {acc:.2f}%  {name}')
+        print(f'age MAE {mae:.2f}  gender {acc:.2f}%  bands off: read {off_read}, mass {off_mass:.0f}  {name}')
 
 
 if __name__ == '__main__':
