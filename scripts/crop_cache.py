@@ -26,13 +26,14 @@ def split_of(path, seed=1):
 
 
 def utkface_labels(path):
-    """(age, female) from a UTKFace name age_gender_race_datetime..., or None if it does not parse."""
-    parts = Path(path).name.split('_')
-    try:
-        age, gender = int(parts[0]), int(parts[1])
-    except (IndexError, ValueError):
+    """(age, female) from a UTKFace name age_gender_race_datetime.jpg.chip.jpg, or None where
+    data.rs `parse_utkface_name` rejects the name (those images are never in a split)."""
+    parts = Path(path).name.split('.')[0].split('_')
+    if len(parts) != 4 or parts[1] not in ('0', '1') or parts[2] not in ('0', '1', '2', '3', '4'):
         return None
-    return (age, gender == 1) if len(parts) >= 4 and gender in (0, 1) else None
+    if not parts[0].isdigit() or int(parts[0]) > 120:
+        return None
+    return int(parts[0]), parts[1] == '1'
 
 
 class CropCache:

@@ -11,8 +11,8 @@ split is the one of --seed 1, which every shipped and experiment run uses.
 It also prints how far the counts per age band (what the board logs) are from the truth,
 summed over the bands: "read" counts each face in the band of its age reading, as the board
 does; "mass" adds each face's predicted probability mass per band (the file's averaged age
-distribution, which export.rs names `age.probs.averaged`), a way of counting the board could
-take up.
+distribution, which export.rs names `age.probs.averaged`, or `age.probs` in a file read once),
+a way of counting the board could take up.
 
 Usage: ensemble-eval.py [--split test|val] [--cache FILE] [--subsets] MODEL.onnx...
   --subsets   also every subset of two files or more, best age MAE first
@@ -29,7 +29,8 @@ from crop_cache import CropCache, find_cache, split_of, utkface_labels  # noqa: 
 
 MEAN, STD = 0.5, 0.25  # augment.rs: x = (pixel / 255 - MEAN) / STD
 BAND_EDGES = [0, 3, 13, 20, 40, 60, float('inf')]  # the board's age bands (counts.rs)
-DISTRIBUTION = 'age.probs.averaged'  # export.rs: the age distribution over the bins, both views averaged
+# export.rs: the age distribution over the bins, both views averaged; or read once (--no-mirror).
+DISTRIBUTIONS = ('age.probs.averaged', 'age.probs')
 
 
 def read_split(cache, split):
@@ -54,9 +55,11 @@ def read_model(path, faces):
     """Per face: age reading, p(female), and the probability mass per age band."""
     model = onnx.load(str(path))
     bins = [onnx.numpy_helper.to_array(t).ravel() for t in model.graph.initializer if t.name == 'age.bins']
-    if not bins or DISTRIBUTION not in {o for n in model.graph.node for o in n.output}:
-        sys.exit(f'{path}: no age distribution ({DISTRIBUTION}, age.bins): not a faceage export')
-    model.graph.output.append(onnx.helper.make_tensor_value_info(DISTRIBUTION, onnx.TensorProto.FLOAT, None))
+    tensors = {o for n in model.graph.node for o in n.output}
+    distribution = next((d for d in DISTRIBUTIONS if d in tensors), None)
+    if not bins or distribution is None:
+        sys.exit(f'{path}: no age distribution ({" or ".join(DISTRIBUTIONS)}, age.bins): not a faceage export')
+    model.graph.output.append(onnx.helper.make_tensor_value_info(distribution, onnx.TensorProto.FLOAT, None))
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(model.SerializeToString(), options)
@@ -64,7 +67,7 @@ def read_model(path, faces):
     band_matrix = np.stack([band_of(bins) == k for k in range(len(BAND_EDGES) - 1)], axis=1).astype(np.float64)
     age, female, mass = [], [], []
     for i in range(0, len(faces), 256):
-        a, f, p = session.run(['age', 'female', DISTRIBUTION], {'faces': faces[i:i + 256]})
+        a, f, p = session.run(['age', 'female', distribution], {'faces': faces[i:i + 256]})
         age.append(a)
         female.append(f)
         mass.append(p @ band_matrix)
@@ -82,8 +85,11 @@ def main():
     for m in args.models:
         if not m.is_file():
             sys.exit(f'{m}: no such model file')
-        shape = ort.InferenceSession(str(m)).get_inputs()[0].shape
-        sizes.add(shape[-1])
+        inputs = ort.InferenceSession(str(m)).get_inputs()
+        shape = inputs[0].shape
+        if len(inputs) != 1 or inputs[0].name != 'faces' or len(shape) != 4 or shape[1] != 3 or shape[2] != shape[3]:
+            sys.exit(f'{m}: not a faceage model file (one input `faces` [N, 3, S, S] expected)')
+        sizes.add(shape[3])
     if len(sizes) != 1 or not isinstance(next(iter(sizes)), int):
         sys.exit(f'the model files need one fixed input size, got {sorted(map(str, sizes))}')
     size = sizes.pop()
