@@ -16,7 +16,7 @@ a way of counting the board could take up.
 
 Usage: ensemble-eval.py [--split test|val] [--cache FILE] [--subsets] MODEL.onnx...
   --subsets   also every subset of two files or more, best age MAE first
-Needs numpy and onnxruntime (pip)."""
+Needs numpy, onnx and onnxruntime (pip)."""
 import argparse, itertools, sys
 from pathlib import Path
 
