@@ -48,6 +48,7 @@ class CropCache:
             self.pixels = f.read()
         s = self.header['settings']
         self.input_size = s['input_size']
+        self.crop_scale = s['geometry']['scale']
         self.extra = round(s['input_size'] * (s['margin'] - 1.0) / 2.0)
         self.side = s['input_size'] + 2 * self.extra
         self.crop_len = self.side * self.side * 3
