@@ -10,6 +10,7 @@ use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
 use faceage_host::age_map::AgeMap;
 use faceage_host::augment::{Augment, MEAN, STD};
 use faceage_host::crops::{CropSettings, default_cache_dir};
+use faceage_host::distil::{Distil, TeacherTargets};
 use faceage_host::export::quantize::{self, Calibration};
 use faceage_host::export::{self, FoldedNet, PlainF32};
 use faceage_host::metrics::Evaluation;
@@ -169,6 +170,13 @@ pub struct TrainArgs {
     /// Use only this many images (a seeded choice): for smoke tests.
     #[arg(long)]
     limit: Option<usize>,
+    /// Learn also from this trained run's readings (knowledge distillation); repeat it for an
+    /// ensemble of teachers, whose readings are averaged. Each must use this run's --seed.
+    #[arg(long = "teacher", value_name = "RUN")]
+    teachers: Vec<PathBuf>,
+    /// With --teacher: the teachers' share of each target (0 to 1), the labels' the rest.
+    #[arg(long, default_value_t = 0.5)]
+    distil_weight: f64,
     /// cpu, or cuda with the `cuda` feature.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -204,6 +212,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         limit: a.limit,
         ema_decay: a.ema,
         bn_stats: a.bn_stats,
+        distil: (!a.teachers.is_empty())
+            .then(|| Distil { teachers: a.teachers.clone(), weight: a.distil_weight }),
     };
     let run = RunDir(a.out.clone());
     let config = if a.resume {
@@ -234,7 +244,25 @@ pub fn train(a: TrainArgs) -> Result<()> {
         signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
         signal_hook::flag::register(signal, Arc::clone(&stop))?;
     }
-    let outcome = train::train(&config, &run, &data, &device, a.resume, &stop)?;
+    let teacher = config
+        .distil
+        .as_ref()
+        .map(|d| {
+            let file = run.file("teacher-targets.bin");
+            let (detector, cache_dir) = (&a.data_args.detector, &a.data_args.cache_dir);
+            TeacherTargets::load_or_compute(
+                &file,
+                d,
+                &config,
+                &data.train,
+                detector,
+                cache_dir,
+                threads(),
+                &device,
+            )
+        })
+        .transpose()?;
+    let outcome = train::train(&config, &run, &data, &device, a.resume, &stop, teacher.as_ref())?;
     if outcome == Outcome::Interrupted {
         return Ok(());
     }

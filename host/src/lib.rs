@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! data (UTKFace / CSV) ─► crops (device detect+align+crop, cached) ─► augment ─► nn (candle)
-//!        ─► train (AdamW, warm-up+cosine, checkpoints) ─► age map (fitted on validation)
+//!        ─► train (AdamW, warm-up+cosine, checkpoints; teachers' readings: distil) ─► age map (fitted on validation)
 //!        ─► metrics ─► export (ONNX + contract, verified with the device library) ─► quantize (int8)
 //! ```
 
@@ -11,6 +11,7 @@ pub mod augment;
 pub mod checkpoint;
 pub mod crops;
 pub mod data;
+pub mod distil;
 pub mod export;
 pub mod metrics;
 pub mod nn;

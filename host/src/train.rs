@@ -19,6 +19,7 @@ use crate::age_map::AgeMap;
 use crate::augment::{Augment, make_batch};
 use crate::crops::{CropSet, CropSettings, ensure_some};
 use crate::data::{Rejected, Sample, Split, fnv1a, load_dataset, split_of};
+use crate::distil::{Distil, TeacherTargets};
 use crate::metrics::{Evaluation, Prediction, evaluate};
 use crate::nn::average::WeightAverage;
 use crate::nn::loss::{AgeLoss, MultiTaskLoss};
@@ -61,6 +62,9 @@ pub struct TrainConfig {
     /// from before this setting used training's momentum average.
     #[serde(default)]
     pub bn_stats: BnStats,
+    /// Teachers to learn from besides the labels (`--teacher`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distil: Option<Distil>,
 }
 
 /// Where a model's batch-norm running statistics come from.
@@ -351,7 +355,20 @@ pub fn train(
     device: &Device,
     resume: bool,
     stop: &AtomicBool,
+    teacher: Option<&TeacherTargets>,
 ) -> Result<Outcome> {
+    ensure!(
+        config.distil.is_some() == teacher.is_some(),
+        "the run's teachers and the targets handed to training disagree"
+    );
+    if let Some(t) = teacher {
+        ensure!(
+            t.len() == data.train.len(),
+            "teacher targets for {} crops, {} training crops",
+            t.len(),
+            data.train.len()
+        );
+    }
     std::fs::create_dir_all(&run.0).with_context(|| format!("{}: cannot create", run.0.display()))?;
     let model = Model::new(config, device)?;
     let mut optimizer = AdamW::new(&model.params, config.adamw)?;
@@ -430,7 +447,8 @@ pub fn train(
             let ages = Tensor::from_vec(batch.ages.clone(), n, device)?;
             let female = Tensor::from_vec(batch.female.clone(), n, device)?;
             let out = model.net.forward(&x, true)?;
-            let loss = model.loss.compute(&out, &ages, &female)?;
+            let teaching = teacher.map(|t| t.teaching(&batch.indices, device)).transpose()?;
+            let loss = model.loss.compute_taught(&out, &ages, &female, teaching.as_ref())?;
             let grads = loss.total.backward()?;
             optimizer.step(&grads, lr)?;
             if let Some(average) = &mut average {
@@ -619,6 +637,7 @@ pub fn bench_steps(net: NetConfig, batch: usize, steps: usize, device: &Device) 
         limit: None,
         ema_decay: None,
         bn_stats: BnStats::Momentum,
+        distil: None,
     };
     let model = Model::new(&config, device)?;
     let mut optimizer = AdamW::new(&model.params, config.adamw)?;

@@ -3,7 +3,7 @@
 //! learned `s_i` per task. At the optimum `s_i = log L_i`, so each task is weighed by the
 //! inverse of its own current size and none dominates because of its units.
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -68,6 +68,21 @@ impl MultiTaskLoss {
 
     /// `ages`: `[N]` years; `female`: `[N]` 0/1.
     pub fn compute(&self, out: &NetOutput, ages: &Tensor, female: &Tensor) -> Result<LossValue> {
+        self.compute_taught(out, ages, female, None)
+    }
+
+    /// [`Self::compute`], with the targets moved part of the way to a teacher's readings
+    /// when `teacher` is given (knowledge distillation, Hinton et al. 2015): the age target
+    /// becomes `(1 - w) gaussian + w teacher distribution`, the gender target
+    /// `(1 - w) label + w teacher p(female)`. Both terms stay divergences (zero when the net
+    /// reads exactly its target), so the learned task weights see the same scale as without one.
+    pub fn compute_taught(
+        &self,
+        out: &NetOutput,
+        ages: &Tensor,
+        female: &Tensor,
+        teacher: Option<&Teaching>,
+    ) -> Result<LossValue> {
         let age_error = (&out.age - ages)?;
         let mut terms = Vec::new();
         match self.age_loss {
@@ -77,7 +92,16 @@ impl MultiTaskLoss {
                     .as_ref()
                     .ok_or_else(|| anyhow::anyhow!("LDL needs the distribution head"))?;
                 let (_, bins) = logits.dims2()?;
-                let target = gaussian_targets(&ages.to_vec1::<f32>()?, bins, self.sigma, ages.device())?;
+                let mut target = gaussian_targets(&ages.to_vec1::<f32>()?, bins, self.sigma, ages.device())?;
+                if let Some(t) = teacher {
+                    ensure!(
+                        t.age_probs.dims() == target.dims(),
+                        "teacher distributions {:?} do not match the net's {:?}",
+                        t.age_probs.dims(),
+                        target.dims()
+                    );
+                    target = ((target * (1.0 - t.weight))? + (&t.age_probs * t.weight)?)?;
+                }
                 let log_p = candle_nn::ops::log_softmax(logits, 1)?;
                 // KL(q || p) = sum q log q - sum q log p; the first term is a constant.
                 let entropy = (&target * target.clamp(1e-12, 1.0)?.log()?)?.sum(1)?;
@@ -93,7 +117,13 @@ impl MultiTaskLoss {
             AgeLoss::L1 => terms.push(age_error.abs()?.mean_all()?),
             AgeLoss::SmoothL1 => terms.push(huber(&age_error, 5.0)?),
         }
-        terms.push(bce_with_logits(&out.female_logit, female)?);
+        match teacher {
+            Some(t) => {
+                let target = ((female * (1.0 - t.weight))? + (&t.female * t.weight)?)?;
+                terms.push((bce_with_logits(&out.female_logit, &target)? - binary_entropy(&target)?)?);
+            }
+            None => terms.push(bce_with_logits(&out.female_logit, female)?),
+        }
         let mut total: Option<Tensor> = None;
         for (term, s) in terms.iter().zip(&self.log_vars) {
             let weighted = ((term * s.as_tensor().neg()?.exp()?)? + s.as_tensor())?;
@@ -104,6 +134,22 @@ impl MultiTaskLoss {
         }
         Ok(LossValue { total: total.expect("at least one term"), terms })
     }
+}
+
+/// What a teacher hands on for one batch ([`MultiTaskLoss::compute_taught`]).
+pub struct Teaching {
+    /// `[N, bins]` the teacher's age distributions.
+    pub age_probs: Tensor,
+    /// `[N]` the teacher's p(female).
+    pub female: Tensor,
+    /// Share of the target that is the teacher's, 0 to 1.
+    pub weight: f64,
+}
+
+/// Mean entropy of Bernoulli targets `t` (0 for hard 0/1 labels): the floor of the BCE.
+fn binary_entropy(t: &Tensor) -> Result<Tensor> {
+    let h = |p: &Tensor| -> Result<Tensor> { Ok((p * p.clamp(1e-12, 1.0)?.log()?)?) };
+    Ok((h(t)? + h(&t.affine(-1.0, 1.0)?)?)?.neg()?.mean_all()?)
 }
 
 /// Numerically stable binary cross-entropy on logits, averaged.
@@ -168,6 +214,42 @@ mod tests {
         assert_eq!(joint.len(), 2, "one age term, one gender term, so two learned weights");
         assert!((joint[0] - (full[0] + full[1])).abs() < 1e-5, "{} vs {} + {}", joint[0], full[0], full[1]);
         assert_eq!(joint[1], full[2]);
+    }
+
+    #[test]
+    fn a_teacher_moves_the_targets_by_its_weight() {
+        let (_, net, x) = crate::nn::test_support::net_and_batch(crate::nn::model::NetConfig::tiny(16), 5);
+        let out = net.forward(&x, false).unwrap();
+        let ages = Tensor::new(&[3f32, 30.0, 60.0, 90.0], &Device::Cpu).unwrap();
+        let female = Tensor::new(&[0f32, 1.0, 1.0, 0.0], &Device::Cpu).unwrap();
+        let loss = MultiTaskLoss::new(AgeLoss::LdlKl, 2.0, &mut Params::new(0, &Device::Cpu)).unwrap();
+        let terms = |teacher: Option<&Teaching>| -> Vec<f32> {
+            let v = loss.compute_taught(&out, &ages, &female, teacher).unwrap();
+            v.terms.iter().map(|t| t.to_scalar::<f32>().unwrap()).collect()
+        };
+        // A teacher that reads exactly what the net reads.
+        let own = |weight| Teaching {
+            age_probs: out.age_probs.clone().unwrap(),
+            female: candle_nn::ops::sigmoid(&out.female_logit).unwrap(),
+            weight,
+        };
+        let plain = terms(None);
+        let unweighted = terms(Some(&own(0.0)));
+        for (a, b) in plain.iter().zip(&unweighted) {
+            assert!((a - b).abs() < 1e-5, "weight 0 is no teacher: {plain:?} vs {unweighted:?}");
+        }
+        let copied = terms(Some(&own(1.0)));
+        assert!(
+            copied.iter().all(|t| t.abs() < 1e-4),
+            "both terms vanish on the teacher's own readings: {copied:?}"
+        );
+        let halfway = terms(Some(&own(0.5)));
+        for i in 0..2 {
+            assert!(
+                halfway[i] > copied[i] + 1e-3 && halfway[i] < plain[i],
+                "term {i}: {halfway:?} between {copied:?} and {plain:?}"
+            );
+        }
     }
 
     #[test]

@@ -514,16 +514,29 @@ impl AgeGenderNet {
     /// every face is also read mirrored and the two readings' probabilities averaged
     /// (test-time augmentation).
     pub fn infer(&self, x: &Tensor, mirror: bool) -> Result<(Tensor, Tensor)> {
+        if matches!(self.config.age_head, AgeHead::Distribution { .. }) {
+            let (probs, female) = self.infer_distribution(x, mirror)?;
+            return Ok((median_age(&probs)?, female));
+        }
         let n = x.dim(1)?;
         let input = if mirror { with_mirror_images(x)? } else { x.clone() };
         let copies = if mirror { 2 } else { 1 };
         let out = self.forward(&input, false)?;
         let female = candle_nn::ops::sigmoid(&out.female_logit)?.reshape((copies, n))?.mean(0)?;
-        let age = match &out.age_probs {
-            Some(probs) => median_age(&probs.reshape((copies, n, probs.dim(1)?))?.mean(0)?)?,
-            None => out.age.reshape((copies, n))?.mean(0)?,
-        };
-        Ok((age, female))
+        Ok((out.age.reshape((copies, n))?.mean(0)?, female))
+    }
+
+    /// The age distribution `[N, bins]` and p(female) `[N]` that [`Self::infer`] reads, for a
+    /// net with the distribution head (what a teacher hands on in distillation).
+    pub fn infer_distribution(&self, x: &Tensor, mirror: bool) -> Result<(Tensor, Tensor)> {
+        let n = x.dim(1)?;
+        let input = if mirror { with_mirror_images(x)? } else { x.clone() };
+        let copies = if mirror { 2 } else { 1 };
+        let out = self.forward(&input, false)?;
+        let female = candle_nn::ops::sigmoid(&out.female_logit)?.reshape((copies, n))?.mean(0)?;
+        let probs =
+            out.age_probs.as_ref().ok_or_else(|| anyhow::anyhow!("the net has no age distribution head"))?;
+        Ok((probs.reshape((copies, n, probs.dim(1)?))?.mean(0)?, female))
     }
 }
 

@@ -1,0 +1,311 @@
+//! Knowledge distillation from trained runs (`train --teacher RUN ...`): the teachers read
+//! every training crop once, as the exported files read faces (mirrored), and the student
+//! learns from a mix of the labels and their averaged readings ([`MultiTaskLoss::compute_taught`]).
+//!
+//! [`MultiTaskLoss::compute_taught`]: crate::nn::loss::MultiTaskLoss::compute_taught
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail, ensure};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+
+use crate::augment::make_batch;
+use crate::crops::CropSet;
+use crate::data::fnv1a;
+use crate::nn::loss::Teaching;
+use crate::train::{BnStats, Model, RunDir, TrainConfig, bn_stats_crops, prepare};
+
+/// The teachers of a run and how much of the target is theirs; saved in `train.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Distil {
+    /// Run folders of the teachers.
+    pub teachers: Vec<PathBuf>,
+    /// Share of each target that is the teachers' (0 to 1); the rest is the label's.
+    pub weight: f64,
+}
+
+/// The teachers' averaged readings of every training crop, in the order of the student's
+/// training set.
+pub struct TeacherTargets {
+    bins: usize,
+    /// `[crops, bins]` row-major.
+    age_probs: Vec<f32>,
+    female: Vec<f32>,
+    weight: f64,
+}
+
+impl TeacherTargets {
+    /// Reads `train` (the student's training crops) with every teacher of `distil`. Each
+    /// teacher must have been trained on the same split (the same `--seed`), so none of them
+    /// has seen the student's validation or test faces; each reads its own crops (its input
+    /// size may differ from the student's).
+    pub fn compute(
+        distil: &Distil,
+        student: &TrainConfig,
+        train: &CropSet,
+        detector: &Path,
+        cache_dir: &Path,
+        threads: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        ensure!(!distil.teachers.is_empty(), "distillation needs at least one --teacher");
+        ensure!(
+            (0.0..=1.0).contains(&distil.weight),
+            "--distil-weight {}: the teachers' share must lie between 0 and 1",
+            distil.weight
+        );
+        let keys: Vec<PathBuf> = train.samples.iter().map(|s| canonical(&s.path)).collect();
+        let mut sums: Option<(usize, Vec<f32>, Vec<f32>)> = None;
+        for dir in &distil.teachers {
+            let started = Instant::now();
+            let run = RunDir(dir.clone());
+            let config = run.read_config().with_context(|| format!("teacher {}", dir.display()))?;
+            if config.seed != student.seed {
+                bail!(
+                    "teacher {}: trained with --seed {}, this run uses {}: its split differs, so it has \
+                     seen faces this run validates or tests on",
+                    dir.display(),
+                    config.seed,
+                    student.seed
+                );
+            }
+            let data = prepare(&config, detector, cache_dir, threads)
+                .with_context(|| format!("teacher {}: preparing its crops", dir.display()))?;
+            let (_, model) =
+                Model::load_best(&run, device).with_context(|| format!("teacher {}", dir.display()))?;
+            if config.bn_stats == BnStats::Momentum {
+                // As `export --recalibrate-bn` reads such a run.
+                model.recalibrate_batch_norm(&bn_stats_crops(&data.train, config.seed), device)?;
+            }
+            let row_of: HashMap<PathBuf, usize> =
+                data.train.samples.iter().enumerate().map(|(i, s)| (canonical(&s.path), i)).collect();
+            let rows = keys
+                .iter()
+                .map(|k| {
+                    row_of.get(k).copied().with_context(|| {
+                        format!("teacher {}: {} is not among its training crops", dir.display(), k.display())
+                    })
+                })
+                .collect::<Result<Vec<usize>>>()?;
+            let (probs, female) = read_distributions(&model, &data.train.subset(&rows), device)
+                .with_context(|| format!("teacher {}", dir.display()))?;
+            let bins = probs.len() / rows.len().max(1);
+            match &mut sums {
+                None => sums = Some((bins, probs, female)),
+                Some((b, p, f)) => {
+                    ensure!(
+                        *b == bins,
+                        "teacher {}: {bins} age bins, the first teacher has {b}",
+                        dir.display()
+                    );
+                    p.iter_mut().zip(&probs).for_each(|(a, x)| *a += x);
+                    f.iter_mut().zip(&female).for_each(|(a, x)| *a += x);
+                }
+            }
+            eprintln!(
+                "teacher {} read {} training crops in {:.0} s",
+                dir.display(),
+                rows.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        let (bins, mut age_probs, mut female) = sums.expect("at least one teacher");
+        let k = distil.teachers.len() as f32;
+        age_probs.iter_mut().for_each(|v| *v /= k);
+        female.iter_mut().for_each(|v| *v /= k);
+        Ok(Self { bins, age_probs, female, weight: distil.weight })
+    }
+
+    /// [`Self::compute`], kept in `file` so a resumed run does not read every crop again
+    /// (a minute and a half per teacher on two cores): a file made for other teachers or
+    /// other crops is computed again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn load_or_compute(
+        file: &Path,
+        distil: &Distil,
+        student: &TrainConfig,
+        train: &CropSet,
+        detector: &Path,
+        cache_dir: &Path,
+        threads: usize,
+        device: &Device,
+    ) -> Result<Self> {
+        let header = TargetsHeader {
+            teachers: distil.teachers.clone(),
+            crops: train.len(),
+            bins: 0,
+            crops_hash: crops_hash(train),
+        };
+        match read_targets(file, &header) {
+            Ok((bins, age_probs, female)) => {
+                eprintln!("teachers' readings of {} training crops from {}", female.len(), file.display());
+                return Ok(Self { bins, age_probs, female, weight: distil.weight });
+            }
+            Err(e) if file.exists() => eprintln!("{}: {e:#}; reading the crops again", file.display()),
+            Err(_) => {}
+        }
+        let targets = Self::compute(distil, student, train, detector, cache_dir, threads, device)?;
+        write_targets(file, &TargetsHeader { bins: targets.bins, ..header }, &targets)?;
+        Ok(targets)
+    }
+
+    /// What the teachers hand on for the training crops `indices`.
+    pub fn teaching(&self, indices: &[usize], device: &Device) -> Result<Teaching> {
+        let mut probs = Vec::with_capacity(indices.len() * self.bins);
+        for &i in indices {
+            probs.extend_from_slice(&self.age_probs[i * self.bins..(i + 1) * self.bins]);
+        }
+        let female: Vec<f32> = indices.iter().map(|&i| self.female[i]).collect();
+        Ok(Teaching {
+            age_probs: Tensor::from_vec(probs, (indices.len(), self.bins), device)?,
+            female: Tensor::from_vec(female, indices.len(), device)?,
+            weight: self.weight,
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.female.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.female.is_empty()
+    }
+
+    /// The averaged age distribution of crop `i`.
+    pub fn age_probs(&self, i: usize) -> &[f32] {
+        &self.age_probs[i * self.bins..(i + 1) * self.bins]
+    }
+
+    /// The averaged p(female) of crop `i`.
+    pub fn female(&self, i: usize) -> f32 {
+        self.female[i]
+    }
+}
+
+const TARGETS_MAGIC: &[u8; 16] = b"FACEAGE-TEACH-v1";
+
+/// What a teacher-targets file was made from; `bins` is read back, the rest must match.
+#[derive(Serialize, Deserialize, PartialEq)]
+struct TargetsHeader {
+    teachers: Vec<PathBuf>,
+    crops: usize,
+    bins: usize,
+    /// Of the training crops' paths in order: the rows' order.
+    crops_hash: u64,
+}
+
+fn crops_hash(train: &CropSet) -> u64 {
+    let names: Vec<u8> = train
+        .samples
+        .iter()
+        .flat_map(|s| s.path.to_string_lossy().into_owned().into_bytes().into_iter().chain([0]))
+        .collect();
+    fnv1a(0, &names)
+}
+
+fn write_targets(file: &Path, header: &TargetsHeader, targets: &TeacherTargets) -> Result<()> {
+    let json = serde_json::to_vec(header)?;
+    let mut bytes =
+        Vec::with_capacity(24 + json.len() + 4 * (targets.age_probs.len() + targets.female.len()));
+    bytes.extend_from_slice(TARGETS_MAGIC);
+    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&json);
+    for v in targets.age_probs.iter().chain(&targets.female) {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    // Aside and renamed, so a killed run never leaves half a file to be trusted later.
+    let tmp = file.with_extension("bin.partial");
+    std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
+    std::fs::rename(&tmp, file).with_context(|| format!("{}: cannot write", file.display()))?;
+    Ok(())
+}
+
+/// `(bins, age_probs, female)` of a teacher-targets file whose header matches `want`.
+fn read_targets(file: &Path, want: &TargetsHeader) -> Result<(usize, Vec<f32>, Vec<f32>)> {
+    let bytes = std::fs::read(file)?;
+    ensure!(bytes.len() >= 24 && &bytes[..16] == TARGETS_MAGIC, "not a teacher-targets file");
+    let len = u64::from_le_bytes(bytes[16..24].try_into()?) as usize;
+    let json = bytes.get(24..24 + len).context("truncated")?;
+    let header: TargetsHeader = serde_json::from_slice(json)?;
+    ensure!(TargetsHeader { bins: 0, ..header } == *want, "made for other teachers or other crops");
+    let values: Vec<f32> = bytes[24 + len..]
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+        .collect();
+    ensure!(values.len() == want.crops * (header.bins + 1), "truncated");
+    let (probs, female) = values.split_at(want.crops * header.bins);
+    Ok((header.bins, probs.to_vec(), female.to_vec()))
+}
+
+/// Each crop's age distribution (row-major `[crops, bins]`) and p(female), read mirrored.
+fn read_distributions(model: &Model, set: &CropSet, device: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
+    let s = set.settings.input_size as usize;
+    let (mut probs, mut female) = (Vec::new(), Vec::new());
+    let indices: Vec<usize> = (0..set.len()).collect();
+    for chunk in indices.chunks(256) {
+        let batch = make_batch(set, chunk, None);
+        let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
+        let (p, f) = model.net.infer_distribution(&x, true)?;
+        probs.extend(p.flatten_all()?.to_vec1::<f32>()?);
+        female.extend(f.to_vec1::<f32>()?);
+    }
+    Ok((probs, female))
+}
+
+/// Images are matched between runs by their real path: one run may name the data folder
+/// relatively, another absolutely.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_targets_file_is_read_back_only_for_the_same_teachers_and_crops() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("teacher-targets.bin");
+        let targets = TeacherTargets {
+            bins: 3,
+            age_probs: vec![0.2, 0.5, 0.3, 1.0, 0.0, 0.0],
+            female: vec![0.9, 0.1],
+            weight: 0.5,
+        };
+        let header = TargetsHeader { teachers: vec!["runs/a".into()], crops: 2, bins: 3, crops_hash: 7 };
+        write_targets(&file, &header, &targets).unwrap();
+        let want = TargetsHeader { bins: 0, ..header };
+        let (bins, probs, female) = read_targets(&file, &want).unwrap();
+        assert_eq!((bins, probs, female), (3, targets.age_probs.clone(), targets.female.clone()));
+
+        let other = TargetsHeader { teachers: vec!["runs/b".into()], crops: 2, bins: 0, crops_hash: 7 };
+        assert!(format!("{:#}", read_targets(&file, &other).unwrap_err()).contains("other teachers"));
+        let moved = TargetsHeader { crops_hash: 8, teachers: vec!["runs/a".into()], crops: 2, bins: 0 };
+        assert!(read_targets(&file, &moved).is_err());
+
+        let bytes = std::fs::read(&file).unwrap();
+        std::fs::write(&file, &bytes[..bytes.len() - 4]).unwrap();
+        assert!(format!("{:#}", read_targets(&file, &want).unwrap_err()).contains("truncated"));
+        std::fs::write(&file, b"FACEAGE-CROPS-v2 something else").unwrap();
+        assert!(
+            format!("{:#}", read_targets(&file, &want).unwrap_err()).contains("not a teacher-targets file")
+        );
+    }
+
+    #[test]
+    fn teaching_gathers_the_rows_of_a_batch() {
+        let targets = TeacherTargets {
+            bins: 2,
+            age_probs: vec![0.1, 0.9, 0.6, 0.4, 0.5, 0.5],
+            female: vec![0.2, 0.7, 0.4],
+            weight: 0.25,
+        };
+        let t = targets.teaching(&[2, 0], &Device::Cpu).unwrap();
+        assert_eq!(t.age_probs.to_vec2::<f32>().unwrap(), vec![vec![0.5, 0.5], vec![0.1, 0.9]]);
+        assert_eq!(t.female.to_vec1::<f32>().unwrap(), vec![0.4, 0.2]);
+        assert_eq!(t.weight, 0.25);
+    }
+}

@@ -1,0 +1,80 @@
+//! Knowledge distillation (`train --teacher RUN`): a student learns from its labels and a
+//! trained run's readings. The teacher changes what the student learns, a share of 0 is the
+//! plain run to the bit, a resumed student reads its teachers' readings back from its run
+//! folder, and teachers that saw other faces are refused.
+
+use std::path::Path;
+
+use faceage_e2e::*;
+use serde_json::Value;
+
+fn train(run: &Path, work: &Path, extra: &[&str]) -> std::process::Output {
+    let base = ["train", "--net", "tiny", "--size", "32", "--limit", "300", "--epochs", "2", "--batch", "32"];
+    run_host(&[&base[..], extra, &["--out", run.to_str().unwrap()]].concat(), work)
+}
+
+fn val_figures(run: &Path) -> Vec<(f64, f64)> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .map(|m| (m["val_age_mae"].as_f64().unwrap(), m["val_gender_accuracy"].as_f64().unwrap()))
+        .collect()
+}
+
+#[test]
+fn a_student_learns_from_its_teacher_and_resumes_with_its_readings() {
+    let work = tempfile::tempdir().unwrap();
+    let teacher = work.path().join("teacher");
+    ok(&train(&teacher, work.path(), &["--patience", "9"]));
+    let t = teacher.to_str().unwrap();
+
+    // Share 0: the labels alone, so exactly the teacher's own (same seed, same settings) run.
+    let unweighted = work.path().join("unweighted");
+    ok(&train(&unweighted, work.path(), &["--patience", "9", "--teacher", t, "--distil-weight", "0"]));
+    assert_eq!(val_figures(&unweighted), val_figures(&teacher));
+
+    let student = work.path().join("student");
+    let out = train(&student, work.path(), &["--patience", "9", "--teacher", t]);
+    ok(&out);
+    assert!(stderr(&out).contains("training crops in"), "the teacher read the crops: {}", stderr(&out));
+    assert_ne!(val_figures(&student), val_figures(&teacher), "the teacher's readings change what is learnt");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(student.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["distil"]["teachers"][0], t, "train.json names the teachers");
+    assert_eq!(saved["distil"]["weight"], 0.5);
+
+    // Stopped after one epoch and resumed: the readings come back from the run folder, and the
+    // run reads like the straight one.
+    let resumed = work.path().join("resumed");
+    ok(&train(&resumed, work.path(), &["--patience", "0", "--teacher", t]));
+    assert!(resumed.join("teacher-targets.bin").exists());
+    let out = train(&resumed, work.path(), &["--resume", "--patience", "9"]);
+    ok(&out);
+    assert!(stderr(&out).contains("teachers' readings of"), "{}", stderr(&out));
+    assert!(!stderr(&out).contains("training crops in"), "not read again: {}", stderr(&out));
+    assert_eq!(val_figures(&resumed), val_figures(&student));
+}
+
+#[test]
+fn teachers_that_saw_other_faces_are_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let other_split = work.path().join("seed2");
+    ok(&train(&other_split, work.path(), &["--seed", "2"]));
+    let out = train(&work.path().join("s1"), work.path(), &["--teacher", other_split.to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("seed2") && err.contains("--seed 2") && err.contains("split differs"), "{err}");
+
+    let out = train(
+        &work.path().join("s3"),
+        work.path(),
+        &["--teacher", work.path().join("nowhere").to_str().unwrap()],
+    );
+    assert!(!out.status.success() && stderr(&out).contains("nowhere"), "{}", stderr(&out));
+    let out = train(
+        &work.path().join("s4"),
+        work.path(),
+        &["--teacher", other_split.to_str().unwrap(), "--distil-weight", "2"],
+    );
+    assert!(!out.status.success() && stderr(&out).contains("--distil-weight 2"), "{}", stderr(&out));
+}
