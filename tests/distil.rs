@@ -78,3 +78,46 @@ fn teachers_that_saw_other_faces_are_refused() {
     );
     assert!(!out.status.success() && stderr(&out).contains("--distil-weight 2"), "{}", stderr(&out));
 }
+
+/// `scripts/train-distilled.sh`, the documented way to retrain the shipped model, on small
+/// settings: seven teachers, the student taught by all of them, its two files; run again, it
+/// keeps what is finished.
+#[test]
+fn the_retraining_script_trains_seven_teachers_then_the_student() {
+    let work = tempfile::tempdir().unwrap();
+    let out = work.path().join("distilled");
+    let script = || {
+        run(std::process::Command::new(root().join("scripts/train-distilled.sh"))
+            .arg(utkface_dir())
+            .arg(&out)
+            .env("FACEAGE_HOST", bin("faceage-host"))
+            .env("FACEAGE_TRAIN_ARGS", "--net tiny --limit 300 --epochs 1 --batch 32")
+            .env(
+                "FACEAGE_HOST_ARGS",
+                format!(
+                    "--detector {} --cache-dir {}",
+                    detector().display(),
+                    work.path().join("cache").display()
+                ),
+            ))
+    };
+    ok(&script());
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("student/train.json")).unwrap()).unwrap();
+    let teachers = saved["distil"]["teachers"].as_array().unwrap();
+    assert_eq!(teachers.len(), 7);
+    for t in teachers {
+        assert!(Path::new(t.as_str().unwrap()).join("test-eval.json").exists(), "{t} finished");
+    }
+    let size80: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("teachers/size80/train.json")).unwrap())
+            .unwrap();
+    assert_eq!(size80["net"]["input_size"], 80, "each teacher keeps its own recipe");
+    for file in ["faceage-f32.onnx", "faceage-int8.onnx"] {
+        assert!(out.join(file).exists(), "{file}");
+    }
+
+    let again = script();
+    ok(&again);
+    assert_eq!(stdout(&again).matches(": done").count(), 8, "{}", stdout(&again));
+}
