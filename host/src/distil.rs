@@ -27,6 +27,18 @@ pub struct Distil {
     pub weight: f64,
 }
 
+impl Distil {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.teachers.is_empty(), "distillation needs at least one --teacher");
+        ensure!(
+            (0.0..=1.0).contains(&self.weight),
+            "--distil-weight {}: the teachers' share must lie between 0 and 1",
+            self.weight
+        );
+        Ok(())
+    }
+}
+
 /// The teachers' averaged readings of every training crop, in the order of the student's
 /// training set.
 pub struct TeacherTargets {
@@ -51,12 +63,7 @@ impl TeacherTargets {
         threads: usize,
         device: &Device,
     ) -> Result<Self> {
-        ensure!(!distil.teachers.is_empty(), "distillation needs at least one --teacher");
-        ensure!(
-            (0.0..=1.0).contains(&distil.weight),
-            "--distil-weight {}: the teachers' share must lie between 0 and 1",
-            distil.weight
-        );
+        distil.validate()?;
         let keys: Vec<PathBuf> = train.samples.iter().map(|s| canonical(&s.path)).collect();
         let mut sums: Option<(usize, Vec<f32>, Vec<f32>)> = None;
         for dir in &distil.teachers {
@@ -133,6 +140,7 @@ impl TeacherTargets {
         threads: usize,
         device: &Device,
     ) -> Result<Self> {
+        distil.validate()?;
         let header = TargetsHeader {
             teachers: distil.teachers.clone(),
             crops: train.len(),
@@ -172,16 +180,6 @@ impl TeacherTargets {
 
     pub fn is_empty(&self) -> bool {
         self.female.is_empty()
-    }
-
-    /// The averaged age distribution of crop `i`.
-    pub fn age_probs(&self, i: usize) -> &[f32] {
-        &self.age_probs[i * self.bins..(i + 1) * self.bins]
-    }
-
-    /// The averaged p(female) of crop `i`.
-    pub fn female(&self, i: usize) -> f32 {
-        self.female[i]
     }
 }
 
