@@ -9,16 +9,13 @@ use faceage_e2e::*;
 use serde_json::Value;
 
 fn train(run: &Path, work: &Path, extra: &[&str]) -> std::process::Output {
-    let base = ["train", "--net", "tiny", "--size", "32", "--limit", "300", "--epochs", "2", "--batch", "32"];
-    run_host(&[&base[..], extra, &["--out", run.to_str().unwrap()]].concat(), work)
+    train_small_with("tiny", 2, run, work, extra)
 }
 
 fn val_figures(run: &Path) -> Vec<(f64, f64)> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines()
-        .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .map(|m| (m["val_age_mae"].as_f64().unwrap(), m["val_gender_accuracy"].as_f64().unwrap()))
-        .collect()
+    let figures =
+        |m: &Value| (m["val_age_mae"].as_f64().unwrap(), m["val_gender_accuracy"].as_f64().unwrap());
+    run_metrics(run).iter().map(figures).collect()
 }
 
 #[test]

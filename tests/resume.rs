@@ -9,17 +9,10 @@ use std::time::{Duration, Instant};
 use faceage_e2e::*;
 use serde_json::Value;
 
-const EPOCHS: &str = "3";
+const EPOCHS: usize = 3;
 
 fn train(run: &Path, work: &Path, extra: &[&str]) -> std::process::Output {
-    let base =
-        ["train", "--net", "tiny", "--size", "32", "--limit", "300", "--epochs", EPOCHS, "--batch", "32"];
-    run_host(&[&base[..], extra, &["--out", run.to_str().unwrap()]].concat(), work)
-}
-
-fn metrics(run: &Path) -> Vec<Value> {
-    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    train_small_with("tiny", EPOCHS, run, work, extra)
 }
 
 /// The validation figures of every epoch must match a run that was never stopped, to the bit:
@@ -41,7 +34,7 @@ fn straight_run() -> &'static Vec<Value> {
         let work = tempfile::tempdir().unwrap();
         let run = work.path().join("straight");
         ok(&train(&run, work.path(), &["--patience", "9"]));
-        metrics(&run)
+        run_metrics(&run)
     })
 }
 
@@ -53,7 +46,7 @@ fn a_run_that_stopped_early_goes_on_with_more_patience() {
     let stopped = train(&run, work.path(), &["--patience", "0"]);
     ok(&stopped);
     assert!(stderr(&stopped).contains("stopping early"), "{}", stderr(&stopped));
-    assert_eq!(metrics(&run).len(), 1);
+    assert_eq!(run_metrics(&run).len(), 1);
 
     let resumed = train(&run, work.path(), &["--resume", "--patience", "9"]);
     ok(&resumed);
@@ -61,7 +54,7 @@ fn a_run_that_stopped_early_goes_on_with_more_patience() {
     let saved: Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();
     assert_eq!(saved["patience"], 9, "train.json records the patience the run ended with");
-    assert_same_validation(&metrics(&run), straight_run());
+    assert_same_validation(&run_metrics(&run), straight_run());
 }
 
 #[test]
@@ -73,7 +66,17 @@ fn a_run_interrupted_mid_epoch_continues_from_its_checkpoint() {
 
     let child = Command::new(bin("faceage-host"))
         .args([
-            "train", "--net", "tiny", "--size", "32", "--limit", "300", "--epochs", EPOCHS, "--batch", "32",
+            "train",
+            "--net",
+            "tiny",
+            "--size",
+            "32",
+            "--limit",
+            "300",
+            "--epochs",
+            &EPOCHS.to_string(),
+            "--batch",
+            "32",
         ])
         .args(["--patience", "9", "--out", run.to_str().unwrap(), "--data"])
         .arg(utkface_dir())
@@ -96,13 +99,13 @@ fn a_run_interrupted_mid_epoch_continues_from_its_checkpoint() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "Ctrl-C is a clean stop: {err}");
     assert!(err.contains("interrupted at epoch"), "the signal came inside a later epoch: {err}");
-    assert!(metrics(&run).len() < 3, "{err}");
+    assert!(run_metrics(&run).len() < 3, "{err}");
     assert!(run.join("checkpoint.safetensors").exists());
 
     let resumed = train(&run, work.path(), &["--resume"]);
     ok(&resumed);
     assert!(stderr(&resumed).contains("resuming at epoch"), "{}", stderr(&resumed));
-    assert_same_validation(&metrics(&run), straight_run());
+    assert_same_validation(&run_metrics(&run), straight_run());
 }
 
 #[test]
@@ -113,7 +116,7 @@ fn a_run_with_a_weight_average_judges_the_average_and_resumes_exactly() {
 
     let straight = work.path().join("straight");
     ok(&train(&straight, work.path(), &["--patience", "9", "--ema", "0.9"]));
-    let averaged = metrics(&straight);
+    let averaged = run_metrics(&straight);
     let last = averaged.len() - 1;
     assert_ne!(
         averaged[last]["val_age_mae"],
@@ -125,7 +128,7 @@ fn a_run_with_a_weight_average_judges_the_average_and_resumes_exactly() {
     let run = work.path().join("run");
     ok(&train(&run, work.path(), &["--patience", "0", "--ema", "0.9"]));
     ok(&train(&run, work.path(), &["--resume", "--patience", "9"]));
-    assert_same_validation(&metrics(&run), &averaged);
+    assert_same_validation(&run_metrics(&run), &averaged);
 }
 
 #[test]

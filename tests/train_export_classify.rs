@@ -24,8 +24,7 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
     ] {
         assert!(run.join(file).exists(), "training should write {file}");
     }
-    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines = run_metrics(&run);
     assert_eq!(lines.len(), 2, "one metrics line per epoch");
     for l in &lines {
         let mae = l["val_age_mae"].as_f64().unwrap();

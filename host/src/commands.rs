@@ -248,16 +248,14 @@ pub fn train(a: TrainArgs) -> Result<()> {
         .distil
         .as_ref()
         .map(|d| {
-            let file = run.file("teacher-targets.bin");
             let (detector, cache_dir) = (&a.data_args.detector, &a.data_args.cache_dir);
+            let prepare = |c: &TrainConfig| train::prepare(c, detector, cache_dir, threads());
             TeacherTargets::load_or_compute(
-                &file,
+                &run.file("teacher-targets.bin"),
                 d,
                 &config,
                 &data.train,
-                detector,
-                cache_dir,
-                threads(),
+                &prepare,
                 &device,
             )
         })

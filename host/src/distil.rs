@@ -12,11 +12,10 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::augment::make_batch;
 use crate::crops::CropSet;
 use crate::data::fnv1a;
 use crate::nn::loss::Teaching;
-use crate::train::{BnStats, Model, RunDir, TrainConfig, bn_stats_crops, prepare};
+use crate::train::{BnStats, Model, Prepared, RunDir, TrainConfig, bn_stats_crops, plain_batches};
 
 /// The teachers of a run and how much of the target is theirs; saved in `train.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,17 +52,14 @@ impl TeacherTargets {
     /// Reads `train` (the student's training crops) with every teacher of `distil`. Each
     /// teacher must have been trained on the same split (the same `--seed`), so none of them
     /// has seen the student's validation or test faces; each reads its own crops (its input
-    /// size may differ from the student's).
-    pub fn compute(
+    /// size may differ from the student's, and `prepare` builds a run's crops).
+    fn compute(
         distil: &Distil,
         student: &TrainConfig,
         train: &CropSet,
-        detector: &Path,
-        cache_dir: &Path,
-        threads: usize,
+        prepare: &dyn Fn(&TrainConfig) -> Result<Prepared>,
         device: &Device,
     ) -> Result<Self> {
-        distil.validate()?;
         let keys: Vec<PathBuf> = train.samples.iter().map(|s| canonical(&s.path)).collect();
         let mut sums: Option<(usize, Vec<f32>, Vec<f32>)> = None;
         for dir in &distil.teachers {
@@ -79,7 +75,7 @@ impl TeacherTargets {
                     student.seed
                 );
             }
-            let data = prepare(&config, detector, cache_dir, threads)
+            let data = prepare(&config)
                 .with_context(|| format!("teacher {}: preparing its crops", dir.display()))?;
             let (_, model) =
                 Model::load_best(&run, device).with_context(|| format!("teacher {}", dir.display()))?;
@@ -128,16 +124,14 @@ impl TeacherTargets {
 
     /// [`Self::compute`], kept in `file` so a resumed run does not read every crop again
     /// (a minute and a half per teacher on two cores): a file made for other teachers or
-    /// other crops is computed again.
-    #[allow(clippy::too_many_arguments)]
+    /// other crops is computed again. `prepare` builds a teacher's crops ([`crate::train::prepare`]
+    /// with the detector and cache of this run).
     pub fn load_or_compute(
         file: &Path,
         distil: &Distil,
         student: &TrainConfig,
         train: &CropSet,
-        detector: &Path,
-        cache_dir: &Path,
-        threads: usize,
+        prepare: &dyn Fn(&TrainConfig) -> Result<Prepared>,
         device: &Device,
     ) -> Result<Self> {
         distil.validate()?;
@@ -155,7 +149,7 @@ impl TeacherTargets {
             Err(e) if file.exists() => eprintln!("{}: {e:#}; reading the crops again", file.display()),
             Err(_) => {}
         }
-        let targets = Self::compute(distil, student, train, detector, cache_dir, threads, device)?;
+        let targets = Self::compute(distil, student, train, prepare, device)?;
         write_targets(file, &TargetsHeader { bins: targets.bins, ..header }, &targets)?;
         Ok(targets)
     }
@@ -240,12 +234,9 @@ fn read_targets(file: &Path, want: &TargetsHeader) -> Result<(usize, Vec<f32>, V
 
 /// Each crop's age distribution (row-major `[crops, bins]`) and p(female), read mirrored.
 fn read_distributions(model: &Model, set: &CropSet, device: &Device) -> Result<(Vec<f32>, Vec<f32>)> {
-    let s = set.settings.input_size as usize;
     let (mut probs, mut female) = (Vec::new(), Vec::new());
-    let indices: Vec<usize> = (0..set.len()).collect();
-    for chunk in indices.chunks(256) {
-        let batch = make_batch(set, chunk, None);
-        let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
+    for input in plain_batches(set, 256, device) {
+        let (_, x) = input?;
         let (p, f) = model.net.infer_distribution(&x, true)?;
         probs.extend(p.flatten_all()?.to_vec1::<f32>()?);
         female.extend(f.to_vec1::<f32>()?);

@@ -16,7 +16,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 use crate::age_map::AgeMap;
-use crate::augment::{Augment, make_batch};
+use crate::augment::{Augment, Batch, make_batch};
 use crate::crops::{CropSet, CropSettings, ensure_some};
 use crate::data::{Rejected, Sample, Split, fnv1a, load_dataset, split_of};
 use crate::distil::{Distil, TeacherTargets};
@@ -272,12 +272,9 @@ impl Model {
     /// reads them (with `mirror`: each face and its mirror image, averaged; the age map
     /// applied when there is one).
     pub fn predict_mirrored(&self, set: &CropSet, device: &Device, mirror: bool) -> Result<Vec<Prediction>> {
-        let s = set.settings.input_size as usize;
         let mut out = Vec::with_capacity(set.len());
-        let indices: Vec<usize> = (0..set.len()).collect();
-        for chunk in indices.chunks(256) {
-            let batch = make_batch(set, chunk, None);
-            let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
+        for input in plain_batches(set, 256, device) {
+            let (_, x) = input?;
             let (age, female) = self.net.infer(&x, mirror)?;
             let age = match &self.age_map {
                 Some(map) => map.apply_tensor(&age)?,
@@ -294,12 +291,7 @@ impl Model {
     /// with its mirror image, as the exported file reads faces ([`AgeGenderNet::recalibrate_batch_norm`]).
     /// Returns the number of images seen.
     pub fn recalibrate_batch_norm(&self, set: &CropSet, device: &Device) -> Result<usize> {
-        let s = set.settings.input_size as usize;
-        let indices: Vec<usize> = (0..set.len()).collect();
-        let batches = indices.chunks(64).map(|chunk| -> Result<Tensor> {
-            let batch = make_batch(set, chunk, None);
-            with_mirror_images(&Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?)
-        });
+        let batches = plain_batches(set, 64, device).map(|input| with_mirror_images(&input?.1));
         self.net.recalibrate_batch_norm(batches)
     }
 
@@ -576,20 +568,34 @@ fn save_checkpoint(
 
 /// Mean total loss on the validation crops (eval mode).
 fn validation_loss(model: &Model, set: &CropSet, device: &Device) -> Result<f64> {
-    let s = set.settings.input_size as usize;
-    let indices: Vec<usize> = (0..set.len()).collect();
     let (mut sum, mut n) = (0.0, 0usize);
-    for chunk in indices.chunks(256) {
-        let batch = make_batch(set, chunk, None);
-        let x = Tensor::from_vec(batch.pixels, (3, chunk.len(), s, s), device)?;
-        let ages = Tensor::from_vec(batch.ages, chunk.len(), device)?;
-        let female = Tensor::from_vec(batch.female, chunk.len(), device)?;
+    for input in plain_batches(set, 256, device) {
+        let (batch, x) = input?;
+        let count = batch.ages.len();
+        let ages = Tensor::from_vec(batch.ages, count, device)?;
+        let female = Tensor::from_vec(batch.female, count, device)?;
         let out = model.net.forward(&x, false)?;
-        sum +=
-            model.loss.compute(&out, &ages, &female)?.total.to_scalar::<f32>()? as f64 * chunk.len() as f64;
-        n += chunk.len();
+        sum += model.loss.compute(&out, &ages, &female)?.total.to_scalar::<f32>()? as f64 * count as f64;
+        n += count;
     }
     Ok(sum / n.max(1) as f64)
+}
+
+/// The plain (unaugmented) crops of `set` in order, `size` at a time: each batch's labels (its
+/// pixels moved out) and its `[3, N, S, S]` input. What every evaluation-mode pass reads.
+pub fn plain_batches<'a>(
+    set: &'a CropSet,
+    size: usize,
+    device: &'a Device,
+) -> impl Iterator<Item = Result<(Batch, Tensor)>> + 'a {
+    let s = set.settings.input_size as usize;
+    let indices: Vec<usize> = (0..set.len()).collect();
+    let chunks: Vec<Vec<usize>> = indices.chunks(size.max(1)).map(<[usize]>::to_vec).collect();
+    chunks.into_iter().map(move |chunk| {
+        let mut batch = make_batch(set, &chunk, None);
+        let x = Tensor::from_vec(std::mem::take(&mut batch.pixels), (3, chunk.len(), s, s), device)?;
+        Ok((batch, x))
+    })
 }
 
 /// Independent seed for (epoch, batch) so every batch's augmentation is reproducible.

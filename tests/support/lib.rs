@@ -161,10 +161,21 @@ pub fn tiny_model() -> &'static Path {
 
 /// Trains a small `net` at 32x32 on 300 UTKFace images (batch 32) into `out`.
 pub fn train_small(net: &str, epochs: usize, out: &Path, work: &Path) -> Output {
+    train_small_with(net, epochs, out, work, &[])
+}
+
+/// [`train_small`] with more `train` options.
+pub fn train_small_with(net: &str, epochs: usize, out: &Path, work: &Path, extra: &[&str]) -> Output {
     let epochs = epochs.to_string();
     let args =
         ["train", "--net", net, "--size", "32", "--limit", "300", "--epochs", &epochs, "--batch", "32"];
-    run_host(&[&args[..], &["--out", out.to_str().unwrap()]].concat(), work)
+    run_host(&[&args[..], extra, &["--out", out.to_str().unwrap()]].concat(), work)
+}
+
+/// The lines of a training run's `metrics.jsonl`, one per epoch.
+pub fn run_metrics(run: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
 /// Runs `faceage-host` with the shared data (unless `args` name a `--data`), the detector and
