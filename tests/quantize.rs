@@ -1,5 +1,6 @@
 //! int8 export: both forms load and run in tract through the board's code, stay close to the
-//! f32 model on real faces, and broken files are refused with the reason.
+//! f32 model on real faces, and broken files are refused with the reason. `verify` measures
+//! files on a run's split, or without the run on the split a file records.
 
 use std::path::Path;
 
@@ -129,4 +130,94 @@ fn a_corrupt_scale_or_a_foreign_op_is_refused_with_the_reason() {
             && err.contains("FancyActivation"),
         "{err}"
     );
+}
+
+/// A CSV manifest of `n` UTKFace images (absolute paths: nothing is copied), labels from the names.
+fn utkface_manifest(dir: &Path, n: usize) -> std::path::PathBuf {
+    let mut text = String::from("path,age,gender\n");
+    for face in spread_faces(n, 3) {
+        let name = face.file_name().unwrap().to_str().unwrap();
+        let mut labels = name.split('_');
+        let (age, gender) = (labels.next().unwrap(), labels.next().unwrap());
+        text += &format!("{},{age},{gender}\n", face.display());
+    }
+    let manifest = dir.join("faces.csv");
+    std::fs::write(&manifest, text).unwrap();
+    manifest
+}
+
+fn set_metadata(proto: &mut tract_onnx::pb::ModelProto, key: &str, value: &str) {
+    let entry = proto.metadata_props.iter_mut().find(|p| p.key == key).unwrap();
+    entry.value = value.into();
+}
+
+/// The figures, without the lines that name the file and say how the split was chosen.
+fn figures(verify: &std::process::Output) -> String {
+    let text = stdout(verify);
+    text.lines().filter(|l| !l.contains("split") && !l.starts_with("## ")).collect::<Vec<_>>().join("\n")
+}
+
+#[test]
+fn verify_measures_a_file_on_the_split_it_records_without_its_run() {
+    let work = tempfile::tempdir().unwrap();
+    let manifest = utkface_manifest(work.path(), 160);
+    let manifest_arg = manifest.to_str().unwrap();
+    let run = work.path().join("run");
+    let model = work.path().join("m.onnx");
+    let (run_arg, model_arg) = (run.to_str().unwrap(), model.to_str().unwrap());
+    let args =
+        ["train", "--net", "tiny", "--size", "32", "--epochs", "1", "--batch", "32", "--data", manifest_arg];
+    ok(&run_host(&[&args[..], &["--out", run_arg]].concat(), work.path()));
+    ok(&run_host(&["export", "--run", run_arg, "--out", model_arg], work.path()));
+
+    let with_run = run_host(&["verify", model_arg, "--run", run_arg], work.path());
+    let with_data = run_host(&["verify", model_arg, "--data", manifest_arg], work.path());
+    ok(&with_run);
+    ok(&with_data);
+    // The same faces, cropped the same way: the same figures to the last digit.
+    assert!(figures(&with_data).contains("age MAE"), "{}", stdout(&with_data));
+    assert_eq!(figures(&with_data), figures(&with_run));
+    let test_faces =
+        serde_json::from_str::<Value>(&std::fs::read_to_string(run.join("test-eval.json")).unwrap())
+            .map(|v| v["overall"]["count"].as_u64().unwrap())
+            .unwrap_or_else(|_| panic!("test-eval.json"));
+    assert!(
+        stdout(&with_data).contains(&format!("Test split: {test_faces} faces")),
+        "{}",
+        stdout(&with_data)
+    );
+
+    // Another seed is another split, and says it is not the one the file was measured on.
+    let other_seed = run_host(&["verify", model_arg, "--data", manifest_arg, "--seed", "5"], work.path());
+    ok(&other_seed);
+    assert_ne!(figures(&other_seed), figures(&with_run));
+
+    // A file that does not record its seed needs one given; one cropped otherwise is refused.
+    let unrecorded = work.path().join("unrecorded.onnx");
+    edit_model(&model, &unrecorded, |p| set_metadata(p, "faceage.train.data", "somewhere"));
+    let refused = run_host(&["verify", unrecorded.to_str().unwrap(), "--data", manifest_arg], work.path());
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("unrecorded.onnx") && stderr(&refused).contains("--seed"),
+        "{}",
+        stderr(&refused)
+    );
+    let seeded = run_host(
+        &["verify", unrecorded.to_str().unwrap(), "--data", manifest_arg, "--seed", "1"],
+        work.path(),
+    );
+    assert_eq!(figures(ok(&seeded)), figures(&with_run));
+    let wider = work.path().join("wider.onnx");
+    edit_model(&model, &wider, |p| set_metadata(p, "faceage.crop.scale", "1.4"));
+    let refused =
+        run_host(&["verify", model_arg, wider.to_str().unwrap(), "--data", manifest_arg], work.path());
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("wider.onnx") && stderr(&refused).contains("crops"),
+        "{}",
+        stderr(&refused)
+    );
+    // Neither a run nor data: told what to give.
+    let neither = run_host(&["verify", model_arg], work.path());
+    assert!(!neither.status.success() && stderr(&neither).contains("--run"), "{}", stderr(&neither));
 }

@@ -12,7 +12,7 @@ use faceage_host::augment::{Augment, MEAN, STD};
 use faceage_host::crops::{CropSettings, default_cache_dir};
 use faceage_host::distil::{Distil, TeacherTargets};
 use faceage_host::export::quantize::{self, Calibration};
-use faceage_host::export::{self, FoldedNet, PlainF32};
+use faceage_host::export::{self, FoldedNet, PlainF32, RecordedSplit};
 use faceage_host::metrics::Evaluation;
 use faceage_host::nn::loss::AgeLoss;
 use faceage_host::nn::model::{NetConfig, Pooling};
@@ -192,12 +192,10 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let config = TrainConfig {
         data: a.data.clone(),
         net: NetConfig { pooling: a.pooling, ..a.net.config(a.size) },
-        crop: CropSettings {
-            input_size: a.size,
-            margin: 1.25,
-            geometry: CropGeometry { scale: a.crop_scale, ..CropGeometry::default() },
-            chip_padding: 0.5,
-        },
+        crop: CropSettings::for_model(
+            a.size,
+            CropGeometry { scale: a.crop_scale, ..CropGeometry::default() },
+        ),
         epochs: a.epochs,
         batch_size: a.batch,
         lr: a.lr,
@@ -440,14 +438,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
         output_age_std: folded.age_distribution.then(|| export::OUTPUT_AGE_STD.into()),
         quant_format: QuantFormat::None,
         quant_details: "f32 weights and activations".into(),
-        train_data: format!(
-            "{} ({} train / {} val / {} test faces, split seed {})",
-            config.data.display(),
-            data.train.len(),
-            data.val.len(),
-            data.test.len(),
-            config.seed
-        ),
+        train_data: RecordedSplit {
+            train: data.train.len(),
+            val: data.val.len(),
+            test: data.test.len(),
+            seed: config.seed,
+        }
+        .describe(&config.data),
         train_license: UTKFACE_LICENSE.into(),
         // The file says how it differs from the run's kept model.
         train_command: {
@@ -535,9 +532,17 @@ pub struct VerifyArgs {
     /// Model files to measure (ONNX with faceage metadata).
     #[arg(required = true)]
     models: Vec<PathBuf>,
-    /// Run folder whose data split to use.
-    #[arg(long, default_value = "runs/default")]
-    run: PathBuf,
+    /// Run folder whose data and split to use.
+    #[arg(long, conflicts_with = "data")]
+    run: Option<PathBuf>,
+    /// Without a run folder: the UTKFace folder or CSV manifest to read, cropped as the
+    /// reference file's metadata says and split by the seed it records (a fresh checkout can
+    /// check the shipped files this way).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// With --data: the split seed [default: the one the reference file records].
+    #[arg(long, requires = "data")]
+    seed: Option<u64>,
     #[arg(long, value_enum, default_value_t = faceage_host::data::Split::Test)]
     split: faceage_host::data::Split,
     /// The file the others are compared with [default: the first model].
@@ -549,18 +554,61 @@ pub struct VerifyArgs {
 
 /// Runs model files through the device library on a held-out split and compares them.
 pub fn verify(a: VerifyArgs) -> Result<()> {
-    let run = RunDir(a.run.clone());
-    let config = run.read_config()?;
-    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
-    let set = data.split(a.split);
     let reference_path = a.reference.clone().unwrap_or_else(|| a.models[0].clone());
     let mut paths = vec![reference_path.clone()];
     paths.extend(a.models.iter().filter(|p| **p != reference_path).cloned());
+    let models = paths.iter().map(|p| AgeGenderModel::load(p)).collect::<Result<Vec<_>>>()?;
+    let reference_contract = models[0].contract();
+    let (crop, data) = if let Some(run) = &a.run {
+        let config = RunDir(run.clone()).read_config()?;
+        let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+        (config.crop, data)
+    } else {
+        let data = a.data.as_ref().context("give the split to measure on: --run RUN or --data FOLDER")?;
+        let recorded = RecordedSplit::parse(&reference_contract.train_data);
+        let seed = match (a.seed, recorded) {
+            (Some(seed), _) => seed,
+            (None, Some(recorded)) => recorded.seed,
+            (None, None) => bail!(
+                "{}: its metadata does not record the split seed (faceage.train.data is {:?}); give --seed",
+                reference_path.display(),
+                reference_contract.train_data
+            ),
+        };
+        let crop = CropSettings::for_model(reference_contract.input_size, reference_contract.crop.clone());
+        let spec = train::DataSpec { data, crop: &crop, seed, limit: None };
+        let prepared = train::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+        train::report_rejected(&prepared.rejected, None)?;
+        (crop, prepared)
+    };
+    // A file that reads other crops than the split's would be measured on faces it was not
+    // made for: refuse it rather than print figures that mean nothing.
+    for (path, model) in paths.iter().zip(&models) {
+        let contract = model.contract();
+        ensure!(
+            contract.input_size == crop.input_size && contract.crop == crop.geometry,
+            "{}: reads {} px crops of geometry {:?}, but the split is cropped for {} px at {:?}; measure it on its own",
+            path.display(),
+            contract.input_size,
+            contract.crop,
+            crop.input_size,
+            crop.geometry
+        );
+    }
+    let set = data.split(a.split);
+    let recorded = RecordedSplit::parse(&reference_contract.train_data).map(|r| r.faces(a.split));
+    match recorded {
+        Some(n) if n != set.len() => println!(
+            "note: this {:?} split holds {} faces, the reference file was measured on {n}: other data, or a run with --limit\n",
+            a.split,
+            set.len()
+        ),
+        _ => println!("{:?} split: {} faces\n", a.split, set.len()),
+    }
     let mut reference: Option<(Evaluation, Vec<faceage_host::metrics::Prediction>)> = None;
     let mut failed = false;
-    for path in &paths {
-        let model = AgeGenderModel::load(path)?;
-        let predictions = export::predict_with_device(&model, set)?;
+    for (path, model) in paths.iter().zip(&models) {
+        let predictions = export::predict_with_device(model, set)?;
         let evaluation = faceage_host::metrics::evaluate(&set.samples, &predictions);
         let size = model.file_size();
         println!(

@@ -36,6 +36,13 @@ pub struct CropSettings {
 }
 
 impl CropSettings {
+    /// The settings training uses for a model of this input and crop geometry (the rest of
+    /// the file contract's crop is the detector's): so crops for measuring a model file match
+    /// the crops its run trained on.
+    pub fn for_model(input_size: u32, geometry: CropGeometry) -> Self {
+        Self { input_size, margin: 1.25, geometry, chip_padding: 0.5 }
+    }
+
     /// Side of a cached crop: the input plus an even margin on both sides.
     pub fn cache_size(&self) -> u32 {
         let extra = ((self.input_size as f32 * (self.margin - 1.0)) / 2.0).round() as u32;

@@ -180,22 +180,42 @@ impl Prepared {
     }
 }
 
-/// Loads the labels, builds (or loads) the crops and splits them.
+/// What a split needs of a training configuration: which faces, how they are cropped and
+/// which seed splits them. `verify` builds one from a model file's contract instead of a run.
+pub struct DataSpec<'a> {
+    pub data: &'a Path,
+    pub crop: &'a CropSettings,
+    pub seed: u64,
+    pub limit: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn data_spec(&self) -> DataSpec<'_> {
+        DataSpec { data: &self.data, crop: &self.crop, seed: self.seed, limit: self.limit }
+    }
+}
+
+/// Loads the labels, builds (or loads) the crops and splits them as `config`'s run did.
 pub fn prepare(config: &TrainConfig, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
-    let (mut samples, mut rejected) = load_dataset(&config.data)?;
-    if let Some(limit) = config.limit {
+    prepare_data(&config.data_spec(), detector, cache_dir, threads)
+}
+
+/// Loads the labels, builds (or loads) the crops and splits them.
+pub fn prepare_data(spec: &DataSpec, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
+    let (mut samples, mut rejected) = load_dataset(spec.data)?;
+    if let Some(limit) = spec.limit {
         // A seeded choice spread over the whole set, not the first names alphabetically; by
         // file name, as the split is, so it does not hang on how the folder was named.
         let name =
             |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        samples.sort_by_key(|s| fnv1a(config.seed ^ 0x5eed, name(s).as_bytes()));
+        samples.sort_by_key(|s| fnv1a(spec.seed ^ 0x5eed, name(s).as_bytes()));
         samples.truncate(limit);
         samples.sort_by(|a, b| a.path.cmp(&b.path));
     }
-    let (crops, failed) = CropSet::build_or_load(&samples, &config.crop, detector, cache_dir, threads)?;
+    let (crops, failed) = CropSet::build_or_load(&samples, spec.crop, detector, cache_dir, threads)?;
     rejected.extend(failed);
     let pick = |want: Split| -> Vec<usize> {
-        (0..crops.len()).filter(|&i| split_of(&crops.samples[i].path, config.seed) == want).collect()
+        (0..crops.len()).filter(|&i| split_of(&crops.samples[i].path, spec.seed) == want).collect()
     };
     let prepared = Prepared {
         train: Arc::new(crops.subset(&pick(Split::Train))),

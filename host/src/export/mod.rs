@@ -15,6 +15,7 @@ use tract_onnx::pb::ModelProto;
 
 use crate::age_map::AgeMap;
 use crate::crops::CropSet;
+use crate::data::Split;
 use crate::metrics::Prediction;
 use crate::nn::model::{AgeGenderNet, AgeHead, Block, ConvKind};
 use crate::train::Model;
@@ -25,6 +26,52 @@ pub const OUTPUT_AGE: &str = "age";
 pub const OUTPUT_FEMALE: &str = "female";
 pub const OUTPUT_AGE_STD: &str = "age_std";
 const BN_EPS: f32 = 1e-5;
+
+/// The split a model file records in `faceage.train.data`, as
+/// "DATA (A train / B val / C test faces, split seed S)": `verify --data` reads the seed back
+/// to measure a file on its own held-out faces, and so does `scripts/ensemble-eval.py`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordedSplit {
+    pub train: usize,
+    pub val: usize,
+    pub test: usize,
+    pub seed: u64,
+}
+
+impl RecordedSplit {
+    pub fn describe(&self, data: &Path) -> String {
+        format!(
+            "{} ({} train / {} val / {} test faces, split seed {})",
+            data.display(),
+            self.train,
+            self.val,
+            self.test,
+            self.seed
+        )
+    }
+
+    /// None where the entry is not in `describe`'s form (a file from another tool).
+    pub fn parse(train_data: &str) -> Option<Self> {
+        let (_, inside) = train_data.rsplit_once(" (")?;
+        let (counts, seed) = inside.strip_suffix(')')?.split_once(" faces, split seed ")?;
+        let mut sizes = counts.split(" / ").map(|part| part.split_once(' '));
+        let mut size = |name: &str| match sizes.next()?? {
+            (n, word) if word == name => n.parse().ok(),
+            _ => None,
+        };
+        let split =
+            Self { train: size("train")?, val: size("val")?, test: size("test")?, seed: seed.parse().ok()? };
+        sizes.next().is_none().then_some(split)
+    }
+
+    pub fn faces(&self, split: Split) -> usize {
+        match split {
+            Split::Train => self.train,
+            Split::Val => self.val,
+            Split::Test => self.test,
+        }
+    }
+}
 
 /// A convolution with its batch norm folded in: `W' = W * g / sqrt(v + eps)`,
 /// `b' = beta - mean * g / sqrt(v + eps)`.
@@ -479,4 +526,33 @@ pub fn verify_against_candle(
         );
     }
     Ok(agreement)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recorded_split_reads_back_what_it_writes() {
+        let split = RecordedSplit { train: 16945, val: 2157, test: 2221, seed: 7 };
+        // A data path may itself hold brackets and the words the entry uses.
+        let data = Path::new("/data/UTK (copy, split seed 3)/faces");
+        assert_eq!(RecordedSplit::parse(&split.describe(data)), Some(split));
+        assert_eq!(split.faces(Split::Val), 2157);
+    }
+
+    #[test]
+    fn recorded_split_refuses_other_entries() {
+        for entry in [
+            "",
+            "UTKFace",
+            "UTKFace (16945 train / 2157 val / 2221 test faces)",
+            "UTKFace (16945 train / 2157 val faces, split seed 1)",
+            "UTKFace (16945 train / 2157 val / 2221 test / 5 extra faces, split seed 1)",
+            "UTKFace (x train / 2157 val / 2221 test faces, split seed 1)",
+            "UTKFace (16945 train / 2157 val / 2221 test faces, split seed -1)",
+        ] {
+            assert_eq!(RecordedSplit::parse(entry), None, "{entry:?}");
+        }
+    }
 }
