@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crop_cache import CropCache, find_cache, split_of, utkface_labels  # noqa: E402
 
 BAND_EDGES = [0, 3, 13, 20, 40, 60, float('inf')]  # the board's age bands (counts.rs)
-# export.rs: the age distribution over the bins, both views averaged; or read once (--no-mirror).
+# host/src/export/mod.rs AGE_DISTRIBUTIONS: the age distribution, both views averaged; or read once (--no-mirror).
 DISTRIBUTIONS = ('age.probs.averaged', 'age.probs')
 
 

@@ -1,7 +1,8 @@
-//! Knowledge distillation (`train --teacher RUN`): a student learns from its labels and a
-//! trained run's readings. The teacher changes what the student learns, a share of 0 is the
-//! plain run to the bit, a resumed student reads its teachers' readings back from its run
-//! folder, and teachers that saw other faces are refused.
+//! Knowledge distillation (`train --teacher RUN|FILE.onnx`): a student learns from its labels
+//! and a trained run's readings. The teacher changes what the student learns, a share of 0 is
+//! the plain run to the bit, a resumed student reads its teachers' readings back from its run
+//! folder, a run's exported file teaches as the run does, and teachers that saw other faces
+//! are refused.
 
 use std::path::Path;
 
@@ -74,6 +75,66 @@ fn teachers_that_saw_other_faces_are_refused() {
         &["--teacher", other_split.to_str().unwrap(), "--distil-weight", "2"],
     );
     assert!(!out.status.success() && stderr(&out).contains("--distil-weight 2"), "{}", stderr(&out));
+}
+
+/// A run's exported file (read through tract, as the board reads) teaches what the run itself
+/// teaches, so a student can learn from the shipped file without the runs that made it.
+#[test]
+fn a_model_file_teaches_as_its_run_does() {
+    let work = tempfile::tempdir().unwrap();
+    let teacher = work.path().join("teacher");
+    ok(&train(&teacher, work.path(), &["--patience", "9"]));
+    let file = work.path().join("teacher.onnx");
+    ok(&run_host(
+        &["export", "--run", teacher.to_str().unwrap(), "--out", file.to_str().unwrap()],
+        work.path(),
+    ));
+
+    let from_run = work.path().join("from-run");
+    ok(&train(&from_run, work.path(), &["--patience", "9", "--teacher", teacher.to_str().unwrap()]));
+    let from_file = work.path().join("from-file");
+    let out = train(&from_file, work.path(), &["--patience", "9", "--teacher", file.to_str().unwrap()]);
+    ok(&out);
+    assert!(stderr(&out).contains("training crops in"), "{}", stderr(&out));
+    // tract and candle agree to 1e-3 on each reading (export checks it), not to the bit.
+    let (a, b) = (val_figures(&from_run), val_figures(&from_file));
+    assert_eq!(a.len(), b.len());
+    for ((mae_run, acc_run), (mae_file, acc_file)) in a.iter().zip(&b) {
+        assert!((mae_run - mae_file).abs() < 0.05 && (acc_run - acc_file).abs() < 2.0, "{a:?} vs {b:?}");
+    }
+    assert_ne!(b, val_figures(&teacher), "the file's readings change what is learnt");
+
+    // A file says which split it was trained on; one from another split, or one that does not
+    // say, is refused, as is a net without an age distribution to hand on.
+    let refused = |name: &str, edit: &dyn Fn(&mut tract_onnx::pb::ModelProto), why: &str| {
+        let edited = work.path().join(name);
+        edit_model(&file, &edited, |p| edit(p));
+        let out = train(
+            &work.path().join(format!("s-{name}")),
+            work.path(),
+            &["--teacher", edited.to_str().unwrap()],
+        );
+        assert!(!out.status.success(), "{name}");
+        assert!(stderr(&out).contains(name) && stderr(&out).contains(why), "{name}: {}", stderr(&out));
+    };
+    let data = |text: &'static str| {
+        move |p: &mut tract_onnx::pb::ModelProto| set_metadata(p, "faceage.train.data", text)
+    };
+    refused(
+        "seed2.onnx",
+        &data("UTKFace (240 train / 30 val / 30 test faces, split seed 2)"),
+        "split differs",
+    );
+    refused("unsaid.onnx", &data("UTKFace"), "does not record the split seed");
+    // A file from elsewhere: the same graph with its distribution under names of its own.
+    let rename = |p: &mut tract_onnx::pb::ModelProto| {
+        for node in &mut p.graph.as_mut().unwrap().node {
+            for name in node.input.iter_mut().chain(node.output.iter_mut()) {
+                *name = name.replace("age.probs", "age.p");
+            }
+        }
+    };
+    refused("foreign.onnx", &rename, "no age distribution");
 }
 
 /// `scripts/train-distilled.sh`, the documented way to retrain the shipped model, on small

@@ -5,7 +5,6 @@
 use std::path::Path;
 
 use faceage_e2e::*;
-use prost::Message;
 use serde_json::Value;
 
 fn export_int8(format: &str) -> std::path::PathBuf {
@@ -89,12 +88,6 @@ fn both_int8_forms_run_in_tract_close_to_f32_on_real_faces() {
     }
 }
 
-fn edit_model(src: &Path, dst: &Path, edit: impl FnOnce(&mut tract_onnx::pb::ModelProto)) {
-    let mut proto = tract_onnx::pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
-    edit(&mut proto);
-    std::fs::write(dst, proto.encode_to_vec()).unwrap();
-}
-
 #[test]
 fn a_corrupt_scale_or_a_foreign_op_is_refused_with_the_reason() {
     let work = tempfile::tempdir().unwrap();
@@ -144,11 +137,6 @@ fn utkface_manifest(dir: &Path, n: usize) -> std::path::PathBuf {
     let manifest = dir.join("faces.csv");
     std::fs::write(&manifest, text).unwrap();
     manifest
-}
-
-fn set_metadata(proto: &mut tract_onnx::pb::ModelProto, key: &str, value: &str) {
-    let entry = proto.metadata_props.iter_mut().find(|p| p.key == key).unwrap();
-    entry.value = value.into();
 }
 
 /// The figures, without the lines that name the file and say how the split was chosen.

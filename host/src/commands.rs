@@ -170,9 +170,10 @@ pub struct TrainArgs {
     /// Use only this many images (a seeded choice): for smoke tests.
     #[arg(long)]
     limit: Option<usize>,
-    /// Learn also from this trained run's readings (knowledge distillation); repeat it for an
-    /// ensemble of teachers, whose readings are averaged. Each must use this run's --seed.
-    #[arg(long = "teacher", value_name = "RUN")]
+    /// Learn also from this trained run's readings, or a model file's (knowledge
+    /// distillation); repeat it for an ensemble of teachers, whose readings are averaged. Each
+    /// must have been trained with this run's --seed (a file records it).
+    #[arg(long = "teacher", value_name = "RUN|FILE.onnx")]
     teachers: Vec<PathBuf>,
     /// With --teacher: the teachers' share of each target (0 to 1), the labels' the rest.
     #[arg(long, default_value_t = 0.5)]

@@ -1,26 +1,33 @@
-//! Knowledge distillation from trained runs (`train --teacher RUN ...`): the teachers read
-//! every training crop once, as the exported files read faces (mirrored), and the student
-//! learns from a mix of the labels and their averaged readings ([`MultiTaskLoss::compute_taught`]).
+//! Knowledge distillation from trained runs or model files (`train --teacher RUN|FILE.onnx ...`):
+//! the teachers read every training crop once, as the exported files read faces (mirrored),
+//! and the student learns from a mix of the labels and their averaged readings
+//! ([`MultiTaskLoss::compute_taught`]). A model file (the shipped one, say) reads through
+//! tract, as the board does, so a student can learn from it without the runs that made it.
 //!
 //! [`MultiTaskLoss::compute_taught`]: crate::nn::loss::MultiTaskLoss::compute_taught
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
+use faceage_device::ModelContract;
 use serde::{Deserialize, Serialize};
+use tract_onnx::pb::ValueInfoProto;
+use tract_onnx::prelude::{TypedRunnableModel, tvec};
 
-use crate::crops::CropSet;
+use crate::crops::{CropSet, CropSettings};
 use crate::data::fnv1a;
+use crate::export::{AGE_DISTRIBUTIONS, RecordedSplit};
 use crate::nn::loss::Teaching;
 use crate::train::{BnStats, Model, Prepared, RunDir, TrainConfig, bn_stats_crops, plain_batches};
 
 /// The teachers of a run and how much of the target is theirs; saved in `train.json`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Distil {
-    /// Run folders of the teachers.
+    /// Run folders of the teachers, or their model files (ONNX).
     pub teachers: Vec<PathBuf>,
     /// Share of each target that is the teachers' (0 to 1); the rest is the label's.
     pub weight: f64,
@@ -64,8 +71,13 @@ impl TeacherTargets {
         let mut sums: Option<(usize, Vec<f32>, Vec<f32>)> = None;
         for dir in &distil.teachers {
             let started = Instant::now();
-            let run = RunDir(dir.clone());
-            let config = run.read_config().with_context(|| format!("teacher {}", dir.display()))?;
+            let file = dir.is_file().then(|| FileTeacher::open(dir)).transpose()?;
+            let config = match &file {
+                Some(file) => TrainConfig { crop: file.crop(), seed: file.seed, ..student.clone() },
+                None => {
+                    RunDir(dir.clone()).read_config().with_context(|| format!("teacher {}", dir.display()))?
+                }
+            };
             if config.seed != student.seed {
                 bail!(
                     "teacher {}: trained with --seed {}, this run uses {}: its split differs, so it has \
@@ -77,12 +89,6 @@ impl TeacherTargets {
             }
             let data = prepare(&config)
                 .with_context(|| format!("teacher {}: preparing its crops", dir.display()))?;
-            let (_, model) =
-                Model::load_best(&run, device).with_context(|| format!("teacher {}", dir.display()))?;
-            if config.bn_stats == BnStats::Momentum {
-                // As `export --recalibrate-bn` reads such a run.
-                model.recalibrate_batch_norm(&bn_stats_crops(&data.train, config.seed), device)?;
-            }
             let row_of: HashMap<PathBuf, usize> =
                 data.train.samples.iter().enumerate().map(|(i, s)| (canonical(&s.path), i)).collect();
             let rows = keys
@@ -93,9 +99,28 @@ impl TeacherTargets {
                     })
                 })
                 .collect::<Result<Vec<usize>>>()?;
-            let (probs, female) = read_distributions(&model, &data.train.subset(&rows), device)
-                .with_context(|| format!("teacher {}", dir.display()))?;
+            let crops = data.train.subset(&rows);
+            let (probs, female) = match &file {
+                Some(file) => file.read(&crops)?,
+                None => {
+                    let run = RunDir(dir.clone());
+                    let (_, model) = Model::load_best(&run, device)
+                        .with_context(|| format!("teacher {}", dir.display()))?;
+                    if config.bn_stats == BnStats::Momentum {
+                        // As `export --recalibrate-bn` reads such a run.
+                        model.recalibrate_batch_norm(&bn_stats_crops(&data.train, config.seed), device)?;
+                    }
+                    read_distributions(&model, &crops, device)
+                        .with_context(|| format!("teacher {}", dir.display()))?
+                }
+            };
             let bins = probs.len() / rows.len().max(1);
+            ensure!(
+                bins == student.net.age_bins(),
+                "teacher {}: reads ages into {bins} bins, this run's net into {}",
+                dir.display(),
+                student.net.age_bins()
+            );
             match &mut sums {
                 None => sums = Some((bins, probs, female)),
                 Some((b, p, f)) => {
@@ -230,6 +255,85 @@ fn read_targets(file: &Path, want: &TargetsHeader) -> Result<(usize, Vec<f32>, V
     ensure!(values.len() == want.crops * (header.bins + 1), "truncated");
     let (probs, female) = values.split_at(want.crops * header.bins);
     Ok((header.bins, probs.to_vec(), female.to_vec()))
+}
+
+/// A teacher given as a model file: read through tract as the board reads faces, with the
+/// file's age distribution added to its outputs.
+struct FileTeacher {
+    label: String,
+    contract: ModelContract,
+    /// The split seed of the file's training, from its metadata.
+    seed: u64,
+    plan: Arc<TypedRunnableModel>,
+    female_at: usize,
+    probs_at: usize,
+}
+
+impl FileTeacher {
+    fn open(path: &Path) -> Result<Self> {
+        let label = format!("teacher {}", path.display());
+        let mut proto = faceage_device::onnx::read_model(path).with_context(|| label.clone())?;
+        let contract = ModelContract::from_metadata(&faceage_device::onnx::metadata(&proto), &label)?;
+        let seed = RecordedSplit::parse(&contract.train_data).map(|r| r.seed).with_context(|| {
+            format!(
+                "{label}: its metadata does not record the split seed of its training (faceage.train.data), \
+                 so it may have seen faces this run validates or tests on"
+            )
+        })?;
+        let graph = proto.graph.as_mut().with_context(|| format!("{label}: the file holds no graph"))?;
+        let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
+        let distribution = AGE_DISTRIBUTIONS.iter().find(|d| produced.contains(**d)).with_context(|| {
+            format!(
+                "{label}: no age distribution in its graph ({}): only a net with the distribution head can teach",
+                AGE_DISTRIBUTIONS.join(" or ")
+            )
+        })?;
+        let female_at = graph
+            .output
+            .iter()
+            .position(|o| o.name == contract.output_female)
+            .with_context(|| format!("{label}: no output {:?}", contract.output_female))?;
+        let probs_at = graph.output.len();
+        graph.output.push(ValueInfoProto { name: distribution.to_string(), ..Default::default() });
+        let plan = faceage_device::onnx::runnable(&proto, None, &label)?;
+        Ok(Self { label, contract, seed, plan, female_at, probs_at })
+    }
+
+    /// The crops the file was trained on: its own input size and geometry.
+    fn crop(&self) -> CropSettings {
+        CropSettings::for_model(self.contract.input_size, self.contract.crop.clone())
+    }
+
+    /// As [`read_distributions`], in batches the board's way: crops normalised as the contract
+    /// says, both views averaged inside the graph (a `--no-mirror` file reads once).
+    fn read(&self, set: &CropSet) -> Result<(Vec<f32>, Vec<f32>)> {
+        let (mut probs, mut female) = (Vec::new(), Vec::new());
+        let indices: Vec<usize> = (0..set.len()).collect();
+        for chunk in indices.chunks(64) {
+            let crops: Vec<_> = chunk.iter().map(|&i| set.model_crop(i)).collect();
+            let input = faceage_device::age_gender::input_tensor(&crops, &self.contract)?;
+            let outputs = self
+                .plan
+                .run(tvec!(input.into()))
+                .with_context(|| format!("{}: inference failed", self.label))?;
+            let values = |at: usize| -> Result<Vec<f32>> {
+                let tensor =
+                    outputs.get(at).with_context(|| format!("{}: output {at} missing", self.label))?;
+                Ok(tensor.to_plain_array_view::<f32>()?.iter().copied().collect())
+            };
+            female.extend(values(self.female_at)?);
+            probs.extend(values(self.probs_at)?);
+        }
+        ensure!(
+            female.len() == set.len() && probs.len() % set.len().max(1) == 0,
+            "{}: {} readings of p(female) and {} probabilities for {} crops",
+            self.label,
+            female.len(),
+            probs.len(),
+            set.len()
+        );
+        Ok((probs, female))
+    }
 }
 
 /// Each crop's age distribution (row-major `[crops, bins]`) and p(female), read mirrored.

@@ -303,3 +303,17 @@ pub fn three_walkers() -> Vec<Walker> {
 pub fn write_clip(path: &Path, frames: &[RgbImage], fps: u32) {
     faceage_device::source::write_mjpeg_avi(path, frames, fps, 90).expect("write clip");
 }
+
+/// Writes `src` to `dst` with `edit` applied to its protobuf.
+pub fn edit_model(src: &Path, dst: &Path, edit: impl FnOnce(&mut tract_onnx::pb::ModelProto)) {
+    use prost::Message;
+    let mut proto = tract_onnx::pb::ModelProto::decode(std::fs::read(src).unwrap().as_slice()).unwrap();
+    edit(&mut proto);
+    std::fs::write(dst, proto.encode_to_vec()).unwrap();
+}
+
+/// Changes the value of the model file metadata entry `key`.
+pub fn set_metadata(proto: &mut tract_onnx::pb::ModelProto, key: &str, value: &str) {
+    let entry = proto.metadata_props.iter_mut().find(|p| p.key == key).unwrap();
+    entry.value = value.into();
+}

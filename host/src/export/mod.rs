@@ -25,6 +25,9 @@ pub const INPUT_NAME: &str = "faces";
 pub const OUTPUT_AGE: &str = "age";
 pub const OUTPUT_FEMALE: &str = "female";
 pub const OUTPUT_AGE_STD: &str = "age_std";
+/// Inner tensors of a file with the distribution head: the age distribution `[N, bins]` with
+/// both views averaged, or read once (`--no-mirror`). A teacher file hands it on.
+pub const AGE_DISTRIBUTIONS: [&str; 2] = ["age.probs.averaged", "age.probs"];
 const BN_EPS: f32 = 1e-5;
 
 /// The split a model file records in `faceage.train.data`, as
