@@ -36,9 +36,9 @@ pub struct CropSettings {
 }
 
 impl CropSettings {
-    /// The settings training uses for a model of this input and crop geometry (the rest of
-    /// the file contract's crop is the detector's): so crops for measuring a model file match
-    /// the crops its run trained on.
+    /// The settings `train` uses for a model of this input size and crop geometry (margin and
+    /// chip padding are training's own, not in the model file), so crops made to measure or
+    /// read a model file match the ones its run trained on.
     pub fn for_model(input_size: u32, geometry: CropGeometry) -> Self {
         Self { input_size, margin: 1.25, geometry, chip_padding: 0.5 }
     }
