@@ -5,16 +5,21 @@ more read per view (the model card's "What was tried"). Not something the board 
 
 Usage: views-eval.py [--split test|val] [--shift PX] MODEL.onnx
 Needs numpy, onnx, onnxruntime and pillow (pip), and the crop cache `faceage-host` builds."""
-import argparse, sys
+import argparse, importlib.util, sys
 from pathlib import Path
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from crop_cache import CropCache, find_cache, split_of, utkface_labels  # noqa: E402
+
+# The model-file contract as ensemble-eval.py reads it (its file name is not a module name).
+_spec = importlib.util.spec_from_file_location('ensemble_eval', Path(__file__).resolve().parent / 'ensemble-eval.py')
+_ensemble_eval = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_ensemble_eval)
+ModelFile = _ensemble_eval.ModelFile
 
 
 def main():
@@ -23,13 +28,10 @@ def main():
     ap.add_argument('--shift', type=int, default=2, help='pixels the shifted views move [2]')
     ap.add_argument('model', type=Path)
     args = ap.parse_args()
-    meta = {p.key: p.value for p in onnx.load(str(args.model)).metadata_props}
-    if 'faceage.schema' not in meta:
-        sys.exit(f'{args.model}: not a faceage model file (no faceage.* metadata)')
-    size = int(meta['faceage.input.size'])
-    mean = np.array([float(v) for v in meta['faceage.input.mean'].split(',')])
-    std = np.array([float(v) for v in meta['faceage.input.std'].split(',')])
-    seed = int(meta['faceage.train.data'].rsplit('split seed ', 1)[1].rstrip(')'))
+    model = ModelFile(args.model)
+    if model.seed is None:
+        sys.exit(f'{args.model}: its metadata does not say the split seed (faceage.train.data)')
+    size, mean, std, seed = model.size, model.mean, model.std, model.seed
     cache_file = find_cache(Path(__file__).resolve().parent.parent / 'runs/cache', size)
     if cache_file is None:
         sys.exit(f'no {size} px crop cache under runs/cache: run faceage-host verify --data DIR once')
@@ -46,7 +48,6 @@ def main():
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
     session = ort.InferenceSession(str(args.model), options)
-    outputs = [meta['faceage.output.age'], meta['faceage.output.female']]
 
     def view(dx=0, dy=0, zoom=1.0):
         side = int(round(size / zoom))
@@ -60,7 +61,7 @@ def main():
         age, p = [], []
         for i in range(0, len(faces), 256):
             x = ((faces[i:i + 256] / 255.0 - mean) / std).transpose(0, 3, 1, 2).astype(np.float32)
-            a, f = session.run(outputs, {meta['faceage.input.name']: x})
+            a, f = session.run(list(model.outputs), {model.input: x})
             age.append(a)
             p.append(f)
         return np.concatenate(age), np.concatenate(p)

@@ -560,13 +560,13 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     paths.extend(a.models.iter().filter(|p| **p != reference_path).cloned());
     let models = paths.iter().map(|p| AgeGenderModel::load(p)).collect::<Result<Vec<_>>>()?;
     let reference_contract = models[0].contract();
+    let recorded = RecordedSplit::parse(&reference_contract.train_data);
     let (crop, data) = if let Some(run) = &a.run {
         let config = RunDir(run.clone()).read_config()?;
         let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
         (config.crop, data)
     } else {
         let data = a.data.as_ref().context("give the split to measure on: --run RUN or --data FOLDER")?;
-        let recorded = RecordedSplit::parse(&reference_contract.train_data);
         let seed = match (a.seed, recorded) {
             (Some(seed), _) => seed,
             (None, Some(recorded)) => recorded.seed,
@@ -597,8 +597,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         );
     }
     let set = data.split(a.split);
-    let recorded = RecordedSplit::parse(&reference_contract.train_data).map(|r| r.faces(a.split));
-    match recorded {
+    match recorded.map(|r| r.faces(a.split)) {
         Some(n) if n != set.len() => println!(
             "note: this {:?} split holds {} faces, the reference file was measured on {n}: other data, or a run with --limit\n",
             a.split,

@@ -108,6 +108,15 @@ impl CropSet {
         image::imageops::crop_imm(&self.wide_crop(i), offset, offset, s, s).to_image()
     }
 
+    /// The board's crops of the whole set in order, `size` at a time: what a model file reads
+    /// (the device library normalises them itself).
+    pub fn model_crop_batches(&self, size: usize) -> impl Iterator<Item = Vec<RgbImage>> + '_ {
+        let size = size.max(1);
+        (0..self.len())
+            .step_by(size)
+            .map(move |start| (start..(start + size).min(self.len())).map(|i| self.model_crop(i)).collect())
+    }
+
     /// A set from already made crops (tests, tools).
     pub fn from_parts(settings: CropSettings, samples: Vec<Sample>, pixels: Vec<u8>) -> CropSet {
         let faces = samples.iter().map(|_| whole_crop_face(settings.cache_size())).collect();

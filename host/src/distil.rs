@@ -308,9 +308,7 @@ impl FileTeacher {
     /// says, both views averaged inside the graph (a `--no-mirror` file reads once).
     fn read(&self, set: &CropSet) -> Result<(Vec<f32>, Vec<f32>)> {
         let (mut probs, mut female) = (Vec::new(), Vec::new());
-        let indices: Vec<usize> = (0..set.len()).collect();
-        for chunk in indices.chunks(64) {
-            let crops: Vec<_> = chunk.iter().map(|&i| set.model_crop(i)).collect();
+        for crops in set.model_crop_batches(64) {
             let input = faceage_device::age_gender::input_tensor(&crops, &self.contract)?;
             let outputs = self
                 .plan

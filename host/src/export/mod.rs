@@ -497,9 +497,7 @@ pub fn compare(a: &[Prediction], b: &[Prediction]) -> Agreement {
 /// Runs `crops` through an exported file with the board's own code.
 pub fn predict_with_device(model: &AgeGenderModel, set: &CropSet) -> Result<Vec<Prediction>> {
     let mut out = Vec::with_capacity(set.len());
-    let indices: Vec<usize> = (0..set.len()).collect();
-    for chunk in indices.chunks(64) {
-        let crops: Vec<_> = chunk.iter().map(|&i| set.model_crop(i)).collect();
+    for crops in set.model_crop_batches(64) {
         out.extend(model.predict(&crops)?.into_iter().map(|e| Prediction { age: e.age, female: e.female }));
     }
     Ok(out)
