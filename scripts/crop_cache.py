@@ -4,7 +4,7 @@ makes with its default --seed 1: data.rs `split_of`, reimplemented here."""
 import json, struct
 from pathlib import Path
 
-MAGIC = b'FACEAGE-CROPS-v2'
+MAGIC = b'FACEAGE-CROPS-v3'
 _M = (1 << 64) - 1
 
 

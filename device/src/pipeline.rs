@@ -61,6 +61,28 @@ pub struct StageTimes {
     pub faces: usize,
 }
 
+/// Faces whose box is smaller than this (pixels) are too small to read reliably.
+pub const MIN_FACE_PX: f32 = 24.0;
+
+/// The faces of `frame` the board reads: detected (with the board's [`FramedDetector`]
+/// framing when `detector` is [`load_board_detector`]'s), those under `min_face_px` dropped,
+/// best score first. The trainer finds its faces with this very function.
+///
+/// [`FramedDetector`]: crate::detect::FramedDetector
+/// [`load_board_detector`]: crate::detect::load_board_detector
+pub fn find_faces(detector: &mut dyn FaceDetector, frame: &RgbImage, min_face_px: f32) -> Result<Vec<Face>> {
+    let mut faces: Vec<Face> =
+        detector.detect(frame)?.into_iter().filter(|f| f.bbox.w.max(f.bbox.h) >= min_face_px).collect();
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    Ok(faces)
+}
+
+/// The face a one-person photo is about (a labelled image, an ID photo): the best-scoring one.
+/// `faceage eval` and the trainer pick the same.
+pub fn primary_face(faces: &[Face]) -> Option<&Face> {
+    faces.iter().max_by(|a, b| a.score.total_cmp(&b.score))
+}
+
 pub struct Pipeline {
     pub detector: Box<dyn FaceDetector>,
     pub model: AgeGenderModel,
@@ -70,7 +92,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     pub fn new(detector: Box<dyn FaceDetector>, model: AgeGenderModel) -> Self {
-        Self { detector, model, min_face_px: 24.0 }
+        Self { detector, model, min_face_px: MIN_FACE_PX }
     }
 
     pub fn analyze(&mut self, frame: &RgbImage) -> Result<Vec<FaceReading>> {
@@ -79,12 +101,7 @@ impl Pipeline {
 
     pub fn analyze_timed(&mut self, frame: &RgbImage, times: &mut StageTimes) -> Result<Vec<FaceReading>> {
         let start = Instant::now();
-        let faces: Vec<Face> = self
-            .detector
-            .detect(frame)?
-            .into_iter()
-            .filter(|f| f.bbox.w.max(f.bbox.h) >= self.min_face_px)
-            .collect();
+        let faces = find_faces(self.detector.as_mut(), frame, self.min_face_px)?;
         let detected = Instant::now();
         let crops: Vec<RgbImage> = faces.iter().map(|f| self.model.crop(frame, f)).collect();
         let cropped = Instant::now();

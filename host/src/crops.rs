@@ -11,16 +11,22 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
+use faceage_device::detect::{FramedDetector, load_board_detector};
 use faceage_device::geometry::{BBox, Point};
 use faceage_device::imaging::load_rgb;
+use faceage_device::pipeline::{MIN_FACE_PX, find_faces, primary_face};
 use faceage_device::{BlazeFace, CropGeometry, Face, FaceDetector};
-use image::{Rgb, RgbImage};
+use image::RgbImage;
+
+/// The board's default detector score threshold (`faceage --min-score`).
+const BOARD_MIN_SCORE: f32 = 0.5;
 use serde::{Deserialize, Serialize};
 
 use crate::data::{Rejected, Sample, fnv1a};
 use crate::progress::Progress;
 
-const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v2";
+// v3: faces found by the board's framed detector (was: chips padded by the trainer alone).
+const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v3";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CropSettings {
@@ -29,18 +35,14 @@ pub struct CropSettings {
     /// Cached crops cover `margin` times the model crop (at the same pixel scale).
     pub margin: f32,
     pub geometry: CropGeometry,
-    /// Training images are face chips that fill the picture; BlazeFace finds their landmarks
-    /// reliably only with room around the face, so each chip is centred on a grey canvas this
-    /// many chip sides larger before detection (measured: landmarks drift off the eyes at 0).
-    pub chip_padding: f32,
 }
 
 impl CropSettings {
-    /// The settings `train` uses for a model of this input size and crop geometry (margin and
-    /// chip padding are training's own, not in the model file), so crops made to measure or
-    /// read a model file match the ones its run trained on.
+    /// The settings `train` uses for a model of this input size and crop geometry (the margin
+    /// is training's own, not in the model file), so crops made to measure or read a model
+    /// file match the ones its run trained on.
     pub fn for_model(input_size: u32, geometry: CropGeometry) -> Self {
-        Self { input_size, margin: 1.25, geometry, chip_padding: 0.5 }
+        Self { input_size, margin: 1.25, geometry }
     }
 
     /// Side of a cached crop: the input plus an even margin on both sides.
@@ -227,8 +229,9 @@ impl CropSet {
         threads: usize,
     ) -> Result<Vec<CropOutcome>> {
         let threads = threads.max(1);
-        let detectors: Vec<BlazeFace> =
-            (0..threads).map(|_| BlazeFace::load(detector_path)).collect::<Result<_>>()?;
+        let detectors: Vec<FramedDetector<BlazeFace>> = (0..threads)
+            .map(|_| load_board_detector(detector_path, BOARD_MIN_SCORE))
+            .collect::<Result<_>>()?;
         let results: Vec<Mutex<Option<CropOutcome>>> = samples.iter().map(|_| Mutex::new(None)).collect();
         let next = AtomicUsize::new(0);
         let bar = Progress::new(samples.len() as u64, "detect + crop");
@@ -287,43 +290,24 @@ impl CropSet {
     }
 }
 
-/// Decode, pad, detect, pick the face, crop. Errors are reasons a user can act on.
+/// Decode, find the face as the board does, crop. Errors are reasons a user can act on.
 fn crop_sample(
     path: &Path,
     settings: &CropSettings,
-    detector: &mut BlazeFace,
+    detector: &mut dyn FaceDetector,
 ) -> Result<(Face, Vec<u8>), String> {
-    let chip = load_rgb(path).map_err(|e| format!("{:#}", e.root_cause()))?;
-    let face = find_chip_face(&chip, settings.chip_padding, detector)?;
+    let image = load_rgb(path).map_err(|e| format!("{:#}", e.root_cause()))?;
+    let face = board_face(&image, detector)?;
     let size = settings.cache_size();
     let wide = settings.geometry.widened(size as f32 / settings.input_size as f32);
-    Ok((face.clone(), wide.crop(&chip, &face, size).into_raw()))
+    Ok((face.clone(), wide.crop(&image, &face, size).into_raw()))
 }
 
-/// The face of a face chip: detected on a padded canvas, mapped back to chip coordinates.
-/// When several are found, the best-scoring one centred inside the chip wins.
-pub fn find_chip_face(
-    chip: &RgbImage,
-    padding: f32,
-    detector: &mut dyn FaceDetector,
-) -> Result<Face, String> {
-    let (w, h) = chip.dimensions();
-    let pad = (padding * w.max(h) as f32).round() as u32;
-    let mut canvas = RgbImage::from_pixel(w + 2 * pad, h + 2 * pad, Rgb([128, 128, 128]));
-    image::imageops::replace(&mut canvas, chip, pad as i64, pad as i64);
-    let faces = detector.detect(&canvas).map_err(|e| format!("detector failed: {e:#}"))?;
-    let inside = BBox::from_corners(pad as f32, pad as f32, (pad + w) as f32, (pad + h) as f32);
-    let face = faces
-        .into_iter()
-        .filter(|f| inside.contains(f.bbox.centre()))
-        .max_by(|a, b| a.score.total_cmp(&b.score))
-        .ok_or_else(|| "no face detected".to_string())?;
-    let shift = |p: Point| Point::new(p.x - pad as f32, p.y - pad as f32);
-    Ok(Face {
-        bbox: BBox { cx: face.bbox.cx - pad as f32, cy: face.bbox.cy - pad as f32, ..face.bbox },
-        landmarks: face.landmarks.map(shift),
-        score: face.score,
-    })
+/// The face of a labelled one-person image, found exactly as `faceage classify` and
+/// `faceage eval` find it (the board's framed detector, its smallest face, its pick).
+pub fn board_face(image: &RgbImage, detector: &mut dyn FaceDetector) -> Result<Face, String> {
+    let faces = find_faces(detector, image, MIN_FACE_PX).map_err(|e| format!("detector failed: {e:#}"))?;
+    primary_face(&faces).cloned().ok_or_else(|| "no face detected".to_string())
 }
 
 fn whole_crop_face(size: u32) -> Face {

@@ -642,12 +642,7 @@ impl TrainBench {
 pub fn bench_steps(net: NetConfig, batch: usize, steps: usize, device: &Device) -> Result<TrainBench> {
     let config = TrainConfig {
         data: PathBuf::new(),
-        crop: CropSettings {
-            input_size: net.input_size,
-            margin: 1.0,
-            geometry: Default::default(),
-            chip_padding: 0.0,
-        },
+        crop: CropSettings { input_size: net.input_size, margin: 1.0, geometry: Default::default() },
         net: net.clone(),
         epochs: 1,
         batch_size: batch,

@@ -35,7 +35,7 @@ for img in header['images']:
 os.makedirs(cache_dir, exist_ok=True)
 meta = json.dumps(header).encode()
 with open(os.path.join(cache_dir, pack['cache_name']), 'wb') as o:
-    o.write(b'FACEAGE-CROPS-v2')
+    o.write(b'FACEAGE-CROPS-v3')
     o.write(struct.pack('<Q', len(meta)))
     o.write(meta)
     o.write(pixels)

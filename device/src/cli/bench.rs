@@ -21,6 +21,9 @@ pub struct Args {
     /// BlazeFace detector for --source.
     #[arg(long, env = "FACEAGE_DETECTOR")]
     detector: Option<PathBuf>,
+    /// With --source: time the detector without framing (see `classify --help`).
+    #[arg(long)]
+    plain_detector: bool,
     /// Thread counts to try for tract's matrix products, e.g. `1,4` (more than 1 needs a build
     /// with `--features multithread`).
     #[arg(long, value_delimiter = ',', default_value = "1")]
@@ -85,6 +88,7 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
         model: args.models.first().cloned(),
         detector: args.detector.clone(),
         min_score: 0.5,
+        plain_detector: args.plain_detector,
     };
     let mut pipeline = models.load_pipeline()?;
     let mut frames = faceage_device::source::open(source, &Default::default())?;

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod classify;
+pub mod eval;
 #[cfg(feature = "kiosk")]
 pub mod kiosk;
 pub mod report;
@@ -11,7 +12,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Result;
 use clap::Args as ClapArgs;
-use faceage_device::{AgeGenderModel, BlazeFace, BlazeFaceVariant, Pipeline};
+use faceage_device::detect::{Framing, load_board_detector};
+use faceage_device::{AgeGenderModel, BlazeFaceVariant, Pipeline};
 
 /// Model files, shared by every subcommand that looks at faces.
 #[derive(ClapArgs, Clone, Debug, Default)]
@@ -25,6 +27,11 @@ pub struct ModelArgs {
     /// Faces scoring below this are ignored.
     #[arg(long, default_value_t = 0.5)]
     pub min_score: f32,
+    /// Detect once on the picture as given: no second look at faces that fill the picture or
+    /// touch its edge, no padded retry when none is found. The board's path before framing,
+    /// for comparison; models are trained on framed crops.
+    #[arg(long)]
+    pub plain_detector: bool,
 }
 
 impl ModelArgs {
@@ -37,8 +44,10 @@ impl ModelArgs {
     }
 
     pub fn load_pipeline(&self) -> Result<Pipeline> {
-        let mut detector = BlazeFace::load(&self.detector_path())?;
-        detector.min_score = self.min_score;
+        let mut detector = load_board_detector(&self.detector_path(), self.min_score)?;
+        if self.plain_detector {
+            detector.framing = Framing::off();
+        }
         let model = AgeGenderModel::load(&self.model_path())?;
         Ok(Pipeline::new(Box::new(detector), model))
     }

@@ -1,8 +1,12 @@
 //! Face detection: a trait so a user can bring their own detector, and the shipped BlazeFace.
 
 mod blazeface;
+mod framing;
 
 pub use blazeface::{BlazeFace, BlazeFaceVariant};
+pub use framing::{FramedDetector, Framing};
+
+use std::path::Path;
 
 use anyhow::Result;
 use image::RgbImage;
@@ -34,6 +38,14 @@ impl Face {
 /// Finds faces in a frame. Implementations own their model and any scratch buffers.
 pub trait FaceDetector: Send {
     fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>>;
+}
+
+/// The board's face detector: BlazeFace at `path`, framed so faces of every size are found
+/// and landmarked alike ([`FramedDetector`]). The trainer makes its crops with this too.
+pub fn load_board_detector(path: &Path, min_score: f32) -> Result<FramedDetector<BlazeFace>> {
+    let mut blazeface = BlazeFace::load(path)?;
+    blazeface.min_score = min_score;
+    Ok(FramedDetector::new(blazeface))
 }
 
 /// Merges overlapping candidates the way MediaPipe does ("weighted NMS"): the best candidate
