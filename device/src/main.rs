@@ -23,6 +23,8 @@ enum Command {
     Classify(cli::classify::Args),
     /// Count the people in front of a camera (or in a video), with an optional kiosk view.
     Run(Box<cli::run::Args>),
+    /// Measure the readings on labelled photos (a UTKFace folder or a CSV manifest).
+    Eval(cli::eval::Args),
     /// Summarise counts logs: a table, JSON, or a PNG chart of people per hour.
     Report(cli::report::Args),
     /// Time models (per-face latency, throughput) or the whole pipeline on this machine.
@@ -37,6 +39,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Classify(a) => cli::classify::run(a),
         Command::Run(a) => cli::run::run(*a),
+        Command::Eval(a) => cli::eval::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Bench(a) => cli::bench::run(a),
     };

@@ -1,0 +1,409 @@
+//! How well the board reads labelled photos (`faceage eval`): every image goes through the
+//! same path as `faceage classify` (decode -> framed detection -> crop -> model), the
+//! best-scoring face is the reading, and the readings are compared with the labels the way a
+//! venue owner would: age error, gender, and how far the counts per age band land from the truth.
+//!
+//! With a [`Scene`], each image is first placed on a camera-sized frame, a quarter of its
+//! height, as a face at kiosk distance: the same faces, read as a camera would show them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use image::{Rgb, RgbImage};
+use serde::Serialize;
+
+use crate::age_gender::Estimate;
+use crate::counts::{AGE_BANDS, BandCounts, add_shares, age_band_index};
+use crate::imaging::load_rgb;
+use crate::labels::{RACE_NAMES, Rejected, Sample, fnv1a};
+use crate::pipeline::Pipeline;
+
+/// A camera-like frame to place each labelled image on.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Scene {
+    pub width: u32,
+    pub height: u32,
+    /// The image's height as a share of the frame's.
+    pub face_share: f32,
+}
+
+impl Default for Scene {
+    /// A 640x480 frame with the photo a quarter of its height, as `examples/make_clip.rs` makes.
+    fn default() -> Self {
+        Self { width: 640, height: 480, face_share: 0.25 }
+    }
+}
+
+impl Scene {
+    /// `image` scaled to `face_share` of the frame height and placed at a spot that depends
+    /// only on `key` (so every run places each image alike), on a soft uneven background.
+    pub fn frame(&self, image: &RgbImage, key: u64) -> RgbImage {
+        let (w, h) = (self.width, self.height);
+        let mut frame = RgbImage::from_fn(w, h, |x, y| {
+            Rgb([(70 + x * 60 / w) as u8, (90 + y * 50 / h) as u8, (110 + (x + y) % 40) as u8])
+        });
+        let side_h = ((h as f32 * self.face_share).round() as u32).clamp(1, h);
+        let side_w = ((image.width() as f32 * side_h as f32 / image.height().max(1) as f32).round() as u32)
+            .clamp(1, w);
+        let small = image::imageops::resize(image, side_w, side_h, image::imageops::FilterType::Triangle);
+        let x = (key % u64::from(w - side_w + 1)) as i64;
+        let y = ((key >> 32) % u64::from(h - side_h + 1)) as i64;
+        image::imageops::replace(&mut frame, &small, x, y);
+        frame
+    }
+}
+
+/// What the board made of one labelled image.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Read(Estimate),
+    NoFace,
+    Unreadable(String),
+}
+
+/// Reads every sample as `classify` would, `pipelines.len()` at a time; `progress` is told
+/// how many are done. Outcomes are in the order of `samples`.
+pub fn read_samples(
+    pipelines: Vec<Pipeline>,
+    samples: &[Sample],
+    scene: Option<&Scene>,
+    progress: &(dyn Fn(usize) + Sync),
+) -> Vec<Outcome> {
+    let results: Vec<Mutex<Option<Outcome>>> = samples.iter().map(|_| Mutex::new(None)).collect();
+    let next = AtomicUsize::new(0);
+    let done = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        for mut pipeline in pipelines {
+            let (next, done, results) = (&next, &done, &results);
+            scope.spawn(move || {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(sample) = samples.get(i) else { break };
+                    let outcome = read_one(&mut pipeline, &sample.path, scene);
+                    *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(outcome);
+                    progress(done.fetch_add(1, Ordering::Relaxed) + 1);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or(Outcome::NoFace))
+        .collect()
+}
+
+/// One image: decoded, placed in the scene if asked, read; the best-scoring face wins.
+pub fn read_one(pipeline: &mut Pipeline, path: &Path, scene: Option<&Scene>) -> Outcome {
+    let image = match load_rgb(path) {
+        Ok(image) => image,
+        Err(e) => {
+            // The report names the file itself.
+            let message = format!("{e:#}");
+            let prefix = format!("{}: ", path.display());
+            return Outcome::Unreadable(message.strip_prefix(&prefix).unwrap_or(&message).to_string());
+        }
+    };
+    let frame = match scene {
+        Some(scene) => {
+            let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            scene.frame(&image, fnv1a(0x5ce7e, name.as_bytes()))
+        }
+        None => image,
+    };
+    match pipeline.analyze(&frame) {
+        Ok(readings) => readings
+            .iter()
+            .max_by(|a, b| a.face.score.total_cmp(&b.face.score))
+            .map_or(Outcome::NoFace, |r| Outcome::Read(r.estimate)),
+        Err(e) => Outcome::Unreadable(format!("{e:#}")),
+    }
+}
+
+/// Age error and gender accuracy of a group of faces.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Figures {
+    pub faces: usize,
+    /// Mean absolute age error, years.
+    pub age_mae: f64,
+    /// Share of faces whose gender is read right, percent.
+    pub gender_accuracy: f64,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Tally {
+    faces: usize,
+    abs_error: f64,
+    right: usize,
+}
+
+impl Tally {
+    fn add(&mut self, sample: &Sample, e: &Estimate) {
+        self.faces += 1;
+        self.abs_error += (e.age as f64 - sample.age as f64).abs();
+        self.right += usize::from((e.female >= 0.5) == sample.female);
+    }
+
+    fn figures(&self) -> Figures {
+        let n = self.faces.max(1) as f64;
+        Figures {
+            faces: self.faces,
+            age_mae: self.abs_error / n,
+            gender_accuracy: 100.0 * self.right as f64 / n,
+        }
+    }
+}
+
+/// A named group's figures (an age band, a gender, a race group).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Group {
+    pub name: String,
+    #[serde(flatten)]
+    pub figures: Figures,
+}
+
+/// The counts per age band a counts log would hold for these faces, against the truth.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BandCountCheck {
+    /// Faces truly in each band.
+    pub truth: [usize; 6],
+    /// Counted by the board's rule (each face's probability mass per band when the model gives
+    /// it; see `counts::BandCounts`).
+    pub counted: BandCounts,
+    /// Sum over bands of |counted - truth|, in faces, and as a share of the faces (percent).
+    pub off: f64,
+    pub off_share: f64,
+    /// Counted whole, in the band of the single age reading (the rule before band shares).
+    pub by_reading: [usize; 6],
+    pub by_reading_off: f64,
+    /// Whether the model gives band shares (else `counted` is `by_reading`).
+    pub model_gives_shares: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct EvalReport {
+    /// Labelled images looked at.
+    pub images: usize,
+    /// Of which no face was found in.
+    pub no_face: usize,
+    /// Of which could not be read (missing, undecodable), each with its reason.
+    pub unreadable: Vec<Rejected>,
+    pub overall: Figures,
+    pub by_band: Vec<Group>,
+    pub by_gender: Vec<Group>,
+    pub by_race: Vec<Group>,
+    pub counts: BandCountCheck,
+}
+
+impl EvalReport {
+    /// Figures of `outcomes` (in the order of `samples`).
+    pub fn new(samples: &[Sample], outcomes: &[Outcome]) -> EvalReport {
+        let mut overall = Tally::default();
+        let mut bands = vec![Tally::default(); AGE_BANDS.len()];
+        let mut genders = vec![Tally::default(); 2];
+        let mut races = vec![Tally::default(); RACE_NAMES.len()];
+        let (mut truth, mut counted, mut by_reading) = ([0usize; 6], [0f64; 6], [0usize; 6]);
+        let (mut no_face, mut unreadable, mut shares_given) = (0, Vec::new(), false);
+        for (sample, outcome) in samples.iter().zip(outcomes) {
+            let e = match outcome {
+                Outcome::Read(e) => e,
+                Outcome::NoFace => {
+                    no_face += 1;
+                    continue;
+                }
+                Outcome::Unreadable(reason) => {
+                    unreadable.push(Rejected { path: sample.path.clone(), reason: reason.clone() });
+                    continue;
+                }
+            };
+            overall.add(sample, e);
+            bands[age_band_index(sample.age)].add(sample, e);
+            genders[usize::from(sample.female)].add(sample, e);
+            if let Some(race) = sample.race {
+                races[race as usize].add(sample, e);
+            }
+            truth[age_band_index(sample.age)] += 1;
+            by_reading[age_band_index(e.age)] += 1;
+            shares_given |= e.age_bands.is_some();
+            add_shares(&mut counted, &e.band_shares());
+        }
+        let off = |read: &[f64; 6]| read.iter().zip(&truth).map(|(r, t)| (r - *t as f64).abs()).sum::<f64>();
+        let by_reading_f = by_reading.map(|v| v as f64);
+        let counted_off = off(&counted);
+        let named = |names: &[&str], tallies: &[Tally]| -> Vec<Group> {
+            names
+                .iter()
+                .zip(tallies)
+                .filter(|(_, t)| t.faces > 0)
+                .map(|(name, t)| Group { name: name.to_string(), figures: t.figures() })
+                .collect()
+        };
+        let band_names: Vec<&str> = AGE_BANDS.iter().map(|(name, _, _)| *name).collect();
+        EvalReport {
+            images: samples.len(),
+            no_face,
+            unreadable,
+            overall: overall.figures(),
+            by_band: named(&band_names, &bands),
+            by_gender: named(&["male", "female"], &genders),
+            by_race: named(&RACE_NAMES, &races),
+            counts: BandCountCheck {
+                truth,
+                counted: crate::counts::round_bands(&counted),
+                off: (counted_off * 100.0).round() / 100.0,
+                off_share: 100.0 * counted_off / overall.faces.max(1) as f64,
+                by_reading,
+                by_reading_off: off(&by_reading_f),
+                model_gives_shares: shares_given,
+            },
+        }
+    }
+
+    /// The report as text: headline, tables by band, gender and race, counts per band.
+    pub fn table(&self) -> String {
+        let o = &self.overall;
+        let mut out = format!(
+            "{} images: {} faces read, no face found in {} ({:.2}%), {} unreadable\n\
+             age MAE {:.2} years, gender accuracy {:.2}%\n",
+            self.images,
+            o.faces,
+            self.no_face,
+            100.0 * self.no_face as f64 / self.images.max(1) as f64,
+            self.unreadable.len(),
+            o.age_mae,
+            o.gender_accuracy
+        );
+        for (title, groups) in
+            [("age band", &self.by_band), ("gender", &self.by_gender), ("race group", &self.by_race)]
+        {
+            if groups.is_empty() {
+                continue;
+            }
+            out.push_str(&format!("\n{title:<12}{:>7}{:>9}{:>9}\n", "faces", "age MAE", "gender"));
+            for g in groups {
+                let f = &g.figures;
+                out.push_str(&format!(
+                    "{:<12}{:>7}{:>9.2}{:>8.2}%\n",
+                    g.name, f.faces, f.age_mae, f.gender_accuracy
+                ));
+            }
+        }
+        let c = &self.counts;
+        out.push_str(&format!("\n{:<12}", "counts"));
+        for (name, _, _) in AGE_BANDS {
+            out.push_str(&format!("{name:>8}"));
+        }
+        out.push_str(&format!("{:>10}\n{:<12}", "off by", "true"));
+        for t in c.truth {
+            out.push_str(&format!("{t:>8}"));
+        }
+        out.push_str(&format!("\n{:<12}", if c.model_gives_shares { "counted" } else { "counted (1)" }));
+        for v in c.counted {
+            out.push_str(&format!("{v:>8.1}"));
+        }
+        out.push_str(&format!("{:>10.1}  ({:.1}% of faces)\n", c.off, c.off_share));
+        if c.model_gives_shares {
+            out.push_str(&format!("{:<12}", "by reading"));
+            for v in c.by_reading {
+                out.push_str(&format!("{v:>8}"));
+            }
+            out.push_str(&format!("{:>10.1}\n", c.by_reading_off));
+            out.push_str("(counted: each face's age distribution summed per band, as the counts log does)\n");
+        } else {
+            out.push_str("(1) this model gives no age distribution: each face counts whole in the band of its reading\n");
+        }
+        out
+    }
+}
+
+/// Samples of `split` (by the seeded hash every faceage tool uses), or all of them.
+pub fn select(samples: Vec<Sample>, split: Option<(crate::labels::Split, u64)>) -> Vec<Sample> {
+    match split {
+        Some((split, seed)) => {
+            samples.into_iter().filter(|s| crate::labels::split_of(&s.path, seed) == split).collect()
+        }
+        None => samples,
+    }
+}
+
+/// Paths of `outcomes` with no face, for a user who wants to look at them.
+pub fn faceless(samples: &[Sample], outcomes: &[Outcome]) -> Vec<PathBuf> {
+    samples
+        .iter()
+        .zip(outcomes)
+        .filter(|(_, o)| **o == Outcome::NoFace)
+        .map(|(s, _)| s.path.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(age: f32, female: bool, race: u8) -> Sample {
+        Sample { path: format!("{age}_{}.jpg", u8::from(female)).into(), age, female, race: Some(race) }
+    }
+
+    fn read(age: f32, female: f32, bands: Option<[f32; 6]>) -> Outcome {
+        Outcome::Read(Estimate { age, female, age_std: None, age_bands: bands })
+    }
+
+    #[test]
+    fn figures_groups_and_counts_follow_the_readings() {
+        let samples = vec![
+            sample(30.0, true, 0),
+            sample(50.0, false, 1),
+            sample(70.0, false, 1),
+            sample(5.0, true, 2),
+            sample(25.0, false, 0),
+        ];
+        let outcomes = vec![
+            read(32.0, 0.9, Some([0.0, 0.0, 0.0, 1.0, 0.0, 0.0])),
+            // Read 38: the reading's band is wrong, its shares half right.
+            read(38.0, 0.2, Some([0.0, 0.0, 0.0, 0.5, 0.5, 0.0])),
+            read(64.0, 0.7, Some([0.0, 0.0, 0.0, 0.0, 0.25, 0.75])),
+            Outcome::NoFace,
+            Outcome::Unreadable("x.jpg: not a decodable image".into()),
+        ];
+        let r = EvalReport::new(&samples, &outcomes);
+        assert_eq!((r.images, r.no_face, r.unreadable.len(), r.overall.faces), (5, 1, 1, 3));
+        assert!((r.overall.age_mae - (2.0 + 12.0 + 6.0) / 3.0).abs() < 1e-9);
+        assert!((r.overall.gender_accuracy - 200.0 / 3.0).abs() < 1e-9, "the 70-year-old man read F");
+        let band = |name: &str| r.by_band.iter().find(|g| g.name == name).unwrap().figures.clone();
+        assert_eq!(band("40-59").faces, 1);
+        assert_eq!(band("40-59").age_mae, 12.0);
+        assert!(r.by_band.iter().all(|g| g.name != "3-12"), "no face read in 3-12");
+        assert_eq!(r.by_race.iter().find(|g| g.name == "Black").unwrap().figures.faces, 2);
+        assert_eq!(r.counts.truth, [0, 0, 0, 1, 1, 1]);
+        assert_eq!(r.counts.by_reading, [0, 0, 0, 2, 0, 1]);
+        assert_eq!(r.counts.by_reading_off, 2.0);
+        assert_eq!(r.counts.counted, [0.0, 0.0, 0.0, 1.5, 0.75, 0.75]);
+        assert_eq!(r.counts.off, 1.0);
+        assert!(r.counts.model_gives_shares);
+        let table = r.table();
+        assert!(table.contains("age MAE 6.67 years") && table.contains("no face found in 1"), "{table}");
+    }
+
+    #[test]
+    fn without_shares_faces_count_whole_in_their_reading_band() {
+        let r = EvalReport::new(&[sample(30.0, true, 0)], &[read(45.0, 0.9, None)]);
+        assert_eq!(r.counts.counted, [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]);
+        assert_eq!(r.counts.off, 2.0);
+        assert!(!r.counts.model_gives_shares);
+        assert!(r.table().contains("(1) this model gives no age distribution"));
+    }
+
+    #[test]
+    fn a_scene_places_the_photo_at_a_quarter_of_the_height_where_its_key_says() {
+        let photo = RgbImage::from_pixel(200, 200, Rgb([255, 0, 0]));
+        let scene = Scene::default();
+        let frame = scene.frame(&photo, 12345);
+        assert_eq!(frame.dimensions(), (640, 480));
+        let red: Vec<(u32, u32)> =
+            frame.enumerate_pixels().filter(|(_, _, p)| p.0 == [255, 0, 0]).map(|(x, y, _)| (x, y)).collect();
+        assert_eq!(red.len(), 120 * 120);
+        assert_eq!(frame, scene.frame(&photo, 12345), "the same key places it alike");
+        assert_ne!(frame, scene.frame(&photo, 99), "another key elsewhere");
+    }
+}

@@ -1,0 +1,143 @@
+//! `faceage eval`: labelled photos read through `classify`'s path, figures and counts per band,
+//! bad rows named and skipped; and the framing that lets a face filling the picture be read
+//! like a face in a room.
+
+use std::path::{Path, PathBuf};
+
+use faceage_device::labels::{Split, split_of};
+use faceage_e2e::*;
+use serde_json::Value;
+
+/// The shipped reference model: real readings, so the figures mean something.
+fn shipped_model() -> PathBuf {
+    root().join("models/faceage-f32.onnx")
+}
+
+/// `n` UTKFace images of the test split of seed 1, spread over the set.
+fn test_split_faces(n: usize) -> Vec<PathBuf> {
+    let all: Vec<PathBuf> = utkface_images().into_iter().filter(|p| split_of(p, 1) == Split::Test).collect();
+    let step = (all.len() / n).max(1);
+    all.into_iter().step_by(step).take(n).collect()
+}
+
+fn label(path: &Path) -> (f32, &'static str) {
+    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+    let mut parts = name.split('_');
+    let age: f32 = parts.next().unwrap().parse().unwrap();
+    let gender = if parts.next().unwrap() == "1" { "F" } else { "M" };
+    (age, gender)
+}
+
+fn manifest(dir: &Path, faces: &[PathBuf], extra_rows: &str) -> PathBuf {
+    let mut text = String::from("path,age,gender\n");
+    for f in faces {
+        let (age, gender) = label(f);
+        text.push_str(&format!("{},{age},{gender}\n", f.display()));
+    }
+    text.push_str(extra_rows);
+    let path = dir.join("faces.csv");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn eval_json(args: &[&str]) -> Value {
+    let out = ok(&run_device(&[&["eval", "--json"], args].concat(), &shipped_model())).clone();
+    serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("not JSON ({e}): {}", stdout(&out)))
+}
+
+#[test]
+fn eval_reads_a_manifest_names_bad_rows_and_counts_per_band() {
+    let work = tempfile::tempdir().unwrap();
+    let faces = test_split_faces(30);
+    let corrupt = work.path().join("corrupt.jpg");
+    std::fs::write(&corrupt, "not a jpeg").unwrap();
+    let rows = format!(
+        "{},30,F\n{},40,M\n{},old,F\n",
+        work.path().join("missing.jpg").display(),
+        corrupt.display(),
+        faces[0].display()
+    );
+    let csv = manifest(work.path(), &faces, &rows);
+
+    let out = run_device(&["eval", csv.to_str().unwrap()], &shipped_model());
+    let (text, err) = (stdout(&out), stderr(&out));
+    assert!(out.status.success(), "{text}\n{err}");
+    assert!(err.contains("missing.jpg") && err.contains("cannot open"), "{err}");
+    assert!(err.contains("corrupt.jpg") && err.contains("not a decodable image"), "{err}");
+    assert!(err.contains("age \"old\" is not a number"), "{err}");
+    assert!(text.contains("32 images") && text.contains("2 unreadable"), "{text}");
+    assert!(text.contains("1 entries skipped for unusable labels"), "{text}");
+    assert!(text.contains("age MAE") && text.contains("20-39") && text.contains("off by"), "{text}");
+
+    let json = eval_json(&[csv.to_str().unwrap()]);
+    let report = &json["report"];
+    assert_eq!(report["images"], 32);
+    assert_eq!(report["unreadable"].as_array().unwrap().len(), 2);
+    assert_eq!(json["labels_rejected"], 1);
+    let read = report["overall"]["faces"].as_u64().unwrap();
+    assert_eq!(read + report["no_face"].as_u64().unwrap(), 30);
+    assert!(read >= 29, "a face filling the picture is found: {read} of 30");
+    // Real readings of the shipped model on faces it never trained on.
+    let mae = report["overall"]["age_mae"].as_f64().unwrap();
+    let gender = report["overall"]["gender_accuracy"].as_f64().unwrap();
+    assert!(mae < 9.0 && gender > 75.0, "MAE {mae}, gender {gender}%");
+    let counts = &report["counts"];
+    let truth: u64 = counts["truth"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    let counted: f64 = counts["counted"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+    assert_eq!(truth, read);
+    assert!((counted - read as f64).abs() < 0.1, "every face counts once in all: {counted} of {read}");
+}
+
+#[test]
+fn eval_takes_the_models_split_and_reads_the_same_faces_in_a_scene() {
+    let work = tempfile::tempdir().unwrap();
+    let faces = test_split_faces(40);
+    let csv = manifest(work.path(), &faces, "");
+    let tight = eval_json(&[csv.to_str().unwrap(), "--split", "test"]);
+    assert_eq!(tight["split"]["seed"], 1, "the seed the model file records");
+    assert_eq!(tight["report"]["images"], 40, "all of them are test faces");
+    let scene = eval_json(&[csv.to_str().unwrap(), "--split", "test", "--scene"]);
+    let figure = |v: &Value, k: &str| v["report"]["overall"][k].as_f64().unwrap();
+    assert!(scene["report"]["no_face"].as_u64().unwrap() <= 1, "{scene}");
+    let (mae_t, mae_s) = (figure(&tight, "age_mae"), figure(&scene, "age_mae"));
+    assert!((mae_t - mae_s).abs() < 2.0, "a face at kiosk distance reads like the photo: {mae_t} vs {mae_s}");
+
+    // None of these is a training face, so the train split is empty: said, not a zero report.
+    let out = run_device(&["eval", csv.to_str().unwrap(), "--split", "train"], &shipped_model());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no labelled images to read in this split"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_face_filling_the_picture_is_framed_like_the_same_face_with_room_around_it() {
+    use faceage_device::FaceDetector;
+    use faceage_device::detect::load_board_detector;
+    use image::{Rgb, RgbImage};
+
+    let mut board = load_board_detector(&detector(), 0.5).unwrap();
+    let faces = spread_faces(40, 17);
+    let (mut found, mut worst) = (0, 0f32);
+    for path in &faces {
+        let chip = image::open(path).unwrap().to_rgb8();
+        // The same chip with room around it: where BlazeFace landmarks faces well.
+        let pad = chip.width() / 2;
+        let mut roomy =
+            RgbImage::from_pixel(chip.width() + 2 * pad, chip.height() + 2 * pad, Rgb([128, 128, 128]));
+        image::imageops::replace(&mut roomy, &chip, pad as i64, pad as i64);
+        let (Some(tight), Some(with_room)) =
+            (board.detect(&chip).unwrap().first().cloned(), board.detect(&roomy).unwrap().first().cloned())
+        else {
+            continue;
+        };
+        found += 1;
+        let side = with_room.bbox.w;
+        for k in 0..2 {
+            let a = tight.landmarks[k];
+            let b = with_room.landmarks[k];
+            let gap = ((a.x + pad as f32 - b.x).powi(2) + (a.y + pad as f32 - b.y).powi(2)).sqrt() / side;
+            worst = worst.max(gap);
+        }
+    }
+    assert!(found >= 39, "faces found on {found} of 40 tight chips");
+    assert!(worst < 0.08, "eyes of a tight chip land within {worst:.3} face sides of the padded chip's");
+}
