@@ -44,17 +44,20 @@ fn a_scripted_clip_gives_exactly_its_number_of_people() {
     assert_eq!(people.len(), 3, "three people walk through: {}", stdout(&out));
     for p in &people {
         assert!(p["age"].as_f64().unwrap() >= 0.0 && p["band"].is_string() && p["gender"].is_string(), "{p}");
+        let shares: f64 = p["band_shares"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
+        assert!((shares - 1.0).abs() < 0.01, "a person's shares over the bands sum to one: {p}");
     }
     let lines = log_lines(&log);
     assert_eq!(lines.len(), 1, "the partial interval is written at the end of the clip");
     assert_eq!(lines[0]["people"], 3);
     assert_eq!(lines[0]["frames"], 64);
-    let by_band: u64 = ["female", "male"]
+    let by_band: f64 = ["female", "male"]
         .iter()
         .flat_map(|g| lines[0][g].as_array().unwrap().iter())
-        .map(|v| v.as_u64().unwrap())
+        .map(|v| v.as_f64().unwrap())
         .sum();
-    assert_eq!(by_band, 3, "every person is in one gender and age band");
+    // Each person's age shares sum to 1 (stored to the hundredth, 12 cells).
+    assert!((by_band - 3.0).abs() < 0.07, "every person counts once over the bands: {by_band}");
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("landmarks") && !text.contains("jpeg"), "aggregates only");
 
@@ -282,15 +285,31 @@ fn sources_that_cannot_be_read_are_clear_errors() {
 fn report_summarises_logs_as_table_json_and_chart() {
     let work = tempfile::tempdir().unwrap();
     let log = work.path().join("counts.jsonl");
-    let mk = |start: &str, f: [u32; 6], m: [u32; 6]| {
-        serde_json::json!({"start": start, "end": start, "people": f.iter().chain(&m).sum::<u32>(), "female": f, "male": m, "frames": 10, "dropped": 0}).to_string()
+    let mk = |start: &str, people: u32, f: Value, m: Value| {
+        serde_json::json!({"start": start, "end": start, "people": people, "female": f, "male": m, "frames": 10, "dropped": 0}).to_string()
     };
     std::fs::write(
         &log,
         [
-            mk("2026-11-29T09:00:00+00:00", [0, 0, 0, 2, 0, 0], [0, 0, 0, 1, 0, 0]),
-            mk("2026-11-29T09:30:00+00:00", [0, 1, 0, 0, 0, 0], [0; 6]),
-            mk("2026-11-29T14:00:00+00:00", [0; 6], [0, 0, 0, 0, 0, 4]),
+            // A line from before band shares: whole numbers.
+            mk(
+                "2026-11-29T09:00:00+00:00",
+                3,
+                serde_json::json!([0, 0, 0, 2, 0, 0]),
+                serde_json::json!([0, 0, 0, 1, 0, 0]),
+            ),
+            mk(
+                "2026-11-29T09:30:00+00:00",
+                1,
+                serde_json::json!([0.0, 0.7, 0.3, 0.0, 0.0, 0.0]),
+                serde_json::json!([0.0; 6]),
+            ),
+            mk(
+                "2026-11-29T14:00:00+00:00",
+                4,
+                serde_json::json!([0.0; 6]),
+                serde_json::json!([0.0, 0.0, 0.0, 0.0, 0.5, 3.5]),
+            ),
         ]
         .join("\n")
             + "\n",
@@ -304,7 +323,8 @@ fn report_summarises_logs_as_table_json_and_chart() {
     ok(&json);
     let v: Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(v["people"], 5);
-    assert_eq!(v["male"][5], 4);
+    assert_eq!(v["male"][5], 3.5);
+    assert_eq!(v["female"][2], 0.3);
     let png = work.path().join("hours.png");
     ok(&report(&["--plot", png.to_str().unwrap()]));
     let chart = image::open(&png).unwrap();

@@ -20,7 +20,13 @@ pub struct Estimate {
     pub female: f32,
     /// One standard deviation of the age estimate, years, when the model gives one.
     pub age_std: Option<f32>,
+    /// Probability mass in each of [`crate::counts::AGE_BANDS`], when the model gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_bands: Option<BandShares>,
 }
+
+/// A share per age band of [`crate::counts::AGE_BANDS`], summing to 1.
+pub type BandShares = [f32; 6];
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gender {
@@ -48,14 +54,22 @@ impl Estimate {
     pub fn gender_confidence(&self) -> f32 {
         self.female.max(1.0 - self.female)
     }
+
+    /// How this face counts in each age band: the model's probability mass per band when it
+    /// gives one (summed over faces, this counts each band without the pull toward the
+    /// crowded twenties and thirties that the single reading has), else all in the band of
+    /// the reading.
+    pub fn band_shares(&self) -> BandShares {
+        self.age_bands.unwrap_or_else(|| crate::counts::one_band(self.age))
+    }
 }
 
 pub struct AgeGenderModel {
     plan: Arc<TypedRunnableModel>,
     contract: ModelContract,
     label: String,
-    /// Positions of the age, female and optional spread outputs among the plan's outputs.
-    outputs: (usize, usize, Option<usize>),
+    /// Positions of the outputs among the plan's.
+    outputs: OutputPositions,
     file_size: u64,
 }
 
@@ -133,23 +147,29 @@ impl AgeGenderModel {
             .plan
             .run(tvec!(input.into()))
             .with_context(|| format!("{}: inference failed", self.label))?;
-        let column = |i: usize| -> Result<Vec<f32>> {
+        let values = |i: usize, per_face: usize| -> Result<Vec<f32>> {
             let t = outputs.get(i).context("missing output")?;
             let values: Vec<f32> = t.to_plain_array_view::<f32>()?.iter().copied().collect();
             ensure!(
-                values.len() == n,
+                values.len() == n * per_face,
                 "{}: output {i} has {} values for {n} faces",
                 self.label,
                 values.len()
             );
             Ok(values)
         };
-        let (age_at, female_at, std_at) = self.outputs;
-        let ages = column(age_at)?;
-        let female = column(female_at)?;
-        let spread = std_at.map(column).transpose()?;
+        let at = &self.outputs;
+        let ages = values(at.age, 1)?;
+        let female = values(at.female, 1)?;
+        let spread = at.age_std.map(|i| values(i, 1)).transpose()?;
+        let bands = at.age_bands.map(|i| values(i, 6)).transpose()?;
         Ok((0..n)
-            .map(|i| Estimate { age: ages[i], female: female[i], age_std: spread.as_ref().map(|s| s[i]) })
+            .map(|i| Estimate {
+                age: ages[i],
+                female: female[i],
+                age_std: spread.as_ref().map(|s| s[i]),
+                age_bands: bands.as_ref().map(|b| std::array::from_fn(|k| b[i * 6 + k])),
+            })
             .collect())
     }
 }
@@ -178,11 +198,15 @@ pub fn input_tensor(crops: &[RgbImage], contract: &ModelContract) -> Result<Tens
     Tensor::from_shape(&[crops.len(), 3, s, s], &data)
 }
 
-fn output_positions(
-    proto: &ModelProto,
-    contract: &ModelContract,
-    label: &str,
-) -> Result<(usize, usize, Option<usize>)> {
+/// Where each named output of the contract is among the graph's outputs.
+struct OutputPositions {
+    age: usize,
+    female: usize,
+    age_std: Option<usize>,
+    age_bands: Option<usize>,
+}
+
+fn output_positions(proto: &ModelProto, contract: &ModelContract, label: &str) -> Result<OutputPositions> {
     let graph = proto.graph.as_ref().context("no graph")?;
     let names: Vec<&str> = graph.output.iter().map(|o| o.name.as_str()).collect();
     let find = |name: &str| {
@@ -191,11 +215,12 @@ fn output_positions(
             .position(|n| *n == name)
             .with_context(|| format!("{label}: the contract names output {name:?}, the graph has {names:?}"))
     };
-    Ok((
-        find(&contract.output_age)?,
-        find(&contract.output_female)?,
-        contract.output_age_std.as_deref().map(find).transpose()?,
-    ))
+    Ok(OutputPositions {
+        age: find(&contract.output_age)?,
+        female: find(&contract.output_female)?,
+        age_std: contract.output_age_std.as_deref().map(find).transpose()?,
+        age_bands: contract.output_age_bands.as_deref().map(find).transpose()?,
+    })
 }
 
 fn check_input(proto: &ModelProto, contract: &ModelContract, label: &str) -> Result<()> {

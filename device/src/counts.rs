@@ -35,8 +35,34 @@ pub fn age_band(age: f32) -> &'static str {
     AGE_BANDS[age_band_index(age)].0
 }
 
-/// People per age band, in [`AGE_BANDS`] order.
-pub type BandCounts = [u32; 6];
+/// Adds one person's band shares to `counts`.
+pub fn add_shares(counts: &mut BandCounts, shares: &[f32; 6]) {
+    let total: f32 = shares.iter().sum();
+    for (c, s) in counts.iter_mut().zip(shares) {
+        // Renormalised: a distribution's float sum is 1 only to within rounding.
+        *c += (*s / total.max(f32::EPSILON)) as f64;
+    }
+}
+
+/// All of a face's share in the band of `age`.
+pub fn one_band(age: f32) -> [f32; 6] {
+    let mut shares = [0.0; 6];
+    shares[age_band_index(age)] = 1.0;
+    shares
+}
+
+/// People per age band, in [`AGE_BANDS`] order. Each person adds their probability mass in
+/// each band (the model's age distribution, fused over the frames of their track), so a band
+/// holds the expected number of its people and counts need not be whole: the sum over bands
+/// is the number of people. (Counting each person whole in the band of their single reading
+/// pulls the counts toward the crowded twenties and thirties: model card.) Logs written
+/// before hold whole numbers and read the same.
+pub type BandCounts = [f64; 6];
+
+/// Rounds every band to hundredths, as the log stores them.
+pub fn round_bands(bands: &BandCounts) -> BandCounts {
+    bands.map(|v| (v * 100.0).round() / 100.0)
+}
 
 /// One interval of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -64,7 +90,7 @@ impl IntervalRecord {
 
     pub fn csv_line(&self) -> String {
         let mut cols = vec![self.start.clone(), self.end.clone(), self.people.to_string()];
-        cols.extend(self.female.iter().chain(&self.male).map(u32::to_string));
+        cols.extend(self.female.iter().chain(&self.male).map(f64::to_string));
         cols.extend([self.frames.to_string(), self.dropped.to_string()]);
         cols.join(",")
     }
@@ -78,9 +104,10 @@ impl IntervalRecord {
             f[i].parse().with_context(|| format!("column {} is not a number", i + 1))
         };
         let bands = |from: usize| -> Result<BandCounts> {
-            let mut b = [0u32; 6];
+            let mut b = [0f64; 6];
             for (k, v) in b.iter_mut().enumerate() {
-                *v = n(from + k)? as u32;
+                let i = from + k;
+                *v = f[i].parse().with_context(|| format!("column {} is not a number", i + 1))?;
             }
             Ok(b)
         };
@@ -113,15 +140,18 @@ pub struct IntervalCounter {
 
 impl IntervalCounter {
     pub fn new(start: Zoned) -> Self {
-        Self { start, female: [0; 6], male: [0; 6], people: 0, frames: 0, dropped: 0 }
+        Self { start, female: [0.0; 6], male: [0.0; 6], people: 0, frames: 0, dropped: 0 }
     }
 
-    pub fn add_person(&mut self, gender: Gender, age: f32) {
-        let band = age_band_index(age);
-        match gender {
-            Gender::Female => self.female[band] += 1,
-            Gender::Male => self.male[band] += 1,
-        }
+    /// One person, their share in each age band (summing to 1; see [`BandCounts`]).
+    pub fn add_person(&mut self, gender: Gender, bands: &[f32; 6]) {
+        add_shares(
+            match gender {
+                Gender::Female => &mut self.female,
+                Gender::Male => &mut self.male,
+            },
+            bands,
+        );
         self.people += 1;
     }
 
@@ -131,8 +161,8 @@ impl IntervalCounter {
             start: format_time(&self.start),
             end: format_time(&end),
             people: self.people,
-            female: self.female,
-            male: self.male,
+            female: round_bands(&self.female),
+            male: round_bands(&self.male),
             frames: self.frames,
             dropped: self.dropped,
         };
@@ -407,11 +437,14 @@ mod tests {
         let t: Zoned = "2026-11-29T10:00:42+01:00[Europe/Paris]".parse().unwrap();
         assert_eq!(format_time(&next_boundary(&t, 60)), "2026-11-29T10:01:00+01:00");
         let mut c = IntervalCounter::new(t.clone());
-        c.add_person(Gender::Female, 27.0);
-        c.add_person(Gender::Male, 70.0);
+        c.add_person(Gender::Female, &one_band(27.0));
+        c.add_person(Gender::Male, &one_band(70.0));
+        c.add_person(Gender::Male, &[0.0, 0.0, 0.0, 0.0, 1.0 / 3.0, 2.0 / 3.0]);
         c.frames = 10;
         let r = c.roll(next_boundary(&t, 60));
-        assert_eq!((r.people, r.female[3], r.male[5], r.frames), (2, 1, 1, 10));
+        assert_eq!((r.people, r.female[3], r.male[5], r.frames), (3, 1.0, 1.67, 10));
+        assert_eq!(r.male[4], 0.33, "shares are stored to the hundredth");
+        assert_eq!(IntervalRecord::from_csv_line(&r.csv_line()).unwrap(), r);
         assert_eq!(c.people, 0);
         assert_eq!(format_time(&c.start), "2026-11-29T10:01:00+01:00");
     }

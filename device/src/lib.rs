@@ -16,10 +16,12 @@ pub mod chart;
 pub mod counts;
 pub mod detect;
 pub mod draw;
+pub mod eval;
 pub mod geometry;
 pub mod imaging;
 #[cfg(feature = "kiosk")]
 pub mod kiosk;
+pub mod labels;
 pub mod live;
 pub mod model_file;
 pub mod onnx;

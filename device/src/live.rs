@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use jiff::ZonedDateTime as Zoned;
 use serde::Serialize;
 
-use crate::counts::{BandCounts, CountsLog, IntervalCounter, IntervalRecord, age_band_index, next_boundary};
+use crate::counts::{BandCounts, CountsLog, IntervalCounter, IntervalRecord, add_shares, next_boundary};
 use crate::pipeline::{FaceReading, Pipeline, StageTimes};
 use crate::source::Frame;
 use crate::track::{TrackView, Tracker, TrackerConfig};
@@ -107,14 +107,17 @@ impl Live {
         }
         for person in &update.confirmed {
             let r = &person.reading;
-            self.counter.add_person(r.gender, r.age);
+            // The kiosk's day and the log's interval count by one rule (counts::BandCounts).
+            self.counter.add_person(r.gender, &r.bands);
             self.people_total += 1;
             self.today.people += 1;
-            let band = age_band_index(r.age);
-            match r.gender {
-                crate::age_gender::Gender::Female => self.today.female[band] += 1,
-                crate::age_gender::Gender::Male => self.today.male[band] += 1,
-            }
+            add_shares(
+                match r.gender {
+                    crate::age_gender::Gender::Female => &mut self.today.female,
+                    crate::age_gender::Gender::Male => &mut self.today.male,
+                },
+                &r.bands,
+            );
             if let Some(dir) = &self.options.save_crops {
                 self.save_crop(dir, frame, person, &readings)?;
             }

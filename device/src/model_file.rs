@@ -70,12 +70,18 @@ pub struct ModelContract {
     pub output_female: String,
     /// Optional output with the age spread (one standard deviation, years), shape `[N]`.
     pub output_age_std: Option<String>,
+    /// Optional output with each face's probability mass in each of the board's age bands
+    /// ([`crate::counts::AGE_BANDS`]), shape `[N, 6]`: counts per band are summed from it.
+    pub output_age_bands: Option<String>,
     pub quant_format: QuantFormat,
     /// How the quantization was calibrated, in words.
     pub quant_details: String,
     pub train_data: String,
     pub train_license: String,
     pub train_command: String,
+    /// The seed of the train/validation/test split the model was trained on (`labels::split_of`),
+    /// so tools can measure it on its own held-out faces.
+    pub split_seed: Option<u64>,
     /// Validation and test metrics measured at export, e.g. `{"test.age_mae": 4.9}`.
     pub metrics: BTreeMap<String, f64>,
 }
@@ -109,6 +115,13 @@ impl ModelContract {
         ];
         if let Some(std) = &self.output_age_std {
             props.push(("faceage.output.age_std", std.clone()));
+        }
+        if let Some(seed) = self.split_seed {
+            props.push(("faceage.train.split_seed", seed.to_string()));
+        }
+        if let Some(bands) = &self.output_age_bands {
+            props.push(("faceage.output.age_bands", bands.clone()));
+            props.push(("faceage.output.age_bands.from", band_starts()));
         }
         props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -180,6 +193,17 @@ impl ModelContract {
             None => BTreeMap::new(),
         };
         let text = |key: &str| props.get(key).cloned().unwrap_or_default();
+        let output_age_bands = props.get("faceage.output.age_bands").cloned();
+        if output_age_bands.is_some() {
+            let from = get("faceage.output.age_bands.from")?;
+            if from != band_starts() {
+                bail!(
+                    "{label}: the model's age bands start at {from:?}, this faceage counts bands \
+                     starting at {:?}; re-export the model with this faceage",
+                    band_starts()
+                );
+            }
+        }
         Ok(ModelContract {
             name: text("faceage.name"),
             input_name: get("faceage.input.name")?.to_string(),
@@ -191,6 +215,7 @@ impl ModelContract {
             output_age: get("faceage.output.age")?.to_string(),
             output_female: get("faceage.output.female")?.to_string(),
             output_age_std: props.get("faceage.output.age_std").cloned(),
+            output_age_bands,
             quant_format: get("faceage.quant.format")?
                 .parse()
                 .with_context(|| format!("{label}: metadata faceage.quant.format"))?,
@@ -198,9 +223,25 @@ impl ModelContract {
             train_data: text("faceage.train.data"),
             train_license: text("faceage.train.license"),
             train_command: text("faceage.train.command"),
+            split_seed: match props.get("faceage.train.split_seed") {
+                Some(v) => Some(v.trim().parse().with_context(|| {
+                    format!("{label}: metadata faceage.train.split_seed={v:?} is not a number")
+                })?),
+                // Files before the key say it in words: "... (A train / B val / C test faces, split seed S)".
+                None => props
+                    .get("faceage.train.data")
+                    .and_then(|d| d.rsplit_once("split seed "))
+                    .and_then(|(_, rest)| rest.strip_suffix(')'))
+                    .and_then(|seed| seed.parse().ok()),
+            },
             metrics,
         })
     }
+}
+
+/// The first age of each of the board's bands, as written in a model file: "0,3,13,20,40,60".
+pub fn band_starts() -> String {
+    crate::counts::AGE_BANDS.iter().map(|(_, from, _)| from.to_string()).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]
@@ -219,11 +260,13 @@ pub(crate) mod tests {
             output_age: "age".into(),
             output_female: "female".into(),
             output_age_std: Some("age_std".into()),
+            output_age_bands: Some("age_bands".into()),
             quant_format: QuantFormat::None,
             quant_details: String::new(),
             train_data: "UTKFace".into(),
             train_license: "non-commercial research only".into(),
             train_command: "faceage-host train".into(),
+            split_seed: Some(7),
             metrics: BTreeMap::from([("test.age_mae".to_string(), 4.5)]),
         }
     }
@@ -236,6 +279,19 @@ pub(crate) mod tests {
     fn contract_round_trips_through_metadata() {
         let c = example();
         assert_eq!(ModelContract::from_metadata(&props(&c), "m.onnx").unwrap(), c);
+    }
+
+    #[test]
+    fn files_before_the_split_seed_key_give_it_in_words() {
+        let mut p = props(&example());
+        p.remove("faceage.train.split_seed");
+        p.insert(
+            "faceage.train.data".into(),
+            "UTKFace (16945 train / 2157 val / 2221 test faces, split seed 3)".into(),
+        );
+        assert_eq!(ModelContract::from_metadata(&p, "m.onnx").unwrap().split_seed, Some(3));
+        p.insert("faceage.train.data".into(), "somewhere".into());
+        assert_eq!(ModelContract::from_metadata(&p, "m.onnx").unwrap().split_seed, None);
     }
 
     #[test]
@@ -257,6 +313,11 @@ pub(crate) mod tests {
         p.insert("faceage.input.std".into(), "1,2".into());
         let err = format!("{:#}", ModelContract::from_metadata(&p, "m.onnx").unwrap_err());
         assert!(err.contains("faceage.input.std"), "{err}");
+
+        let mut p = props(&example());
+        p.insert("faceage.output.age_bands.from".into(), "0,5,18,65".into());
+        let err = ModelContract::from_metadata(&p, "m.onnx").unwrap_err().to_string();
+        assert!(err.contains("age bands"), "{err}");
 
         let mut p = props(&example());
         p.insert("faceage.crop.method".into(), "dlib-68".into());

@@ -72,7 +72,7 @@ pub fn summarize(records: &[IntervalRecord], from: Option<Timestamp>, to: Option
         // The hour as the log wrote it (local time of the board): "2026-11-29T10".
         let hour =
             format!("{} {}:00", &r.start[..10.min(r.start.len())], r.start.get(11..13).unwrap_or("00"));
-        let entry = s.per_hour.entry(hour).or_insert(([0; 6], [0; 6]));
+        let entry = s.per_hour.entry(hour).or_insert(([0.0; 6], [0.0; 6]));
         for b in 0..6 {
             s.female[b] += r.female[b];
             s.male[b] += r.male[b];
@@ -99,15 +99,20 @@ impl Summary {
         for (name, counts) in [("female", &self.female), ("male", &self.male)] {
             out.push_str(&format!("{name:<8}"));
             for c in counts {
-                out.push_str(&format!("{c:>7}"));
+                out.push_str(&format!("{:>7}", count_text(*c)));
             }
-            out.push_str(&format!("{:>8}\n", counts.iter().sum::<u32>()));
+            out.push_str(&format!("{:>8}\n", count_text(counts.iter().sum())));
         }
         if !self.per_hour.is_empty() {
             out.push_str(&format!("\n{:<16}{:>8}{:>8}{:>8}\n", "hour", "female", "male", "people"));
             for (hour, (f, m)) in &self.per_hour {
-                let (f, m) = (f.iter().sum::<u32>(), m.iter().sum::<u32>());
-                out.push_str(&format!("{hour:<16}{f:>8}{m:>8}{:>8}\n", f + m));
+                let (f, m) = (f.iter().sum::<f64>(), m.iter().sum::<f64>());
+                out.push_str(&format!(
+                    "{hour:<16}{:>8}{:>8}{:>8}\n",
+                    count_text(f),
+                    count_text(m),
+                    count_text(f + m)
+                ));
             }
         }
         out
@@ -132,11 +137,7 @@ impl Summary {
                 series.push(Series {
                     name: format!("{g} {band}"),
                     color: shade(female, b),
-                    values: self
-                        .per_hour
-                        .values()
-                        .map(|(f, m)| (if female { f[b] } else { m[b] }) as f64)
-                        .collect(),
+                    values: self.per_hour.values().map(|(f, m)| if female { f[b] } else { m[b] }).collect(),
                 });
             }
         }
@@ -152,6 +153,13 @@ impl Summary {
         let legend_rows = ((series.len() as u32 * 58) / width.saturating_sub(60)).max(1);
         stacked_bars(&title, "hour", &hours, &series, width, 360 + 12 * legend_rows)
     }
+}
+
+/// A count as printed: whole numbers as they are, expected counts (see
+/// [`crate::counts::BandCounts`]) to one decimal.
+fn count_text(v: f64) -> String {
+    let rounded = (v * 10.0).round() / 10.0;
+    if rounded.fract() == 0.0 { format!("{rounded:.0}") } else { format!("{rounded:.1}") }
 }
 
 #[cfg(test)]
@@ -174,8 +182,13 @@ mod tests {
     fn logs_are_read_summed_by_range_and_hour_and_torn_lines_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let jsonl = dir.path().join("a.jsonl");
-        let r1 = line("2026-11-29T10:05:00+01:00", 2, [0, 0, 0, 1, 0, 0], [0, 0, 0, 0, 1, 0]);
-        let r2 = line("2026-11-29T11:10:00+01:00", 1, [0, 0, 0, 0, 0, 1], [0; 6]);
+        let r1 = line(
+            "2026-11-29T10:05:00+01:00",
+            2,
+            [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
+            [0.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+        );
+        let r2 = line("2026-11-29T11:10:00+01:00", 1, [0.0, 0.0, 0.0, 0.0, 0.25, 0.75], [0.0; 6]);
         std::fs::write(
             &jsonl,
             format!(
@@ -186,7 +199,7 @@ mod tests {
         )
         .unwrap();
         let csv = dir.path().join("b.csv");
-        let r3 = line("2026-11-29T11:20:00+01:00", 1, [0; 6], [1, 0, 0, 0, 0, 0]);
+        let r3 = line("2026-11-29T11:20:00+01:00", 1, [0.0; 6], [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]);
         std::fs::write(&csv, format!("{}\n{}\n", IntervalRecord::csv_header(), r3.csv_line())).unwrap();
 
         let (records, warnings) = read_logs(&[jsonl.clone(), csv]).unwrap();
@@ -196,9 +209,9 @@ mod tests {
 
         let all = summarize(&records, None, None);
         assert_eq!((all.people, all.intervals, all.frames, all.dropped), (4, 3, 300, 3));
-        assert_eq!(all.female, [0, 0, 0, 1, 0, 1]);
+        assert_eq!(all.female, [0.0, 0.0, 0.0, 1.0, 0.25, 0.75]);
         assert_eq!(all.per_hour.len(), 2);
-        assert_eq!(all.per_hour["2026-11-29 11:00"].1[0], 1);
+        assert_eq!(all.per_hour["2026-11-29 11:00"].1[0], 1.0);
         let table = all.table();
         assert!(table.contains("4 people in 3 intervals"), "{table}");
 

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::age_gender::{Estimate, Gender};
+use crate::age_gender::{BandShares, Estimate, Gender};
 use crate::geometry::BBox;
 use crate::pipeline::FaceReading;
 
@@ -34,6 +34,9 @@ pub struct FusedReading {
     /// Probability of female from the weighted mean of per-frame logits.
     pub female: f32,
     pub gender: Gender,
+    /// Share of each age band (counts::AGE_BANDS): the per-frame shares' weighted mean, which
+    /// is what the person adds to the counts.
+    pub bands: BandShares,
     /// Frames fused.
     pub frames: u32,
 }
@@ -46,6 +49,7 @@ struct Fusion {
     /// Sum of w * (age^2 + std^2): the second moment of the mixture of per-frame estimates.
     age_second: f64,
     logit: f64,
+    bands: [f64; 6],
     frames: u32,
 }
 
@@ -64,6 +68,9 @@ impl Fusion {
         self.age += weight * age;
         self.age_second += weight * (age * age + std * std);
         self.logit += weight * (p / (1.0 - p)).ln();
+        for (sum, share) in self.bands.iter_mut().zip(e.band_shares()) {
+            *sum += weight * share as f64;
+        }
         self.frames += 1;
     }
 
@@ -77,6 +84,7 @@ impl Fusion {
             age_spread: spread as f32,
             female: female as f32,
             gender: if female >= 0.5 { Gender::Female } else { Gender::Male },
+            bands: self.bands.map(|b| (b / w) as f32),
             frames: self.frames,
         }
     }
@@ -244,7 +252,7 @@ mod tests {
                 landmarks: [Point::default(); 6],
                 score: 0.9,
             },
-            estimate: Estimate { age, female, age_std: Some(3.0) },
+            estimate: Estimate { age, female, age_std: Some(3.0), age_bands: None },
         }
     }
 
@@ -305,5 +313,19 @@ mod tests {
         };
         let fused_ages: Vec<f32> = fused[3..].iter().map(|r| r.age).collect();
         assert!(spread(&fused_ages) < spread(&noisy[3..]) / 3.0);
+        // Readings of 24-36 with no distribution: all of each frame in 20-39.
+        assert_eq!(last.bands, [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn band_shares_are_fused_as_a_weighted_mean() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        for bands in [[0.0, 0.0, 0.0, 0.6, 0.4, 0.0], [0.0, 0.0, 0.0, 0.2, 0.8, 0.0]] {
+            let mut r = reading(200.0, 40.0, 0.3);
+            r.estimate.age_bands = Some(bands);
+            tracker.update(&[r]);
+        }
+        let fused = tracker.tracks()[0].reading.bands;
+        assert!((fused[3] - 0.4).abs() < 1e-5 && (fused[4] - 0.6).abs() < 1e-5, "{fused:?}");
     }
 }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::Device;
 use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
 use faceage_host::age_map::AgeMap;
-use faceage_host::augment::{Augment, MEAN, STD};
+use faceage_host::augment::{Augment, Camera, MEAN, STD};
 use faceage_host::crops::{CropSettings, default_cache_dir};
 use faceage_host::distil::{Distil, TeacherTargets};
 use faceage_host::export::quantize::{self, Calibration};
@@ -162,6 +162,10 @@ pub struct TrainArgs {
     /// shift 6%, colour 25%, mirror), 0 none.
     #[arg(long, default_value_t = 1.0)]
     augment: f32,
+    /// Strength of the camera degradations within that (small faces upscaled, blur, low light
+    /// and noise, colour casts, low-quality JPEG, occlusion): their probabilities times this.
+    #[arg(long, default_value_t = 1.0)]
+    camera: f32,
     /// Crop side as a multiple of the detector box.
     #[arg(long, default_value_t = CropGeometry::default().scale)]
     crop_scale: f32,
@@ -205,7 +209,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
         patience: a.patience.unwrap_or(8),
         seed: a.seed,
-        augment: Augment::scaled(a.augment),
+        augment: Augment { camera: Camera::scaled(a.augment * a.camera), ..Augment::scaled(a.augment) },
         age_loss: a.age_loss,
         ldl_sigma: a.sigma,
         limit: a.limit,
@@ -433,10 +437,11 @@ pub fn export(a: ExportArgs) -> Result<()> {
         mean: MEAN,
         std: STD,
         crop: config.crop.geometry.clone(),
-        detector: "blazeface-back-256".into(),
+        detector: "blazeface-back-256, framed (detect::FramedDetector)".into(),
         output_age: export::OUTPUT_AGE.into(),
         output_female: export::OUTPUT_FEMALE.into(),
         output_age_std: folded.age_distribution.then(|| export::OUTPUT_AGE_STD.into()),
+        output_age_bands: folded.age_distribution.then(|| export::OUTPUT_AGE_BANDS.into()),
         quant_format: QuantFormat::None,
         quant_details: "f32 weights and activations".into(),
         train_data: RecordedSplit {
@@ -446,6 +451,7 @@ pub fn export(a: ExportArgs) -> Result<()> {
             seed: config.seed,
         }
         .describe(&config.data),
+        split_seed: Some(config.seed),
         train_license: UTKFACE_LICENSE.into(),
         // The file says how it differs from the run's kept model.
         train_command: {

@@ -102,7 +102,10 @@ enum Event<'a> {
         age_spread: f32,
         gender: faceage_device::Gender,
         female: f32,
+        /// The band of the age reading.
         band: &'static str,
+        /// What the person added to each band of the counts (see `counts::BandCounts`).
+        band_shares: [f32; 6],
     },
     TrackEnded {
         frame: u64,
@@ -316,6 +319,7 @@ fn print_events(out: &mut impl Write, frame: &Frame, report: &FrameReport) -> Re
             gender: r.gender,
             female: r.female,
             band: faceage_device::counts::age_band(r.age),
+            band_shares: r.bands.map(|v| (v * 1000.0).round() / 1000.0),
         };
         writeln!(out, "{}", serde_json::to_string(&e)?)?;
     }

@@ -15,7 +15,7 @@ use tract_onnx::pb::ModelProto;
 
 use crate::age_map::AgeMap;
 use crate::crops::CropSet;
-use crate::data::Split;
+use crate::data::{AGE_BANDS, Split};
 use crate::metrics::Prediction;
 use crate::nn::model::{AgeGenderNet, AgeHead, Block, ConvKind};
 use crate::train::Model;
@@ -25,6 +25,8 @@ pub const INPUT_NAME: &str = "faces";
 pub const OUTPUT_AGE: &str = "age";
 pub const OUTPUT_FEMALE: &str = "female";
 pub const OUTPUT_AGE_STD: &str = "age_std";
+/// `[N, 6]`: each face's age distribution summed over the board's age bands (counts use it).
+pub const OUTPUT_AGE_BANDS: &str = "age_bands";
 /// Inner tensors of a file with the distribution head: the age distribution `[N, bins]` with
 /// both views averaged, or read once (`--no-mirror`). A teacher file hands it on.
 pub const AGE_DISTRIBUTIONS: [&str; 2] = ["age.probs.averaged", "age.probs"];
@@ -433,6 +435,10 @@ pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Enc
         let var = g.node("Sub", "age.variance", &[&second, &square], &["age.variance"], vec![]);
         let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
         let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
+        let band_matrix: Vec<f32> =
+            (0..bins).flat_map(|age| faceage_device::counts::one_band(age as f32)).collect();
+        g.init_f32("age.band_matrix", &[bins, AGE_BANDS.len()], &band_matrix);
+        g.node("MatMul", OUTPUT_AGE_BANDS, &[&p, "age.band_matrix"], &[OUTPUT_AGE_BANDS], vec![]);
         let median = median_age(&mut g, &p, bins);
         let age = match &net.age_map {
             Some(map) => mapped_age(&mut g, map, &median),
@@ -463,6 +469,10 @@ pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Enc
     g.outputs.push(Graph::value_info(OUTPUT_FEMALE, &[Dim::Named("N")]));
     if net.age_distribution {
         g.outputs.push(Graph::value_info(OUTPUT_AGE_STD, &[Dim::Named("N")]));
+        g.outputs.push(Graph::value_info(
+            OUTPUT_AGE_BANDS,
+            &[Dim::Named("N"), Dim::Fixed(AGE_BANDS.len() as i64)],
+        ));
     }
     Ok(g.into_model(&contract.name, contract.to_metadata()))
 }
