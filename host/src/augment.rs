@@ -2,7 +2,9 @@
 //!
 //! Augmentation samples the model crop out of the wider cached crop with a random similarity
 //! (rotation, zoom, small aspect change, shift, mirror) and jitters brightness, contrast and
-//! saturation. Evaluation takes the exact central crop, the one the board makes.
+//! saturation. On top, [`Camera`] makes some crops look like what a kiosk camera gives:
+//! small faces upscaled, blur, sensor noise in low light, colour casts, JPEG at low quality,
+//! part of the face covered. Evaluation takes the exact central crop, the one the board makes.
 
 use faceage_device::geometry::{Affine, Point};
 use faceage_device::imaging::sample_bilinear;
@@ -32,6 +34,180 @@ pub struct Augment {
     pub brightness: f32,
     pub contrast: f32,
     pub saturation: f32,
+    /// Camera degradations (older runs' `train.json` have none).
+    #[serde(default = "Camera::none")]
+    pub camera: Camera,
+}
+
+/// What a camera frame does to a face that a UTKFace chip does not: each effect is applied to
+/// a crop with its own probability, independently.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Camera {
+    /// A small face: the crop is rendered at `low_res_px` (a range) and scaled back up, as the
+    /// board upsamples a 30-60 px face to the model's input.
+    pub low_res: f32,
+    pub low_res_px: (u32, u32),
+    /// Out of focus or moving: a Gaussian blur of sigma in `blur_sigma`.
+    pub blur: f32,
+    pub blur_sigma: (f32, f32),
+    /// Low light: darker by a factor in `dark_gain`, with sensor noise.
+    pub dark: f32,
+    pub dark_gain: (f32, f32),
+    /// Sensor noise alone (standard deviation in 0-255 levels, up to this).
+    pub noise: f32,
+    pub noise_sigma: f32,
+    /// White balance off: per-channel gains in `1 ± cast_range`.
+    pub cast: f32,
+    pub cast_range: f32,
+    /// A stream's or webcam's JPEG at a quality in `jpeg_quality`.
+    pub jpeg: f32,
+    pub jpeg_quality: (u8, u8),
+    /// A hand, a mask, a shoulder: a rectangle of one colour over 10-30% of the side.
+    pub occlude: f32,
+}
+
+impl Default for Camera {
+    fn default() -> Self {
+        Self {
+            low_res: 0.25,
+            low_res_px: (20, 48),
+            blur: 0.15,
+            blur_sigma: (0.4, 1.2),
+            dark: 0.15,
+            dark_gain: (0.35, 0.75),
+            noise: 0.2,
+            noise_sigma: 6.0,
+            cast: 0.25,
+            cast_range: 0.15,
+            jpeg: 0.25,
+            jpeg_quality: (25, 75),
+            occlude: 0.1,
+        }
+    }
+}
+
+impl Camera {
+    pub fn none() -> Self {
+        Self {
+            low_res: 0.0,
+            blur: 0.0,
+            dark: 0.0,
+            noise: 0.0,
+            cast: 0.0,
+            jpeg: 0.0,
+            occlude: 0.0,
+            ..Self::default()
+        }
+    }
+
+    /// Every probability of the default times `k` (capped at 1).
+    pub fn scaled(k: f32) -> Self {
+        let d = Self::default();
+        let p = |v: f32| (v * k).clamp(0.0, 1.0);
+        Self {
+            low_res: p(d.low_res),
+            blur: p(d.blur),
+            dark: p(d.dark),
+            noise: p(d.noise),
+            cast: p(d.cast),
+            jpeg: p(d.jpeg),
+            occlude: p(d.occlude),
+            ..d
+        }
+    }
+
+    /// Degrades `rgb` (`size x size`, values 0-255) in place, in the order a camera does:
+    /// the scene (occlusion), the optics (blur), the sensor (resolution, light, noise), the
+    /// image processor (colour), the encoder (JPEG).
+    fn apply(&self, rgb: &mut [[f32; 3]], size: usize, rng: &mut ChaCha8Rng) {
+        let mut happens = |p: f32| p > 0.0 && rng.random::<f32>() < p;
+        let (occlude, blur, low_res, dark, noise, cast, jpeg) = (
+            happens(self.occlude),
+            happens(self.blur),
+            happens(self.low_res),
+            happens(self.dark),
+            happens(self.noise),
+            happens(self.cast),
+            happens(self.jpeg),
+        );
+        if !(occlude || blur || low_res || dark || noise || cast || jpeg) {
+            return;
+        }
+        if occlude {
+            let w = (size as f32 * rng.random_range(0.1..0.3)).round().max(1.0) as usize;
+            let h = (size as f32 * rng.random_range(0.1..0.3)).round().max(1.0) as usize;
+            let x0 = rng.random_range(0..=size - w);
+            let y0 = rng.random_range(0..=size - h);
+            let colour =
+                [rng.random_range(0.0..255.0), rng.random_range(0.0..255.0), rng.random_range(0.0..255.0)];
+            for y in y0..y0 + h {
+                rgb[y * size + x0..y * size + x0 + w].fill(colour);
+            }
+        }
+        let mut image = to_image(rgb, size);
+        if blur {
+            image = image::imageops::blur(&image, rng.random_range(self.blur_sigma.0..=self.blur_sigma.1));
+        }
+        if low_res {
+            let px = rng.random_range(self.low_res_px.0..=self.low_res_px.1).min(size as u32);
+            let filter = image::imageops::FilterType::Triangle;
+            let small = image::imageops::resize(&image, px, px, filter);
+            image = image::imageops::resize(&small, size as u32, size as u32, filter);
+        }
+        from_image(&image, rgb);
+        let gain = if dark { rng.random_range(self.dark_gain.0..=self.dark_gain.1) } else { 1.0 };
+        // Darker pictures are noisier: the camera's gain amplifies the sensor's noise.
+        let sigma =
+            if noise || dark { rng.random_range(1.0..=self.noise_sigma.max(1.0)) / gain } else { 0.0 };
+        let cast: [f32; 3] = std::array::from_fn(|_| {
+            if cast { 1.0 + rng.random_range(-self.cast_range..=self.cast_range) } else { 1.0 }
+        });
+        if dark || sigma > 0.0 || cast != [1.0; 3] {
+            let normal = rand_distr_normal(rng, rgb.len() * 3, sigma);
+            for (i, v) in rgb.iter_mut().enumerate() {
+                for c in 0..3 {
+                    v[c] = (v[c] * gain * cast[c] + normal[i * 3 + c]).clamp(0.0, 255.0);
+                }
+            }
+        }
+        if jpeg {
+            let quality = rng.random_range(self.jpeg_quality.0..=self.jpeg_quality.1);
+            let image = to_image(rgb, size);
+            // The device library's own codec; a failure would only skip this effect.
+            if let Ok(bytes) = faceage_device::imaging::encode_jpeg(&image, quality)
+                && let Ok(back) = faceage_device::imaging::decode_rgb(&bytes)
+            {
+                from_image(&back, rgb);
+            }
+        }
+    }
+}
+
+fn to_image(rgb: &[[f32; 3]], size: usize) -> image::RgbImage {
+    image::RgbImage::from_fn(size as u32, size as u32, |x, y| {
+        let v = rgb[y as usize * size + x as usize];
+        image::Rgb(v.map(faceage_device::imaging::round_u8))
+    })
+}
+
+fn from_image(image: &image::RgbImage, rgb: &mut [[f32; 3]]) {
+    for (v, p) in rgb.iter_mut().zip(image.pixels()) {
+        *v = p.0.map(f32::from);
+    }
+}
+
+/// `n` draws of a normal with standard deviation `sigma` (Box-Muller; zeros when sigma is 0).
+fn rand_distr_normal(rng: &mut ChaCha8Rng, n: usize, sigma: f32) -> Vec<f32> {
+    if sigma <= 0.0 {
+        return vec![0.0; n];
+    }
+    (0..n)
+        .map(|_| {
+            let u1: f32 = rng.random_range(f32::EPSILON..1.0);
+            let u2: f32 = rng.random();
+            sigma * (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
+        })
+        .collect()
 }
 
 impl Default for Augment {
@@ -45,6 +221,7 @@ impl Default for Augment {
             brightness: 0.25,
             contrast: 0.25,
             saturation: 0.25,
+            camera: Camera::default(),
         }
     }
 }
@@ -62,6 +239,7 @@ impl Augment {
             brightness: d.brightness * k,
             contrast: d.contrast * k,
             saturation: d.saturation * k,
+            camera: Camera::scaled(k),
         }
     }
 
@@ -75,6 +253,7 @@ impl Augment {
             brightness: 0.0,
             contrast: 0.0,
             saturation: 0.0,
+            camera: Camera::none(),
         }
     }
 }
@@ -128,6 +307,7 @@ pub fn augment_into(
         }
     }
     mean_luma /= (size * size) as f32;
+    augment.camera.apply(&mut rgb, size, rng);
     for (i, v) in rgb.iter().enumerate() {
         let luma = 0.299 * v[0] + 0.587 * v[1] + 0.114 * v[2];
         for c in 0..3 {
@@ -193,8 +373,7 @@ mod tests {
     use rand::SeedableRng;
 
     fn set_of_one() -> CropSet {
-        let settings =
-            CropSettings { input_size: 8, margin: 1.5, geometry: CropGeometry::default(), chip_padding: 0.5 };
+        let settings = CropSettings { input_size: 8, margin: 1.5, geometry: CropGeometry::default() };
         let size = settings.cache_size() as usize;
         let pixels: Vec<u8> = (0..size * size * 3).map(|i| (i * 7 % 256) as u8).collect();
         CropSet::from_parts(
@@ -224,5 +403,63 @@ mod tests {
         };
         assert_eq!(run(3), run(3));
         assert_ne!(run(3), run(4));
+    }
+
+    /// Pixel statistics of many camera-degraded copies of one crop against the crop itself.
+    fn camera_effect(camera: Camera) -> (f32, f32) {
+        let size = 32;
+        let crop: Vec<[f32; 3]> = (0..size * size)
+            .map(|i| {
+                let (x, y) = (i % size, i / size);
+                // A sharp pattern, so blur and low resolution show.
+                if (x / 4 + y / 4) % 2 == 0 { [200.0, 150.0, 100.0] } else { [40.0, 60.0, 80.0] }
+            })
+            .collect();
+        let mut rng = ChaCha8Rng::seed_from_u64(5);
+        let (mut mean_diff, mut mean_level) = (0.0, 0.0);
+        for _ in 0..40 {
+            let mut rgb = crop.clone();
+            camera.apply(&mut rgb, size, &mut rng);
+            mean_diff +=
+                rgb.iter().zip(&crop).map(|(a, b)| (a[0] - b[0]).abs()).sum::<f32>() / rgb.len() as f32;
+            mean_level += rgb.iter().map(|v| v[0] + v[1] + v[2]).sum::<f32>() / rgb.len() as f32;
+        }
+        (mean_diff / 40.0, mean_level / 40.0)
+    }
+
+    #[test]
+    fn camera_effects_change_the_crop_only_when_asked() {
+        let (untouched, plain_level) = camera_effect(Camera::none());
+        assert_eq!(untouched, 0.0);
+        // Half the pixels sum to 450 over the channels, half to 180.
+        assert!((plain_level - 315.0).abs() < 1.0, "{plain_level}");
+        let only = |f: fn(&mut Camera)| {
+            let mut c = Camera::none();
+            f(&mut c);
+            camera_effect(c)
+        };
+        let (blurred, _) = only(|c| c.blur = 1.0);
+        let (small, _) = only(|c| c.low_res = 1.0);
+        let (jpeg, _) = only(|c| c.jpeg = 1.0);
+        let (occluded, _) = only(|c| c.occlude = 1.0);
+        let (_, dark_level) = only(|c| c.dark = 1.0);
+        for (name, diff) in [("blur", blurred), ("low-res", small), ("jpeg", jpeg), ("occlusion", occluded)] {
+            assert!(diff > 2.0, "{name} changed the crop by only {diff}");
+        }
+        assert!(dark_level < plain_level * 0.8, "low light is darker: {dark_level} vs {plain_level}");
+    }
+
+    #[test]
+    fn the_default_recipe_degrades_some_crops_and_leaves_others() {
+        let set = set_of_one();
+        let mut camera_only = Augment::none();
+        camera_only.camera = Camera::default();
+        let plain = make_batch(&set, &[0], None).pixels;
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        let changed = (0..200)
+            .filter(|_| make_batch(&set, &[0], Some((&camera_only, &mut rng))).pixels != plain)
+            .count();
+        // At least one of seven effects for 1 - prod(1 - p) of the crops: about 75%.
+        assert!((100..190).contains(&changed), "{changed} of 200 crops degraded");
     }
 }
