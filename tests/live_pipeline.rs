@@ -302,12 +302,12 @@ fn report_summarises_logs_as_table_json_and_chart() {
                 "2026-11-29T09:30:00+00:00",
                 1,
                 serde_json::json!([0.0, 0.7, 0.3, 0.0, 0.0, 0.0]),
-                serde_json::json!([0.0; 6]),
+                serde_json::json!([0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
             ),
             mk(
                 "2026-11-29T14:00:00+00:00",
                 4,
-                serde_json::json!([0.0; 6]),
+                serde_json::json!([0.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
                 serde_json::json!([0.0, 0.0, 0.0, 0.0, 0.5, 3.5]),
             ),
         ]
