@@ -184,7 +184,10 @@ fn kill_dash_9_loses_no_complete_line_and_the_next_run_repairs_the_log() {
     assert!(stderr(&out).contains("removed a torn last line"), "{}", stderr(&out));
     let after = log_lines(&log);
     assert_eq!(&after[..before.len()], &before[..], "every complete line survives");
-    assert_eq!(after.len(), before.len() + 1, "the new run appended its line");
+    // One line for its partial interval, two if its frames straddled a minute boundary (the
+    // intervals sit on the clock's grid; a loaded machine makes that likelier).
+    let appended = after.len() - before.len();
+    assert!((1..=2).contains(&appended), "the new run appended its line: {appended} lines");
 }
 
 #[test]
