@@ -68,7 +68,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
     let scene = args.scene.then(Scene::default);
     let total = samples.len();
     let progress = |done: usize| {
-        if done % 200 == 0 || done == total {
+        if done.is_multiple_of(200) || done == total {
             eprint!("\rread {done}/{total}");
             if done == total {
                 eprintln!();
