@@ -159,3 +159,73 @@ fn a_face_filling_the_picture_is_framed_like_the_same_face_with_room_around_it()
         "framing brings the eyes closer: {framed_mean:.3} vs {plain_mean:.3}"
     );
 }
+
+/// A model file as the exporter wrote it before the `age_bands` output (the shipped files were).
+fn without_band_output(dir: &Path) -> PathBuf {
+    let old = dir.join("old.onnx");
+    edit_model(&shipped_model(), &old, |proto| {
+        let graph = proto.graph.as_mut().unwrap();
+        graph.output.retain(|o| o.name != "age_bands");
+        graph.node.retain(|n| n.output.iter().all(|o| o != "age_bands"));
+        graph.initializer.retain(|t| t.name != "age.band_matrix");
+        graph.node.retain(|n| !n.name.starts_with("age.map"));
+        let age =
+            graph.node.iter_mut().find(|n| n.output.first().map(String::as_str) == Some("age")).unwrap();
+        age.input[0] = "age.median".into();
+        proto.metadata_props.retain(|p| !p.key.starts_with("faceage.output.age_bands"));
+    });
+    old
+}
+
+#[test]
+fn upgrade_gives_an_old_file_band_shares_and_an_age_map_fitted_on_board_crops() {
+    let work = tempfile::tempdir().unwrap();
+    let old = without_band_output(work.path());
+    let new = work.path().join("new.onnx");
+    let out = ok(&run_host(
+        &[
+            "upgrade",
+            old.to_str().unwrap(),
+            "--out",
+            new.to_str().unwrap(),
+            "--age-map-data",
+            utkface_dir().to_str().unwrap(),
+            "--limit",
+            "300",
+        ],
+        work.path(),
+    ))
+    .clone();
+    let text = stdout(&out);
+    assert!(text.contains("age_bands output added"), "{text}");
+    let fitted: usize = text
+        .split("age map fitted on ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no age map line: {text}"));
+    assert!(fitted >= 15, "the validation split of 300 images: {fitted} faces");
+
+    let faces = test_split_faces(30);
+    let csv = manifest(work.path(), &faces, "");
+    let read = |model: &Path| -> Value {
+        let out = ok(&run_device(&["eval", "--json", csv.to_str().unwrap()], model)).clone();
+        serde_json::from_str(&stdout(&out)).unwrap()
+    };
+    let (before, after) = (read(&old), read(&new));
+    assert_eq!(before["report"]["counts"]["model_gives_shares"], false, "{before}");
+    assert_eq!(after["report"]["counts"]["model_gives_shares"], true, "{after}");
+    // The gender output is untouched; the counts now come from the shares, not the readings.
+    let figure = |v: &Value, k: &str| v["report"]["overall"][k].as_f64().unwrap();
+    assert_eq!(figure(&before, "gender_accuracy"), figure(&after, "gender_accuracy"));
+    let counted = |v: &Value| -> Vec<f64> {
+        v["report"]["counts"]["counted"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect()
+    };
+    assert!(counted(&after).iter().any(|c| c.fract() != 0.0), "expected counts: {:?}", counted(&after));
+    assert!(counted(&before).iter().all(|c| c.fract() == 0.0), "whole faces: {:?}", counted(&before));
+
+    // Once is enough: a second upgrade without a map has nothing to do and says so.
+    let again = run_host(&["upgrade", new.to_str().unwrap()], work.path());
+    assert!(!again.status.success());
+    assert!(stderr(&again).contains("nothing to do"), "{}", stderr(&again));
+}

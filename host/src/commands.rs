@@ -560,6 +560,72 @@ pub struct VerifyArgs {
 }
 
 /// Runs model files through the device library on a held-out split and compares them.
+#[derive(clap::Args)]
+pub struct UpgradeArgs {
+    /// The model file to upgrade.
+    model: PathBuf,
+    /// Where to write the upgraded file [default: over MODEL].
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Also fit an age map on the validation split of this UTKFace folder or CSV manifest,
+    /// cropped as the board crops it and split by the seed the file records, and write it
+    /// into the graph.
+    #[arg(long)]
+    age_map_data: Option<PathBuf>,
+    /// With --age-map-data: the split seed [default: the one the file records].
+    #[arg(long, requires = "age_map_data")]
+    seed: Option<u64>,
+    /// With --age-map-data: read only this many images (a quick try; not for a shipped file).
+    #[arg(long, requires = "age_map_data")]
+    limit: Option<usize>,
+    #[command(flatten)]
+    data_args: DataArgs,
+}
+
+pub fn upgrade(a: UpgradeArgs) -> Result<()> {
+    let out = a.out.clone().unwrap_or_else(|| a.model.clone());
+    let val = match &a.age_map_data {
+        Some(data) => {
+            let contract = AgeGenderModel::load(&a.model)?.contract().clone();
+            let seed = a.seed.or(contract.split_seed).with_context(|| {
+                format!("{}: its metadata does not record the split seed; give --seed", a.model.display())
+            })?;
+            let crop = CropSettings::for_model(contract.input_size, contract.crop.clone());
+            let spec = train::DataSpec { data, crop: &crop, seed, limit: a.limit };
+            let prepared =
+                train::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+            train::report_rejected(&prepared.rejected, None)?;
+            Some(prepared.val)
+        }
+        None => None,
+    };
+    let done = export::upgrade::upgrade_file(&a.model, &out, val.as_ref())?;
+    if let Some(bands) = &done.bands {
+        println!(
+            "{}: age_bands output added (summed from {}, {} ages)",
+            out.display(),
+            bands.distribution,
+            bands.bins
+        );
+    }
+    if let Some(fit) = &done.age_map {
+        let values: Vec<String> = fit.map.values.iter().map(|v| format!("{v:.1}")).collect();
+        println!(
+            "{}: age map fitted on {} validation faces (readings {:?} -> {}): validation MAE {:.3} -> {:.3} years",
+            out.display(),
+            fit.faces,
+            fit.map.knots,
+            values.join(", "),
+            fit.mae_before,
+            fit.mae_after
+        );
+    }
+    println!(
+        "checked with the device library: gender and band shares as before, ages through the map if any"
+    );
+    Ok(())
+}
+
 pub fn verify(a: VerifyArgs) -> Result<()> {
     let reference_path = a.reference.clone().unwrap_or_else(|| a.models[0].clone());
     let mut paths = vec![reference_path.clone()];

@@ -62,6 +62,9 @@ enum Command {
     Export(commands::ExportArgs),
     /// Measure model files with the device library on a held-out split, against a reference.
     Verify(commands::VerifyArgs),
+    /// Bring a model file from an earlier exporter up to the current contract (adds the
+    /// per-band age shares the counts are made from), checked with the device library.
+    Upgrade(commands::UpgradeArgs),
     /// Time training steps (forward + backward + AdamW) and print images per second.
     BenchTrain(commands::BenchTrainArgs),
 }
@@ -80,6 +83,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => commands::verify(a),
         Command::BenchTrain(a) => commands::bench_train(a),
         Command::FitAgeMap(a) => commands::fit_age_map(a),
+        Command::Upgrade(a) => commands::upgrade(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

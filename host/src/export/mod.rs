@@ -4,6 +4,7 @@
 
 pub mod graph;
 pub mod quantize;
+pub mod upgrade;
 
 use std::path::Path;
 
@@ -301,7 +302,7 @@ fn median_age(g: &mut Graph, p: &str, bins: usize) -> String {
 
 /// `[N, 1]` readings through the age map, as [`AgeMap::apply_tensor`] computes it:
 /// `values[0] + (relu(r - starts) - relu(r - ends)) @ slopes`.
-fn mapped_age(g: &mut Graph, map: &AgeMap, reading: &str) -> String {
+pub(crate) fn mapped_age(g: &mut Graph, map: &AgeMap, reading: &str) -> String {
     let (starts, ends, slopes) = map.segments();
     let n = starts.len();
     let starts = g.init_f32("age.map.starts", &[1, n], &starts);

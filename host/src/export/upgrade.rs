@@ -1,0 +1,301 @@
+//! Brings a model file written by an earlier exporter up to the current contract without
+//! retraining. A file whose age head is a distribution already computes each face's
+//! probability over ages (`age.mean` reads it); what it lacks is the sum of that mass per age
+//! band, the `age_bands` output the counts are made from. Adding it is one MatMul against a
+//! fixed 0/1 matrix: the ages, the gender and every weight stay byte for byte as they were.
+//!
+//! It can also fit an age map ([`AgeMap`]) on the validation split *as the board crops it*
+//! and write it into the graph: a file trained on other crops (the trainer's padded chips
+//! before the board and the trainer shared `find_faces`) reads the board's crops with a bias
+//! the map takes out. The band shares are summed from the distribution before the map, so the
+//! counts do not move with it.
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail, ensure};
+use faceage_device::counts::{AGE_BANDS, age_band_index, one_band};
+use faceage_device::{AgeGenderModel, ModelContract};
+use image::{Rgb, RgbImage};
+use prost::Message;
+use rand::{Rng, SeedableRng};
+use tract_onnx::pb::{ModelProto, StringStringEntryProto};
+
+use super::graph::{Dim, Graph};
+use super::{OUTPUT_AGE_BANDS, mapped_age, predict_with_device};
+use crate::age_map::AgeMap;
+use crate::crops::CropSet;
+
+/// What [`add_age_bands`] did, for the command to print.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BandsAdded {
+    /// The tensor the band shares are summed from.
+    pub distribution: String,
+    pub bins: usize,
+}
+
+/// An age map fitted on a file's board readings, and what it does to them.
+#[derive(Debug)]
+pub struct MapFit {
+    pub map: AgeMap,
+    pub faces: usize,
+    pub mae_before: f64,
+    pub mae_after: f64,
+}
+
+/// What [`upgrade_file`] did.
+#[derive(Debug)]
+pub struct Upgrade {
+    pub bands: Option<BandsAdded>,
+    pub age_map: Option<MapFit>,
+}
+
+/// Adds the `age_bands` output (and its contract keys) to `model`; `label` names the file in
+/// errors. Refuses a file that already has it or that has no age distribution to sum.
+pub fn add_age_bands(model: &mut ModelProto, label: &str) -> Result<BandsAdded> {
+    let metadata = faceage_device::onnx::metadata(model);
+    let mut contract = ModelContract::from_metadata(&metadata, label)?;
+    if contract.output_age_bands.is_some() {
+        bail!("{label}: already has an age_bands output; nothing to do");
+    }
+    let graph = model.graph.as_mut().with_context(|| format!("{label}: the file holds no graph"))?;
+    // The distribution the age mean is read from: averaged over both views when mirrored.
+    let distribution = graph
+        .node
+        .iter()
+        .find(|n| n.name == "age.mean" && n.op_type == "MatMul")
+        .and_then(|n| n.input.first().cloned())
+        .with_context(|| {
+            format!("{label}: no age distribution (node age.mean) in the graph; a regression head has no band shares")
+        })?;
+    let bins = graph
+        .initializer
+        .iter()
+        .find(|t| t.name == "age.bins")
+        .and_then(|t| t.dims.first().copied())
+        .filter(|&d| d > 0)
+        .with_context(|| format!("{label}: the initializer age.bins is missing"))? as usize;
+    let taken = |name: &str| {
+        graph.initializer.iter().any(|t| t.name == name)
+            || graph.node.iter().any(|n| n.output.iter().any(|o| o == name))
+    };
+    for name in ["age.band_matrix", OUTPUT_AGE_BANDS] {
+        if taken(name) {
+            bail!("{label}: the graph already has a tensor named {name}");
+        }
+    }
+
+    let mut added = Graph::default();
+    let band_matrix: Vec<f32> = (0..bins).flat_map(|age| one_band(age as f32)).collect();
+    added.init_f32("age.band_matrix", &[bins, AGE_BANDS.len()], &band_matrix);
+    added.node("MatMul", OUTPUT_AGE_BANDS, &[&distribution, "age.band_matrix"], &[OUTPUT_AGE_BANDS], vec![]);
+    graph.initializer.extend(added.initializers);
+    graph.node.extend(added.nodes);
+    graph
+        .output
+        .push(Graph::value_info(OUTPUT_AGE_BANDS, &[Dim::Named("N"), Dim::Fixed(AGE_BANDS.len() as i64)]));
+
+    contract.output_age_bands = Some(OUTPUT_AGE_BANDS.into());
+    for (key, value) in contract.to_metadata() {
+        set_metadata(model, key, value);
+    }
+    Ok(BandsAdded { distribution, bins })
+}
+
+/// The metadata key [`add_age_map`] records the map under (an addition to the contract's keys:
+/// the board does not need it, a reader of the file does).
+pub const AGE_MAP_KEY: &str = "faceage.upgrade.age_map";
+
+/// Sets a metadata entry, replacing the file's own; every other key the file carries stays.
+fn set_metadata(model: &mut ModelProto, key: String, value: String) {
+    match model.metadata_props.iter_mut().find(|p| p.key == key) {
+        Some(prop) => prop.value = value,
+        None => model.metadata_props.push(StringStringEntryProto { key, value }),
+    }
+}
+
+/// Fits an age map on `model`'s readings of `set` (the validation split, cropped as the board
+/// crops): least absolute deviations of the true age on the reading.
+pub fn fit_age_map(model: &AgeGenderModel, set: &CropSet) -> Result<MapFit> {
+    ensure!(!set.samples.is_empty(), "no faces to fit an age map on");
+    let readings: Vec<f32> = predict_with_device(model, set)?.iter().map(|p| p.age).collect();
+    let truths: Vec<f32> = set.samples.iter().map(|s| s.age).collect();
+    let map = AgeMap::fit(&readings, &truths)?;
+    let mae = |f: &dyn Fn(f32) -> f32| {
+        readings.iter().zip(&truths).map(|(&r, &t)| (f(r) - t).abs() as f64).sum::<f64>()
+            / readings.len() as f64
+    };
+    Ok(MapFit { faces: readings.len(), mae_before: mae(&|r| r), mae_after: mae(&|r| map.apply(r)), map })
+}
+
+/// Writes `map` between the age reading and the `age` output. Refuses a file that has a map.
+pub fn add_age_map(model: &mut ModelProto, map: &AgeMap, label: &str) -> Result<()> {
+    let contract = ModelContract::from_metadata(&faceage_device::onnx::metadata(model), label)?;
+    let graph = model.graph.as_mut().with_context(|| format!("{label}: the file holds no graph"))?;
+    ensure!(
+        !graph.node.iter().any(|n| n.name.starts_with("age.map")),
+        "{label}: already reads its age through an age map"
+    );
+    let output = graph
+        .node
+        .iter()
+        .position(|n| n.op_type == "Reshape" && n.output.first() == Some(&contract.output_age))
+        .with_context(|| format!("{label}: no Reshape node gives the {} output", contract.output_age))?;
+    let reading = graph.node[output].input[0].clone();
+    let mut added = Graph::default();
+    let mapped = mapped_age(&mut added, map, &reading);
+    graph.initializer.extend(added.initializers);
+    // Before the output node, so the node list stays in topological order.
+    graph.node.splice(output..output, added.nodes);
+    let node = graph.node.iter_mut().find(|n| n.output.first() == Some(&contract.output_age));
+    node.context("the age output node went missing")?.input[0] = mapped;
+    let knots = |v: &[f32]| v.iter().map(|x| format!("{x:.2}")).collect::<Vec<_>>().join(",");
+    set_metadata(
+        model,
+        AGE_MAP_KEY.into(),
+        format!("readings {} -> ages {}", knots(&map.knots), knots(&map.values)),
+    );
+    Ok(())
+}
+
+/// Reads `input`, adds the band output when it lacks one and, given a validation split
+/// (`map_on`), an age map fitted on it; checks the result with the board's own library and
+/// writes it to `output` (which may be `input`: written beside it, then renamed over it).
+pub fn upgrade_file(input: &Path, output: &Path, map_on: Option<&CropSet>) -> Result<Upgrade> {
+    let label = input.display().to_string();
+    let before = faceage_device::onnx::read_model(input)?;
+    let original = AgeGenderModel::from_bytes(&before.encode_to_vec(), &label)?;
+    let mut after = before.clone();
+    let bands = if original.contract().output_age_bands.is_none() {
+        Some(add_age_bands(&mut after, &label)?)
+    } else {
+        None
+    };
+    let age_map = match map_on {
+        Some(set) => {
+            let fit = fit_age_map(&original, set)?;
+            add_age_map(&mut after, &fit.map, &label)?;
+            Some(fit)
+        }
+        None => None,
+    };
+    if bands.is_none() && age_map.is_none() {
+        bail!("{label}: already has an age_bands output; nothing to do");
+    }
+    let bytes = after.encode_to_vec();
+    check_readings(&original, &bytes, age_map.as_ref().map(|f| &f.map), &label)?;
+
+    let partial = output.with_extension("onnx.partial");
+    super::write(&after, &partial)?;
+    std::fs::rename(&partial, output)
+        .with_context(|| format!("{}: cannot move {} over it", output.display(), partial.display()))?;
+    Ok(Upgrade { bands, age_map })
+}
+
+/// The upgraded file must read every face as the original did (through `map` when one was
+/// added), and its band shares must sum to one and agree with the original reading (a median:
+/// at most half the mass lies below its band and at most half above).
+fn check_readings(old: &AgeGenderModel, upgraded: &[u8], map: Option<&AgeMap>, label: &str) -> Result<()> {
+    let new = AgeGenderModel::from_bytes(upgraded, &format!("{label} (upgraded)"))?;
+    let size = new.input_size();
+    // Faces are not needed to compare two graphs: textured inputs spread the readings.
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    let crops: Vec<RgbImage> = (0..16)
+        .map(|_| RgbImage::from_fn(size, size, |_, _| Rgb([rng.random(), rng.random(), rng.random()])))
+        .collect();
+    let (a, b) = (old.predict(&crops)?, new.predict(&crops)?);
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let expected = map.map_or(x.age, |m| m.apply(x.age));
+        ensure!(
+            (expected - y.age).abs() < 1e-3 && (x.female - y.female).abs() < 1e-5,
+            "{label}: the upgraded file reads test input {i} differently (age {} expected {}, female {} vs {})",
+            y.age,
+            expected,
+            x.female,
+            y.female
+        );
+        let shares =
+            y.age_bands.with_context(|| format!("{label}: the upgraded file gives no band shares"))?;
+        let total: f32 = shares.iter().sum();
+        ensure!((total - 1.0).abs() < 1e-3, "{label}: band shares of test input {i} sum to {total}, not 1");
+        let band = age_band_index(x.age);
+        let below: f32 = shares[..band].iter().sum();
+        let above: f32 = shares[band + 1..].iter().sum();
+        ensure!(
+            below <= 0.5 + 0.02 && above <= 0.5 + 0.02,
+            "{label}: band shares {shares:?} of test input {i} disagree with its age {}",
+            y.age
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::age_map::KNOTS;
+
+    fn shipped() -> std::path::PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/faceage-f32.onnx")
+    }
+
+    /// A file as the exporter wrote it before the band output existed.
+    fn without_bands() -> ModelProto {
+        let mut model = faceage_device::onnx::read_model(&shipped()).unwrap();
+        let graph = model.graph.as_mut().unwrap();
+        if graph.output.iter().any(|o| o.name == OUTPUT_AGE_BANDS) {
+            graph.output.retain(|o| o.name != OUTPUT_AGE_BANDS);
+            graph.node.retain(|n| n.output.iter().all(|o| o != OUTPUT_AGE_BANDS));
+            graph.initializer.retain(|t| t.name != "age.band_matrix");
+            model.metadata_props.retain(|p| !p.key.starts_with("faceage.output.age_bands"));
+        }
+        model
+    }
+
+    #[test]
+    fn an_old_file_gains_band_shares_and_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old.onnx");
+        super::super::write(&without_bands(), &old).unwrap();
+        let new = dir.path().join("new.onnx");
+        let done = upgrade_file(&old, &new, None).unwrap();
+        assert!(done.bands.as_ref().is_some_and(|b| b.bins > 60), "{done:?}");
+        let model = AgeGenderModel::load(&new).unwrap();
+        assert_eq!(model.contract().output_age_bands.as_deref(), Some(OUTPUT_AGE_BANDS));
+        // The other keys survive: the training record is still there.
+        let before = AgeGenderModel::load(&old).unwrap();
+        assert_eq!(model.contract().train_data, before.contract().train_data);
+        assert_eq!(model.contract().metrics, before.contract().metrics);
+        // Twice is refused, in place too, and the file is left as it was.
+        let bytes = std::fs::read(&new).unwrap();
+        let err = upgrade_file(&new, &new, None).unwrap_err().to_string();
+        assert!(err.contains("already has an age_bands output"), "{err}");
+        assert_eq!(std::fs::read(&new).unwrap(), bytes);
+    }
+
+    #[test]
+    fn an_age_map_moves_the_age_output_and_nothing_else() {
+        let original = without_bands();
+        let label = "old.onnx";
+        let old = AgeGenderModel::from_bytes(&original.encode_to_vec(), label).unwrap();
+        let mut model = original.clone();
+        add_age_bands(&mut model, label).unwrap();
+        let map = AgeMap { knots: KNOTS.to_vec(), values: vec![1.0, 23.0, 45.0, 64.0, 100.0] };
+        add_age_map(&mut model, &map, label).unwrap();
+        // The check the command runs: ages through the map, gender and band shares as before.
+        check_readings(&old, &model.encode_to_vec(), Some(&map), label).unwrap();
+        let recorded = model.metadata_props.iter().find(|p| p.key == AGE_MAP_KEY).unwrap();
+        assert!(recorded.value.ends_with("1.00,23.00,45.00,64.00,100.00"), "{}", recorded.value);
+        // Without the map the same check fails: it can tell.
+        assert!(check_readings(&old, &model.encode_to_vec(), None, label).is_err());
+        let err = add_age_map(&mut model, &map, label).unwrap_err().to_string();
+        assert!(err.contains("already reads its age through an age map"), "{err}");
+    }
+
+    #[test]
+    fn a_file_without_an_age_distribution_is_refused_by_name() {
+        let mut model = without_bands();
+        model.graph.as_mut().unwrap().node.retain(|n| n.name != "age.mean");
+        let err = add_age_bands(&mut model, "regression.onnx").unwrap_err().to_string();
+        assert!(err.contains("regression.onnx") && err.contains("no age distribution"), "{err}");
+    }
+}
