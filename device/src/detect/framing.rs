@@ -23,7 +23,7 @@ pub struct Framing {
     /// A face whose box side is at least this share of the frame's shorter side is detected
     /// again on a window around it.
     pub large_face: f32,
-    /// So is a face whose box, grown by this factor about its centre, leaves the frame.
+    /// So is a face whose box, grown by this factor about its centre, reaches the frame's edge.
     pub edge_room: f32,
     /// Side of the second look's window, in face-box sides.
     pub window: f32,
@@ -36,8 +36,10 @@ pub struct Framing {
 
 impl Default for Framing {
     fn default() -> Self {
-        // Measured on held-out UTKFace chips and kiosk scenes: see the model card.
-        Self { large_face: 0.3, edge_room: 1.5, window: 2.2, pad_when_empty: 2.0, max_window_px: 512 }
+        // Measured on held-out UTKFace chips and kiosk scenes: see the model card. An edge rule
+        // of 1.5 box sides read scenes no better (5.54 years against 5.52 at 1.0) and cost a
+        // second 20 ms pass for a kiosk face merely near the frame's side.
+        Self { large_face: 0.3, edge_room: 1.0, window: 2.2, pad_when_empty: 2.0, max_window_px: 512 }
     }
 }
 
@@ -120,10 +122,11 @@ impl<D: FaceDetector> FramedDetector<D> {
         let large = side >= self.framing.large_face * width.min(height) as f32;
         let half = side * self.framing.edge_room / 2.0;
         let b = &face.bbox;
-        let cut = self.framing.edge_room > 0.0 && b.cx - half < 0.0
-            || b.cy - half < 0.0
-            || b.cx + half > width as f32
-            || b.cy + half > height as f32;
+        let cut = self.framing.edge_room > 0.0
+            && (b.cx - half <= 0.0
+                || b.cy - half <= 0.0
+                || b.cx + half >= width as f32
+                || b.cy + half >= height as f32);
         large || cut
     }
 
@@ -247,6 +250,9 @@ mod tests {
         let mut d = FramedDetector::new(SquareFinder { seen: Vec::new() });
         d.detect(&frame_with_square(640, 480, 0, 200, 60)).unwrap();
         assert_eq!(d.inner().seen.len(), 2);
+        // Near the side but whole, as a kiosk face often is: one pass, no second look.
+        d.detect(&frame_with_square(640, 480, 13, 200, 110)).unwrap();
+        assert_eq!(d.inner().seen.len(), 3);
     }
 
     #[test]
