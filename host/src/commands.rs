@@ -559,7 +559,6 @@ pub struct VerifyArgs {
     data_args: DataArgs,
 }
 
-/// Runs model files through the device library on a held-out split and compares them.
 #[derive(clap::Args)]
 pub struct UpgradeArgs {
     /// The model file to upgrade.
@@ -626,6 +625,7 @@ pub fn upgrade(a: UpgradeArgs) -> Result<()> {
     Ok(())
 }
 
+/// Runs model files through the device library on a held-out split and compares them.
 pub fn verify(a: VerifyArgs) -> Result<()> {
     let reference_path = a.reference.clone().unwrap_or_else(|| a.models[0].clone());
     let mut paths = vec![reference_path.clone()];

@@ -302,6 +302,15 @@ fn median_age(g: &mut Graph, p: &str, bins: usize) -> String {
 
 /// `[N, 1]` readings through the age map, as [`AgeMap::apply_tensor`] computes it:
 /// `values[0] + (relu(r - starts) - relu(r - ends)) @ slopes`.
+/// The `age_bands` output: the `[N, bins]` age distribution `probs` summed over each of the
+/// board's age bands (a MatMul with a 0/1 matrix).
+pub(crate) fn band_shares(g: &mut Graph, probs: &str, bins: usize) -> String {
+    let band_matrix: Vec<f32> =
+        (0..bins).flat_map(|age| faceage_device::counts::one_band(age as f32)).collect();
+    g.init_f32("age.band_matrix", &[bins, AGE_BANDS.len()], &band_matrix);
+    g.node("MatMul", OUTPUT_AGE_BANDS, &[probs, "age.band_matrix"], &[OUTPUT_AGE_BANDS], vec![])
+}
+
 pub(crate) fn mapped_age(g: &mut Graph, map: &AgeMap, reading: &str) -> String {
     let (starts, ends, slopes) = map.segments();
     let n = starts.len();
@@ -436,10 +445,7 @@ pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Enc
         let var = g.node("Sub", "age.variance", &[&second, &square], &["age.variance"], vec![]);
         let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
         let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
-        let band_matrix: Vec<f32> =
-            (0..bins).flat_map(|age| faceage_device::counts::one_band(age as f32)).collect();
-        g.init_f32("age.band_matrix", &[bins, AGE_BANDS.len()], &band_matrix);
-        g.node("MatMul", OUTPUT_AGE_BANDS, &[&p, "age.band_matrix"], &[OUTPUT_AGE_BANDS], vec![]);
+        band_shares(&mut g, &p, bins);
         let median = median_age(&mut g, &p, bins);
         let age = match &net.age_map {
             Some(map) => mapped_age(&mut g, map, &median),

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use faceage_device::counts::{AGE_BANDS, age_band_index, one_band};
+use faceage_device::counts::{AGE_BANDS, age_band_index};
 use faceage_device::{AgeGenderModel, ModelContract};
 use image::{Rgb, RgbImage};
 use prost::Message;
@@ -21,7 +21,7 @@ use rand::{Rng, SeedableRng};
 use tract_onnx::pb::{ModelProto, StringStringEntryProto};
 
 use super::graph::{Dim, Graph};
-use super::{OUTPUT_AGE_BANDS, mapped_age, predict_with_device};
+use super::{OUTPUT_AGE_BANDS, band_shares, mapped_age, predict_with_device};
 use crate::age_map::AgeMap;
 use crate::crops::CropSet;
 
@@ -85,9 +85,7 @@ pub fn add_age_bands(model: &mut ModelProto, label: &str) -> Result<BandsAdded> 
     }
 
     let mut added = Graph::default();
-    let band_matrix: Vec<f32> = (0..bins).flat_map(|age| one_band(age as f32)).collect();
-    added.init_f32("age.band_matrix", &[bins, AGE_BANDS.len()], &band_matrix);
-    added.node("MatMul", OUTPUT_AGE_BANDS, &[&distribution, "age.band_matrix"], &[OUTPUT_AGE_BANDS], vec![]);
+    band_shares(&mut added, &distribution, bins);
     graph.initializer.extend(added.initializers);
     graph.node.extend(added.nodes);
     graph
