@@ -45,14 +45,20 @@ impl Gender {
     }
 }
 
+/// How sure a gender reading with probability `female` is, 0 (a coin toss) to 1 (certain):
+/// what the overlay's bar and the kiosk's `confidence` show.
+pub fn gender_certainty(female: f32) -> f32 {
+    (2.0 * (female - 0.5).abs()).min(1.0)
+}
+
 impl Estimate {
     pub fn gender(&self) -> Gender {
         if self.female >= 0.5 { Gender::Female } else { Gender::Male }
     }
 
-    /// Probability of the predicted gender, 0.5..1.
-    pub fn gender_confidence(&self) -> f32 {
-        self.female.max(1.0 - self.female)
+    /// How sure the gender reading is ([`gender_certainty`]).
+    pub fn gender_certainty(&self) -> f32 {
+        gender_certainty(self.female)
     }
 
     /// How this face counts in each age band: the model's probability mass per band when it
@@ -256,5 +262,20 @@ fn check_input(proto: &ModelProto, contract: &ModelContract, label: &str) -> Res
     match dims.as_slice() {
         [_, Some(3), Some(h), Some(w)] if *h == s && *w == s => Ok(()),
         other => bail!("{label}: input shape {other:?} does not match the contract [N, 3, {s}, {s}]"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gender_certainty_runs_from_a_coin_toss_to_sure_either_way() {
+        assert_eq!(gender_certainty(0.5), 0.0);
+        assert_eq!(gender_certainty(1.0), 1.0);
+        assert_eq!(gender_certainty(0.0), 1.0);
+        assert!((gender_certainty(0.8) - 0.6).abs() < 1e-6 && (gender_certainty(0.2) - 0.6).abs() < 1e-6);
+        let e = Estimate { age: 30.0, female: 0.9, age_std: None, age_bands: None };
+        assert!((e.gender_certainty() - 0.8).abs() < 1e-6);
     }
 }

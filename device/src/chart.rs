@@ -23,8 +23,82 @@ pub struct Series {
 
 const MARGIN_LEFT: i32 = 56;
 const MARGIN_RIGHT: i32 = 12;
-const MARGIN_TOP: i32 = 30;
 const MARGIN_BOTTOM: i32 = 44;
+/// The title's top edge; the legend's rows start under it, the plot under them.
+const TITLE_TOP: i32 = 8;
+const LEGEND_ROW: i32 = 14;
+const LEGEND_GAP: i32 = 12;
+const SWATCH: i32 = 10;
+
+/// Where a piece of text landed on a chart. Every label goes through [`Canvas::text`], so a
+/// test can check that none runs off the picture or over another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TextBox {
+    pub text: String,
+    pub x: i32,
+    pub y: i32,
+    pub w: i32,
+    pub h: i32,
+}
+
+impl TextBox {
+    pub fn overlaps(&self, other: &TextBox) -> bool {
+        self.x < other.x + other.w
+            && other.x < self.x + self.w
+            && self.y < other.y + other.h
+            && other.y < self.y + self.h
+    }
+
+    pub fn inside(&self, width: u32, height: u32) -> bool {
+        self.x >= 0 && self.y >= 0 && self.x + self.w <= width as i32 && self.y + self.h <= height as i32
+    }
+}
+
+/// A chart being drawn, and the text boxes drawn on it.
+pub struct Canvas {
+    pub image: RgbImage,
+    pub text_boxes: Vec<TextBox>,
+}
+
+impl Canvas {
+    fn text(&mut self, x: i32, y: i32, s: &str, color: Rgb<u8>, font: Font) {
+        draw::text(&mut self.image, x, y, s, color, font);
+        let h = font.char_size().1 as i32;
+        self.text_boxes.push(TextBox { text: s.to_string(), x, y, w: font.text_width(s) as i32, h });
+    }
+}
+
+/// One legend entry: a swatch and the series' name.
+fn legend_entry_width(name: &str) -> i32 {
+    SWATCH + 3 + Font::Small.text_width(name) as i32
+}
+
+/// Top-left corners of the legend's entries, in rows under the title from the left margin
+/// (wrapped within the width), and the y where the rows end.
+fn legend_layout(series: &[Series], width: u32) -> (Vec<(i32, i32)>, i32) {
+    let first_row = TITLE_TOP + Font::Large.char_size().1 as i32 + 6;
+    let right = width as i32 - MARGIN_RIGHT;
+    let (mut x, mut y) = (MARGIN_LEFT, first_row);
+    let mut corners = Vec::with_capacity(series.len());
+    for s in series {
+        let w = legend_entry_width(&s.name);
+        if x > MARGIN_LEFT && x + w > right {
+            (x, y) = (MARGIN_LEFT, y + LEGEND_ROW);
+        }
+        corners.push((x, y));
+        x += w + LEGEND_GAP;
+    }
+    let end = if series.is_empty() { first_row } else { y + LEGEND_ROW };
+    (corners, end)
+}
+
+fn legend(canvas: &mut Canvas, series: &[Series]) {
+    let (corners, _) = legend_layout(series, canvas.image.width());
+    for (s, (x, y)) in series.iter().zip(corners) {
+        draw::fill_rect(&mut canvas.image, x, y + 1, SWATCH as u32, 8, s.color);
+        canvas.text(x + SWATCH + 3, y, &s.name, BLACK, Font::Small);
+    }
+}
 
 /// Rounded tick step giving about `target` ticks over `span`.
 fn tick_step(span: f64, target: usize) -> f64 {
@@ -56,71 +130,63 @@ fn format_tick(v: f64, step: f64) -> String {
 struct Frame {
     width: u32,
     height: u32,
+    /// Top of the plot area: under the title and the legend.
+    top: i32,
     y_min: f64,
     y_max: f64,
 }
 
 impl Frame {
+    fn new(width: u32, height: u32, series: &[Series], (y_min, y_max): (f64, f64)) -> Frame {
+        // The highest tick label sits 5 px above its grid line: room for it under the legend.
+        let top = legend_layout(series, width).1 + 8;
+        Frame { width, height, top, y_min, y_max }
+    }
     fn plot_w(&self) -> f64 {
         (self.width as i32 - MARGIN_LEFT - MARGIN_RIGHT) as f64
     }
     fn plot_h(&self) -> f64 {
-        (self.height as i32 - MARGIN_TOP - MARGIN_BOTTOM) as f64
+        (self.height as i32 - self.top - MARGIN_BOTTOM).max(1) as f64
     }
     fn y(&self, v: f64) -> i32 {
         let t = (v - self.y_min) / (self.y_max - self.y_min).max(1e-12);
-        (MARGIN_TOP as f64 + self.plot_h() * (1.0 - t)).round() as i32
+        (self.top as f64 + self.plot_h() * (1.0 - t)).round() as i32
     }
 
     /// Background, title, y grid with labels, axis names.
-    fn draw_axes(&self, title: &str, x_label: &str) -> RgbImage {
-        let mut img = RgbImage::from_pixel(self.width, self.height, WHITE);
-        draw::text(&mut img, MARGIN_LEFT, 8, title, BLACK, Font::Large);
-        let step = tick_step(self.y_max - self.y_min, 5);
+    fn draw_axes(&self, title: &str, x_label: &str) -> Canvas {
+        let image = RgbImage::from_pixel(self.width, self.height, WHITE);
+        let mut c = Canvas { image, text_boxes: Vec::new() };
+        c.text(MARGIN_LEFT, TITLE_TOP, title, BLACK, Font::Large);
+        // Ticks at least two label heights apart, so their labels never touch.
+        let most_ticks = (self.plot_h() / 24.0).floor().clamp(1.0, 5.0) as usize;
+        let step = tick_step(self.y_max - self.y_min, most_ticks);
         let mut v = (self.y_min / step).ceil() * step;
         while v <= self.y_max + 1e-9 {
             let y = self.y(v);
             draw::line(
-                &mut img,
+                &mut c.image,
                 (MARGIN_LEFT, y),
                 (self.width as i32 - MARGIN_RIGHT, y),
                 Rgb([225, 225, 225]),
                 1,
             );
             let s = format_tick(v, step);
-            draw::text(
-                &mut img,
-                MARGIN_LEFT - 4 - Font::Small.text_width(&s) as i32,
-                y - 5,
-                &s,
-                BLACK,
-                Font::Small,
-            );
+            c.text(MARGIN_LEFT - 4 - Font::Small.text_width(&s) as i32, y - 5, &s, BLACK, Font::Small);
             v += step;
         }
         let bottom = self.height as i32 - MARGIN_BOTTOM;
-        draw::line(&mut img, (MARGIN_LEFT, MARGIN_TOP), (MARGIN_LEFT, bottom), GREY, 1);
-        draw::line(&mut img, (MARGIN_LEFT, bottom), (self.width as i32 - MARGIN_RIGHT, bottom), GREY, 1);
+        draw::line(&mut c.image, (MARGIN_LEFT, self.top), (MARGIN_LEFT, bottom), GREY, 1);
+        draw::line(&mut c.image, (MARGIN_LEFT, bottom), (self.width as i32 - MARGIN_RIGHT, bottom), GREY, 1);
         let xl = x_label;
-        draw::text(
-            &mut img,
+        c.text(
             MARGIN_LEFT + (self.plot_w() as i32 - Font::Small.text_width(xl) as i32) / 2,
             self.height as i32 - 14,
             xl,
             BLACK,
             Font::Small,
         );
-        img
-    }
-}
-
-fn legend(img: &mut RgbImage, series: &[Series]) {
-    let mut x = img.width() as i32 - MARGIN_RIGHT;
-    for s in series.iter().rev() {
-        let w = Font::Small.text_width(&s.name) as i32 + 16;
-        x -= w + 6;
-        draw::fill_rect(img, x, 12, 10, 8, s.color);
-        draw::text(img, x + 13, 11, &s.name, BLACK, Font::Small);
+        c
     }
 }
 
@@ -142,9 +208,13 @@ fn value_range(series: &[Series], from_zero: bool) -> (f64, f64) {
 
 /// Lines over x = 1..=n (e.g. epochs).
 pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, height: u32) -> RgbImage {
-    let (y_min, y_max) = value_range(series, false);
-    let frame = Frame { width, height, y_min, y_max };
-    let mut img = frame.draw_axes(title, x_label);
+    line_chart_canvas(title, x_label, series, width, height).image
+}
+
+/// [`line_chart`] with the boxes of its text.
+pub fn line_chart_canvas(title: &str, x_label: &str, series: &[Series], width: u32, height: u32) -> Canvas {
+    let frame = Frame::new(width, height, series, value_range(series, false));
+    let mut c = frame.draw_axes(title, x_label);
     let n = series.iter().map(|s| s.values.len()).max().unwrap_or(0);
     let x = |i: usize| {
         let t = if n <= 1 { 0.5 } else { i as f64 / (n - 1) as f64 };
@@ -154,14 +224,7 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, hei
     let step = tick_step(n.max(1) as f64, 8).max(1.0) as usize;
     for i in (0..n).filter(|i| (i + 1) % step == 0 || *i == 0) {
         let s = (i + 1).to_string();
-        draw::text(
-            &mut img,
-            x(i) - Font::Small.text_width(&s) as i32 / 2,
-            bottom + 4,
-            &s,
-            BLACK,
-            Font::Small,
-        );
+        c.text(x(i) - Font::Small.text_width(&s) as i32 / 2, bottom + 4, &s, BLACK, Font::Small);
     }
     for s in series {
         let points: Vec<(i32, i32)> = s
@@ -172,14 +235,14 @@ pub fn line_chart(title: &str, x_label: &str, series: &[Series], width: u32, hei
             .map(|(i, v)| (x(i), frame.y(*v)))
             .collect();
         for pair in points.windows(2) {
-            draw::line(&mut img, pair[0], pair[1], s.color, 2);
+            draw::line(&mut c.image, pair[0], pair[1], s.color, 2);
         }
         for p in &points {
-            draw::fill_rect(&mut img, p.0 - 2, p.1 - 2, 5, 5, s.color);
+            draw::fill_rect(&mut c.image, p.0 - 2, p.1 - 2, 5, 5, s.color);
         }
     }
-    legend(&mut img, series);
-    img
+    legend(&mut c, series);
+    c
 }
 
 /// Stacked bars, one per category (e.g. hours), series stacked bottom-up.
@@ -191,16 +254,29 @@ pub fn stacked_bars(
     width: u32,
     height: u32,
 ) -> RgbImage {
+    stacked_bars_canvas(title, x_label, categories, series, width, height).image
+}
+
+/// [`stacked_bars`] with the boxes of its text.
+pub fn stacked_bars_canvas(
+    title: &str,
+    x_label: &str,
+    categories: &[String],
+    series: &[Series],
+    width: u32,
+    height: u32,
+) -> Canvas {
     let totals: Vec<f64> = (0..categories.len())
         .map(|i| series.iter().map(|s| s.values.get(i).copied().unwrap_or(0.0)).sum())
         .collect();
     let max = totals.iter().copied().fold(0.0, f64::max).max(1.0);
-    let frame = Frame { width, height, y_min: 0.0, y_max: max * 1.05 };
-    let mut img = frame.draw_axes(title, x_label);
+    let frame = Frame::new(width, height, series, (0.0, max * 1.05));
+    let mut c = frame.draw_axes(title, x_label);
     let n = categories.len().max(1);
     let slot = frame.plot_w() / n as f64;
     let bar_w = (slot * 0.8).max(1.0) as u32;
-    let label_every = ((Font::Small.text_width("00:00") as f64 + 6.0) / slot).ceil().max(1.0) as usize;
+    let widest = categories.iter().map(|c| Font::Small.text_width(c)).max().unwrap_or(0);
+    let label_every = ((widest as f64 + 6.0) / slot).ceil().max(1.0) as usize;
     let bottom = height as i32 - MARGIN_BOTTOM;
     for (i, category) in categories.iter().enumerate() {
         let x0 = (MARGIN_LEFT as f64 + slot * i as f64 + slot * 0.1).round() as i32;
@@ -209,17 +285,17 @@ pub fn stacked_bars(
             let v = s.values.get(i).copied().unwrap_or(0.0);
             if v > 0.0 {
                 let (top, low) = (frame.y(base + v), frame.y(base));
-                draw::fill_rect(&mut img, x0, top, bar_w, (low - top).max(1) as u32, s.color);
+                draw::fill_rect(&mut c.image, x0, top, bar_w, (low - top).max(1) as u32, s.color);
             }
             base += v;
         }
         if i % label_every == 0 {
             let w = Font::Small.text_width(category) as i32;
-            draw::text(&mut img, x0 + bar_w as i32 / 2 - w / 2, bottom + 4, category, BLACK, Font::Small);
+            c.text(x0 + bar_w as i32 / 2 - w / 2, bottom + 4, category, BLACK, Font::Small);
         }
     }
-    legend(&mut img, series);
-    img
+    legend(&mut c, series);
+    c
 }
 
 /// Places images side by side on a white background.
@@ -233,6 +309,18 @@ pub fn side_by_side(images: &[RgbImage]) -> RgbImage {
         x += img.width();
     }
     out
+}
+
+/// Every label inside the picture and clear of every other (tests of every chart).
+#[cfg(test)]
+pub(crate) fn assert_readable(canvas: &Canvas) {
+    let (w, h) = canvas.image.dimensions();
+    for (i, a) in canvas.text_boxes.iter().enumerate() {
+        assert!(a.inside(w, h), "{a:?} runs off the {w}x{h} chart");
+        for b in &canvas.text_boxes[i + 1..] {
+            assert!(!a.overlaps(b), "{a:?} overlaps {b:?}");
+        }
+    }
 }
 
 #[cfg(test)]
@@ -261,5 +349,20 @@ mod tests {
         let bars = stacked_bars("people", "hour", &["09:00".into(), "10:00".into()], &series, 300, 200);
         assert!(bars.pixels().filter(|p| **p == PALETTE[1]).count() > 50);
         assert_eq!(side_by_side(&[img, bars]).dimensions(), (600, 200));
+    }
+
+    #[test]
+    fn a_legend_too_wide_for_one_row_wraps_under_the_title() {
+        let series: Vec<Series> = (0..12)
+            .map(|i| Series { name: format!("F {i}-{}", i + 9), color: PALETTE[i % 8], values: vec![1.0; 3] })
+            .collect();
+        let hours: Vec<String> = ["09", "10", "11"].map(String::from).to_vec();
+        let canvas = stacked_bars_canvas("people per hour", "hour", &hours, &series, 640, 400);
+        assert_readable(&canvas);
+        let legend_rows: std::collections::BTreeSet<i32> =
+            canvas.text_boxes.iter().filter(|b| b.text.starts_with("F ")).map(|b| b.y).collect();
+        assert!(legend_rows.len() >= 2, "12 entries do not fit one row at 640 px: {legend_rows:?}");
+        let curves = line_chart_canvas("age MAE (years)", "epoch", &series[..2], 360, 260);
+        assert_readable(&curves);
     }
 }

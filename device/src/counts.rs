@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use jiff::ZonedDateTime as Zoned;
 use serde::{Deserialize, Serialize};
 
-use crate::age_gender::Gender;
+use crate::age_gender::{BandShares, Gender};
 
 /// Age bands of every count and report: (name, from, to) in years, `to` exclusive.
 pub const AGE_BANDS: [(&str, f32, f32); 6] = [
@@ -35,17 +35,17 @@ pub fn age_band(age: f32) -> &'static str {
     AGE_BANDS[age_band_index(age)].0
 }
 
-/// Adds one person's band shares to `counts`.
-pub fn add_shares(counts: &mut BandCounts, shares: &[f32; 6]) {
+/// Adds one person's band shares to `counts`, renormalised to sum to 1 (a distribution's
+/// float sum is 1 only to within rounding).
+pub fn add_shares(counts: &mut BandCounts, shares: &BandShares) {
     let total: f32 = shares.iter().sum();
     for (c, s) in counts.iter_mut().zip(shares) {
-        // Renormalised: a distribution's float sum is 1 only to within rounding.
         *c += (*s / total.max(f32::EPSILON)) as f64;
     }
 }
 
 /// All of a face's share in the band of `age`.
-pub fn one_band(age: f32) -> [f32; 6] {
+pub fn one_band(age: f32) -> BandShares {
     let mut shares = [0.0; 6];
     shares[age_band_index(age)] = 1.0;
     shares
@@ -58,6 +58,70 @@ pub fn one_band(age: f32) -> [f32; 6] {
 /// pulls the counts toward the crowded twenties and thirties: model card.) Logs written
 /// before hold whole numbers and read the same.
 pub type BandCounts = [f64; 6];
+
+/// People per gender and age band: the one tally the counts log, the kiosk's day and
+/// `faceage report` keep. Serialised as `"female": [6 bands], "male": [6 bands]`, flattened
+/// into the record that holds it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BandTally {
+    pub female: BandCounts,
+    pub male: BandCounts,
+}
+
+impl BandTally {
+    /// Columns of a tally in a CSV line: the female bands, then the male ones.
+    pub const CSV_COLUMNS: usize = 2 * AGE_BANDS.len();
+
+    /// One person: their share in each age band ([`add_shares`]).
+    pub fn add_person(&mut self, gender: Gender, shares: &BandShares) {
+        let counts = match gender {
+            Gender::Female => &mut self.female,
+            Gender::Male => &mut self.male,
+        };
+        add_shares(counts, shares);
+    }
+
+    /// Adds another tally's counts (summing intervals).
+    pub fn add(&mut self, other: &BandTally) {
+        for b in 0..AGE_BANDS.len() {
+            self.female[b] += other.female[b];
+            self.male[b] += other.male[b];
+        }
+    }
+
+    pub fn of(&self, gender: Gender) -> &BandCounts {
+        match gender {
+            Gender::Female => &self.female,
+            Gender::Male => &self.male,
+        }
+    }
+
+    /// People of one gender (the sum over its bands; an expected count, see [`BandCounts`]).
+    pub fn people(&self, gender: Gender) -> f64 {
+        self.of(gender).iter().sum()
+    }
+
+    /// Every band to hundredths, as the log stores them.
+    pub fn rounded(&self) -> BandTally {
+        BandTally { female: round_bands(&self.female), male: round_bands(&self.male) }
+    }
+
+    fn csv_fields(&self) -> impl Iterator<Item = String> + '_ {
+        self.female.iter().chain(&self.male).map(f64::to_string)
+    }
+
+    /// Reads the [`Self::CSV_COLUMNS`] fields starting at column `first` (0-based) of `fields`.
+    fn from_csv_fields(fields: &[&str], first: usize) -> Result<BandTally> {
+        let mut tally = BandTally::default();
+        let bands = AGE_BANDS.len();
+        for (k, v) in tally.female.iter_mut().chain(tally.male.iter_mut()).enumerate() {
+            let i = first + k;
+            *v = fields[i].parse().with_context(|| format!("column {} is not a number", i + 1))?;
+        }
+        debug_assert_eq!(Self::CSV_COLUMNS, 2 * bands);
+        Ok(tally)
+    }
+}
 
 /// Rounds every band to hundredths, as the log stores them.
 pub fn round_bands(bands: &BandCounts) -> BandCounts {
@@ -72,13 +136,16 @@ pub struct IntervalRecord {
     pub end: String,
     /// People counted (tracks confirmed) in the interval.
     pub people: u32,
-    pub female: BandCounts,
-    pub male: BandCounts,
+    #[serde(flatten)]
+    pub tally: BandTally,
     pub frames: u64,
     pub dropped: u64,
 }
 
 impl IntervalRecord {
+    /// Columns of a CSV line: start, end, people, the tally, frames, dropped.
+    pub const CSV_COLUMNS: usize = 3 + BandTally::CSV_COLUMNS + 2;
+
     pub fn csv_header() -> String {
         let mut cols = vec!["start".to_string(), "end".into(), "people".into()];
         for g in ["female", "male"] {
@@ -90,40 +157,28 @@ impl IntervalRecord {
 
     pub fn csv_line(&self) -> String {
         let mut cols = vec![self.start.clone(), self.end.clone(), self.people.to_string()];
-        cols.extend(self.female.iter().chain(&self.male).map(f64::to_string));
+        cols.extend(self.tally.csv_fields());
         cols.extend([self.frames.to_string(), self.dropped.to_string()]);
         cols.join(",")
     }
 
     pub fn from_csv_line(line: &str) -> Result<Self> {
         let f: Vec<&str> = line.trim().split(',').collect();
-        if f.len() != 17 {
-            bail!("{} columns, expected 17", f.len());
+        if f.len() != Self::CSV_COLUMNS {
+            bail!("{} columns, expected {}", f.len(), Self::CSV_COLUMNS);
         }
         let n = |i: usize| -> Result<u64> {
             f[i].parse().with_context(|| format!("column {} is not a number", i + 1))
         };
-        let bands = |from: usize| -> Result<BandCounts> {
-            let mut b = [0f64; 6];
-            for (k, v) in b.iter_mut().enumerate() {
-                let i = from + k;
-                *v = f[i].parse().with_context(|| format!("column {} is not a number", i + 1))?;
-            }
-            Ok(b)
-        };
+        let after_tally = 3 + BandTally::CSV_COLUMNS;
         Ok(Self {
             start: f[0].to_string(),
             end: f[1].to_string(),
             people: n(2)? as u32,
-            female: bands(3)?,
-            male: bands(9)?,
-            frames: n(15)?,
-            dropped: n(16)?,
+            tally: BandTally::from_csv_fields(&f, 3)?,
+            frames: n(after_tally)?,
+            dropped: n(after_tally + 1)?,
         })
-    }
-
-    pub fn start_time(&self) -> Result<jiff::Timestamp> {
-        self.start.parse().with_context(|| format!("start {:?} is not an RFC 3339 time", self.start))
     }
 }
 
@@ -131,8 +186,7 @@ impl IntervalRecord {
 #[derive(Clone, Debug)]
 pub struct IntervalCounter {
     pub start: Zoned,
-    pub female: BandCounts,
-    pub male: BandCounts,
+    pub tally: BandTally,
     pub people: u32,
     pub frames: u64,
     pub dropped: u64,
@@ -140,18 +194,12 @@ pub struct IntervalCounter {
 
 impl IntervalCounter {
     pub fn new(start: Zoned) -> Self {
-        Self { start, female: [0.0; 6], male: [0.0; 6], people: 0, frames: 0, dropped: 0 }
+        Self { start, tally: BandTally::default(), people: 0, frames: 0, dropped: 0 }
     }
 
     /// One person, their share in each age band (summing to 1; see [`BandCounts`]).
-    pub fn add_person(&mut self, gender: Gender, bands: &[f32; 6]) {
-        add_shares(
-            match gender {
-                Gender::Female => &mut self.female,
-                Gender::Male => &mut self.male,
-            },
-            bands,
-        );
+    pub fn add_person(&mut self, gender: Gender, bands: &BandShares) {
+        self.tally.add_person(gender, bands);
         self.people += 1;
     }
 
@@ -161,8 +209,7 @@ impl IntervalCounter {
             start: format_time(&self.start),
             end: format_time(&end),
             people: self.people,
-            female: round_bands(&self.female),
-            male: round_bands(&self.male),
+            tally: self.tally.rounded(),
             frames: self.frames,
             dropped: self.dropped,
         };
@@ -362,8 +409,7 @@ mod tests {
             start: "2026-11-29T10:00:00+01:00".into(),
             end: "2026-11-29T10:01:00+01:00".into(),
             people,
-            female: [0.0, 1.0, 0.0, 2.0, 0.0, 0.0],
-            male: [0.0, 0.0, 0.0, 1.0, 1.0, 0.0],
+            tally: BandTally { female: [0.0, 1.0, 0.0, 2.0, 0.0, 0.0], male: [0.0, 0.0, 0.0, 1.0, 1.0, 0.0] },
             frames: 600,
             dropped: 3,
         }
@@ -386,7 +432,7 @@ mod tests {
     fn csv_lines_round_trip() {
         let r = record(5);
         assert_eq!(IntervalRecord::from_csv_line(&r.csv_line()).unwrap(), r);
-        assert_eq!(IntervalRecord::csv_header().split(',').count(), 17);
+        assert_eq!(IntervalRecord::csv_header().split(',').count(), IntervalRecord::CSV_COLUMNS);
     }
 
     #[test]
@@ -442,10 +488,28 @@ mod tests {
         c.add_person(Gender::Male, &[0.0, 0.0, 0.0, 0.0, 1.0 / 3.0, 2.0 / 3.0]);
         c.frames = 10;
         let r = c.roll(next_boundary(&t, 60));
-        assert_eq!((r.people, r.female[3], r.male[5], r.frames), (3, 1.0, 1.67, 10));
-        assert_eq!(r.male[4], 0.33, "shares are stored to the hundredth");
+        assert_eq!((r.people, r.tally.female[3], r.tally.male[5], r.frames), (3, 1.0, 1.67, 10));
+        assert_eq!(r.tally.male[4], 0.33, "shares are stored to the hundredth");
         assert_eq!(IntervalRecord::from_csv_line(&r.csv_line()).unwrap(), r);
         assert_eq!(c.people, 0);
         assert_eq!(format_time(&c.start), "2026-11-29T10:01:00+01:00");
+    }
+
+    #[test]
+    fn a_record_reads_and_writes_its_tally_as_two_band_arrays() {
+        let line = r#"{"start":"2026-11-29T10:00:00+01:00","end":"2026-11-29T10:01:00+01:00","people":2,"female":[0,1,0,0,0,0],"male":[0,0,0,0.5,0.5,0],"frames":3,"dropped":0}"#;
+        let r: IntervalRecord = serde_json::from_str(line).unwrap();
+        assert_eq!(r.tally.people(Gender::Female), 1.0, "whole numbers of older logs read as counts");
+        assert_eq!(r.tally.male[4], 0.5);
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.contains(
+                r#""people":2,"female":[0.0,1.0,0.0,0.0,0.0,0.0],"male":[0.0,0.0,0.0,0.5,0.5,0.0],"frames":3"#
+            ),
+            "{json}"
+        );
+        let mut sum = r.tally;
+        sum.add(&r.tally);
+        assert_eq!((sum.people(Gender::Female), sum.people(Gender::Male)), (2.0, 2.0));
     }
 }

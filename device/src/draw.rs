@@ -148,13 +148,7 @@ pub fn overlay_face(image: &mut RgbImage, bbox: &BBox, gender: Gender, age: f32,
 /// Draws every reading of a frame (per-frame estimates; the live view draws fused tracks).
 pub fn overlay_readings(image: &mut RgbImage, readings: &[FaceReading]) {
     for r in readings {
-        overlay_face(
-            image,
-            &r.face.bbox,
-            r.estimate.gender(),
-            r.estimate.age,
-            r.estimate.gender_confidence() * 2.0 - 1.0,
-        );
+        overlay_face(image, &r.face.bbox, r.estimate.gender(), r.estimate.age, r.estimate.gender_certainty());
     }
 }
 

@@ -17,6 +17,8 @@ pub mod counts;
 pub mod detect;
 pub mod draw;
 pub mod eval;
+pub mod events;
+pub mod files;
 pub mod geometry;
 pub mod imaging;
 #[cfg(feature = "kiosk")]
@@ -24,9 +26,11 @@ pub mod kiosk;
 pub mod labels;
 pub mod live;
 pub mod model_file;
+pub mod newest;
 pub mod onnx;
 pub mod pipeline;
 pub mod report;
+pub mod run_loop;
 pub mod source;
 pub mod track;
 

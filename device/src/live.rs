@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use jiff::ZonedDateTime as Zoned;
 use serde::Serialize;
 
-use crate::counts::{BandCounts, CountsLog, IntervalCounter, IntervalRecord, add_shares, next_boundary};
+use crate::counts::{BandTally, CountsLog, IntervalCounter, IntervalRecord, next_boundary};
 use crate::pipeline::{FaceReading, Pipeline, StageTimes};
 use crate::source::Frame;
 use crate::track::{TrackView, Tracker, TrackerConfig};
@@ -45,8 +45,8 @@ pub struct FrameReport {
 pub struct DayCounts {
     pub date: String,
     pub people: u32,
-    pub female: BandCounts,
-    pub male: BandCounts,
+    #[serde(flatten)]
+    pub tally: BandTally,
 }
 
 pub struct Live {
@@ -111,13 +111,7 @@ impl Live {
             self.counter.add_person(r.gender, &r.bands);
             self.people_total += 1;
             self.today.people += 1;
-            add_shares(
-                match r.gender {
-                    crate::age_gender::Gender::Female => &mut self.today.female,
-                    crate::age_gender::Gender::Male => &mut self.today.male,
-                },
-                &r.bands,
-            );
+            self.today.tally.add_person(r.gender, &r.bands);
             if let Some(dir) = &self.options.save_crops {
                 self.save_crop(dir, frame, person, &readings)?;
             }

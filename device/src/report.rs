@@ -5,22 +5,45 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
-use jiff::Timestamp;
+use jiff::fmt::temporal::Pieces;
+use jiff::{Timestamp, civil};
 use serde::Serialize;
 
-use crate::chart::{Series, stacked_bars};
-use crate::counts::{AGE_BANDS, BandCounts, IntervalRecord};
+use crate::age_gender::Gender;
+use crate::chart::{Canvas, Series, stacked_bars_canvas};
+use crate::counts::{AGE_BANDS, BandTally, IntervalRecord};
 
-/// Reads JSON Lines or CSV counts logs. Lines that cannot be read (a torn line from a crash
-/// the writer has not repaired yet, a foreign line) are skipped with a warning naming them.
-pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<IntervalRecord>, Vec<String>)> {
-    let mut records = Vec::new();
+/// A line of a counts log with its start read once: the instant (order and `--from`/`--to`)
+/// and the board's local date and time as it wrote them (the hour a report groups by).
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub record: IntervalRecord,
+    pub start: Timestamp,
+    pub local_start: civil::DateTime,
+}
+
+impl LogLine {
+    pub fn new(record: IntervalRecord) -> Result<LogLine> {
+        let text = &record.start;
+        let bad = || format!("start {text:?} is not an RFC 3339 time");
+        let start: Timestamp = text.parse().with_context(bad)?;
+        let pieces = Pieces::parse(text).with_context(bad)?;
+        let local_start = pieces.date().to_datetime(pieces.time().unwrap_or_default());
+        Ok(LogLine { record, start, local_start })
+    }
+}
+
+/// Reads JSON Lines or CSV counts logs, oldest line first. Lines that cannot be read (a torn
+/// line from a crash the writer has not repaired yet, a foreign line) are skipped with a
+/// warning naming them.
+pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<LogLine>, Vec<String>)> {
+    let mut lines = Vec::new();
     let mut warnings = Vec::new();
+    let header = IntervalRecord::csv_header();
     for path in paths {
         let path = path.as_ref();
         let text =
             std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-        let header = IntervalRecord::csv_header();
         for (n, line) in text.lines().enumerate() {
             let line = line.trim();
             if line.is_empty() || line == header {
@@ -31,14 +54,14 @@ pub fn read_logs(paths: &[impl AsRef<Path>]) -> Result<(Vec<IntervalRecord>, Vec
             } else {
                 IntervalRecord::from_csv_line(line)
             };
-            match parsed.and_then(|r| r.start_time().map(|_| r)) {
-                Ok(r) => records.push(r),
+            match parsed.and_then(LogLine::new) {
+                Ok(l) => lines.push(l),
                 Err(e) => warnings.push(format!("{}:{}: skipped ({e:#})", path.display(), n + 1)),
             }
         }
     }
-    records.sort_by_key(|r| r.start_time().ok());
-    Ok((records, warnings))
+    lines.sort_by_key(|l| l.start);
+    Ok((lines, warnings))
 }
 
 /// Totals over a time range, and per hour.
@@ -48,37 +71,30 @@ pub struct Summary {
     pub to: Option<String>,
     pub intervals: usize,
     pub people: u32,
-    pub female: BandCounts,
-    pub male: BandCounts,
+    #[serde(flatten)]
+    pub tally: BandTally,
     pub frames: u64,
     pub dropped: u64,
-    /// "YYYY-MM-DD HH:00" (the log's local time) -> (female, male) per band.
-    pub per_hour: BTreeMap<String, (BandCounts, BandCounts)>,
+    /// "YYYY-MM-DD HH:00" (the log's local time) -> people per gender and band.
+    pub per_hour: BTreeMap<String, BandTally>,
 }
 
-/// Sums the records starting in `[from, to)`.
-pub fn summarize(records: &[IntervalRecord], from: Option<Timestamp>, to: Option<Timestamp>) -> Summary {
+/// Sums the lines starting in `[from, to)`.
+pub fn summarize(lines: &[LogLine], from: Option<Timestamp>, to: Option<Timestamp>) -> Summary {
     let mut s =
         Summary { from: from.map(|t| t.to_string()), to: to.map(|t| t.to_string()), ..Default::default() };
-    for r in records {
-        let Ok(start) = r.start_time() else { continue };
-        if from.is_some_and(|f| start < f) || to.is_some_and(|t| start >= t) {
+    for line in lines {
+        if from.is_some_and(|f| line.start < f) || to.is_some_and(|t| line.start >= t) {
             continue;
         }
+        let r = &line.record;
         s.intervals += 1;
         s.people += r.people;
         s.frames += r.frames;
         s.dropped += r.dropped;
-        // The hour as the log wrote it (local time of the board): "2026-11-29T10".
-        let hour =
-            format!("{} {}:00", &r.start[..10.min(r.start.len())], r.start.get(11..13).unwrap_or("00"));
-        let entry = s.per_hour.entry(hour).or_insert(([0.0; 6], [0.0; 6]));
-        for b in 0..6 {
-            s.female[b] += r.female[b];
-            s.male[b] += r.male[b];
-            entry.0[b] += r.female[b];
-            entry.1[b] += r.male[b];
-        }
+        s.tally.add(&r.tally);
+        let hour = line.local_start.strftime("%Y-%m-%d %H:00").to_string();
+        s.per_hour.entry(hour).or_default().add(&r.tally);
     }
     s
 }
@@ -96,7 +112,7 @@ impl Summary {
             out.push_str(&format!("{b:>7}"));
         }
         out.push_str(&format!("{:>8}\n", "total"));
-        for (name, counts) in [("female", &self.female), ("male", &self.male)] {
+        for (name, counts) in [("female", &self.tally.female), ("male", &self.tally.male)] {
             out.push_str(&format!("{name:<8}"));
             for c in counts {
                 out.push_str(&format!("{:>7}", count_text(*c)));
@@ -105,8 +121,8 @@ impl Summary {
         }
         if !self.per_hour.is_empty() {
             out.push_str(&format!("\n{:<16}{:>8}{:>8}{:>8}\n", "hour", "female", "male", "people"));
-            for (hour, (f, m)) in &self.per_hour {
-                let (f, m) = (f.iter().sum::<f64>(), m.iter().sum::<f64>());
+            for (hour, tally) in &self.per_hour {
+                let (f, m) = (tally.people(Gender::Female), tally.people(Gender::Male));
                 out.push_str(&format!(
                     "{hour:<16}{:>8}{:>8}{:>8}\n",
                     count_text(f),
@@ -120,6 +136,11 @@ impl Summary {
 
     /// People per hour, stacked by gender and age band.
     pub fn chart(&self) -> RgbImage {
+        self.chart_canvas().image
+    }
+
+    /// [`Self::chart`] with the boxes of its text.
+    pub fn chart_canvas(&self) -> Canvas {
         let hours: Vec<String> = self.per_hour.keys().map(|h| h[11..].to_string()).collect();
         // Warm shades for female, cool for male, darker with age.
         let shade = |female: bool, band: usize| -> Rgb<u8> {
@@ -137,7 +158,11 @@ impl Summary {
                 series.push(Series {
                     name: format!("{g} {band}"),
                     color: shade(female, b),
-                    values: self.per_hour.values().map(|(f, m)| if female { f[b] } else { m[b] }).collect(),
+                    values: self
+                        .per_hour
+                        .values()
+                        .map(|t| if female { t.female[b] } else { t.male[b] })
+                        .collect(),
                 });
             }
         }
@@ -150,8 +175,8 @@ impl Summary {
                 to.as_deref().unwrap_or("now")
             ),
         };
-        let legend_rows = ((series.len() as u32 * 58) / width.saturating_sub(60)).max(1);
-        stacked_bars(&title, "hour", &hours, &series, width, 360 + 12 * legend_rows)
+        // The legend wraps under the title; 400 px leave the bars about 300 at 640 px wide.
+        stacked_bars_canvas(&title, "hour", &hours, &series, width, 400)
     }
 }
 
@@ -166,13 +191,14 @@ fn count_text(v: f64) -> String {
 mod tests {
     use super::*;
 
+    use crate::counts::BandCounts;
+
     fn line(start: &str, people: u32, female: BandCounts, male: BandCounts) -> IntervalRecord {
         IntervalRecord {
             start: start.into(),
             end: start.into(),
             people,
-            female,
-            male,
+            tally: BandTally { female, male },
             frames: 100,
             dropped: 1,
         }
@@ -209,16 +235,40 @@ mod tests {
 
         let all = summarize(&records, None, None);
         assert_eq!((all.people, all.intervals, all.frames, all.dropped), (4, 3, 300, 3));
-        assert_eq!(all.female, [0.0, 0.0, 0.0, 1.0, 0.25, 0.75]);
+        assert_eq!(all.tally.female, [0.0, 0.0, 0.0, 1.0, 0.25, 0.75]);
         assert_eq!(all.per_hour.len(), 2);
-        assert_eq!(all.per_hour["2026-11-29 11:00"].1[0], 1.0);
+        assert_eq!(all.per_hour["2026-11-29 11:00"].male[0], 1.0);
         let table = all.table();
         assert!(table.contains("4 people in 3 intervals"), "{table}");
 
         let from: Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
         let late = summarize(&records, Some(from), None);
         assert_eq!(late.people, 2, "only records from 11:00 local (10:00 UTC) on");
-        let chart = all.chart();
-        assert!(chart.width() >= 640);
+        let chart = all.chart_canvas();
+        assert!(chart.image.width() >= 640);
+        crate::chart::assert_readable(&chart);
+    }
+
+    #[test]
+    fn hour_charts_keep_every_label_readable_from_640_px_up() {
+        for hours in [3, 8, 24] {
+            let lines: Vec<LogLine> = (0..hours)
+                .map(|h| {
+                    let start = format!("2026-11-29T{h:02}:00:00+01:00");
+                    let shares = [0.1, 0.2, 0.1, 0.3, 0.2, 0.1].map(|v| v * (1 + h % 5) as f64);
+                    LogLine::new(line(&start, 3, shares, shares)).unwrap()
+                })
+                .collect();
+            let from: Timestamp = "2026-11-28T23:00:00Z".parse().unwrap();
+            let to: Timestamp = "2026-11-29T23:00:00Z".parse().unwrap();
+            let summary = summarize(&lines, Some(from), Some(to));
+            assert_eq!(summary.per_hour.len(), hours as usize);
+            let chart = summary.chart_canvas();
+            if hours <= 8 {
+                assert_eq!(chart.image.width(), 640, "a few hours draw the narrowest chart");
+            }
+            crate::chart::assert_readable(&chart);
+            assert!(chart.text_boxes.iter().any(|b| b.text == "M 60+"), "every band is in the legend");
+        }
     }
 }

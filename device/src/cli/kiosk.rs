@@ -4,6 +4,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use anyhow::Result;
+use faceage_device::age_gender::gender_certainty;
 use faceage_device::draw;
 use faceage_device::kiosk::{KioskServer, is_loopback};
 use faceage_device::live::{FrameReport, Live};
@@ -81,7 +82,7 @@ impl Kiosk {
                     gender: r.gender,
                     age: r.age,
                     age_spread: r.age_spread,
-                    confidence: (2.0 * (r.female - 0.5).abs()).min(1.0),
+                    confidence: gender_certainty(r.female),
                     confirmed: t.confirmed,
                     x: t.bbox.x0(),
                     y: t.bbox.y0(),

@@ -8,26 +8,23 @@
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use tiny_http::{Header, Method, Response, Server};
+
+use crate::newest::Newest;
 
 const PAGE: &str = include_str!("page.html");
 const BOUNDARY: &str = "faceage-frame";
 /// Viewers streaming at once; more are turned away rather than costing memory and threads.
 const MAX_STREAMS: usize = 16;
 
-struct Latest {
-    jpeg: Arc<Vec<u8>>,
-    generation: u64,
-}
-
 /// What the pipeline publishes and the server hands out.
 pub struct KioskState {
-    frame: Mutex<Latest>,
-    new_frame: Condvar,
+    /// The newest JPEG; viewers remember the generation they sent last.
+    frame: Newest<Arc<Vec<u8>>>,
     tracks_json: Mutex<String>,
     counts_json: Mutex<String>,
     streams: AtomicUsize,
@@ -38,8 +35,7 @@ pub struct KioskState {
 impl KioskState {
     fn new() -> Self {
         Self {
-            frame: Mutex::new(Latest { jpeg: Arc::new(Vec::new()), generation: 0 }),
-            new_frame: Condvar::new(),
+            frame: Newest::new(),
             tracks_json: Mutex::new("{\"tracks\":[]}".into()),
             counts_json: Mutex::new("{}".into()),
             streams: AtomicUsize::new(0),
@@ -54,11 +50,8 @@ impl KioskState {
     }
 
     pub fn publish_frame(&self, jpeg: Vec<u8>) {
-        let mut latest = self.frame.lock().unwrap();
-        latest.jpeg = Arc::new(jpeg);
-        latest.generation += 1;
+        self.frame.put(Arc::new(jpeg));
         let _ = self.wanted.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(1)));
-        self.new_frame.notify_all();
     }
 
     pub fn publish_data(&self, tracks_json: String, counts_json: String) {
@@ -68,11 +61,7 @@ impl KioskState {
 
     /// The newest frame newer than `seen`, waiting up to `timeout`.
     fn frame_after(&self, seen: u64, timeout: Duration) -> Option<(u64, Arc<Vec<u8>>)> {
-        let latest = self.frame.lock().unwrap();
-        let (latest, _) =
-            self.new_frame.wait_timeout_while(latest, timeout, |l| l.generation <= seen).unwrap();
-        (latest.generation > seen && !latest.jpeg.is_empty())
-            .then(|| (latest.generation, Arc::clone(&latest.jpeg)))
+        self.frame.newer_than(seen, timeout).filter(|(_, jpeg)| !jpeg.is_empty())
     }
 }
 
@@ -136,7 +125,7 @@ fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
         "/frame.jpg" => {
             // Frames are encoded only while someone watches: ask for a fresh one and wait for
             // it, falling back to the last one if the pipeline is stalled.
-            let current = state.frame.lock().unwrap().generation;
+            let current = state.frame.generation();
             state.wanted.store(3, Ordering::Relaxed);
             match state
                 .frame_after(current, Duration::from_secs(2))

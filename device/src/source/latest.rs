@@ -2,23 +2,18 @@
 //! is slower than the camera, older frames are dropped (and counted), and latency stays at
 //! one frame. A source that fails (camera unplugged, stream down) is reopened with back-off.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
 
 use super::{Frame, FrameSource};
-
-struct Slot {
-    frame: Option<Frame>,
-    /// The reader gave up or was stopped: no more frames will come.
-    closed: bool,
-}
+use crate::newest::{Newest, Taken};
 
 struct Shared {
-    slot: Mutex<Slot>,
-    ready: Condvar,
+    /// Closed when the reader gave up or was stopped: no more frames will come.
+    frames: Newest<Frame>,
     dropped: AtomicU64,
     stop: AtomicBool,
 }
@@ -88,8 +83,7 @@ impl LatestFrame {
         L: Fn(String) + Send + 'static,
     {
         let shared = Arc::new(Shared {
-            slot: Mutex::new(Slot { frame: None, closed: false }),
-            ready: Condvar::new(),
+            frames: Newest::new(),
             dropped: AtomicU64::new(0),
             stop: AtomicBool::new(false),
         });
@@ -128,17 +122,13 @@ impl LatestFrame {
                         match source.next_frame() {
                             Ok(Some(frame)) => {
                                 attempt = 0;
-                                let mut slot = s.slot.lock().unwrap();
-                                if slot.frame.replace(frame).is_some() {
+                                if s.frames.put(frame) {
                                     s.dropped.fetch_add(1, Ordering::Relaxed);
                                 }
-                                s.ready.notify_one();
                             }
                             Ok(None) if !source.is_live() => {
                                 // A file read in real time has ended: so has the stream.
-                                let mut slot = s.slot.lock().unwrap();
-                                slot.closed = true;
-                                s.ready.notify_all();
+                                s.frames.close();
                                 return;
                             }
                             failed => {
@@ -159,9 +149,7 @@ impl LatestFrame {
                         }
                     }
                 }
-                let mut slot = s.slot.lock().unwrap();
-                slot.closed = true;
-                s.ready.notify_all();
+                s.frames.close();
             })
             .expect("spawn frame reader");
         Self { shared, reader: Some(reader) }
@@ -169,13 +157,10 @@ impl LatestFrame {
 
     /// The newest frame not yet taken, waiting up to `timeout` for one.
     pub fn next(&self, timeout: Duration) -> Next {
-        let slot = self.shared.slot.lock().unwrap();
-        let (mut slot, _) =
-            self.shared.ready.wait_timeout_while(slot, timeout, |s| s.frame.is_none() && !s.closed).unwrap();
-        match slot.frame.take() {
-            Some(frame) => Next::Frame(frame),
-            None if slot.closed => Next::Closed,
-            None => Next::Timeout,
+        match self.shared.frames.take(timeout) {
+            Taken::Value(frame) => Next::Frame(frame),
+            Taken::Timeout => Next::Timeout,
+            Taken::Closed => Next::Closed,
         }
     }
 
@@ -186,13 +171,10 @@ impl LatestFrame {
 
     pub fn stop(&mut self) {
         self.shared.stop.store(true, Ordering::Relaxed);
-        self.shared.ready.notify_all();
         if let Some(reader) = self.reader.take() {
             let _ = reader.join();
         }
-        let mut slot = self.shared.slot.lock().unwrap();
-        slot.frame = None;
-        slot.closed = true;
+        self.shared.frames.close_and_clear();
     }
 }
 
@@ -213,6 +195,8 @@ fn sleep_unless_stopped(stop: &AtomicBool, total: Duration) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+
     use super::*;
     use image::RgbImage;
 
