@@ -53,8 +53,11 @@ class ModelFile:
         self.mean = np.array([float(v) for v in meta['faceage.input.mean'].split(',')])
         self.std = np.array([float(v) for v in meta['faceage.input.std'].split(',')])
         self.crop_scale = float(meta['faceage.crop.scale'])
-        seed = re.search(r'split seed (\d+)', meta.get('faceage.train.data', ''))
-        self.seed = int(seed.group(1)) if seed else None
+        if 'faceage.train.split_seed' in meta:
+            self.seed = int(meta['faceage.train.split_seed'])
+        else:  # files from before the key say it in words
+            seed = re.search(r'split seed (\d+)', meta.get('faceage.train.data', ''))
+            self.seed = int(seed.group(1)) if seed else None
         self.outputs = (meta['faceage.output.age'], meta['faceage.output.female'])
 
     def reading(self):

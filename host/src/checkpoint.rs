@@ -8,9 +8,19 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 use candle_core::{Device, Tensor};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
-use crate::train::TrainState;
+/// Where training stands; stored in checkpoints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Next epoch to run (0-based) and next batch within it.
+    pub epoch: usize,
+    pub batch: usize,
+    pub optimizer_step: u64,
+    pub best_score: Option<f64>,
+    pub best_epoch: Option<usize>,
+    pub stale_epochs: usize,
+}
 
 const STATE_KEY: &str = "faceage.train_state";
 const OPTIM_PREFIX: &str = "optim.";

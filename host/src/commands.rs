@@ -6,19 +6,25 @@ use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::Device;
-use faceage_device::{AgeGenderModel, CropGeometry, ModelContract, QuantFormat};
+use faceage_device::{AgeGenderModel, CropGeometry, QuantFormat};
 use faceage_host::age_map::AgeMap;
-use faceage_host::augment::{Augment, Camera, MEAN, STD};
+use faceage_host::augment::{Augment, Camera};
+use faceage_host::bench;
+use faceage_host::config::{BnStats, Distil, TrainConfig};
 use faceage_host::crops::{CropSettings, default_cache_dir};
-use faceage_host::distil::{Distil, TeacherTargets};
-use faceage_host::export::quantize::{self, Calibration};
-use faceage_host::export::{self, FoldedNet, PlainF32, RecordedSplit};
-use faceage_host::metrics::Evaluation;
+use faceage_host::distil::TeacherTargets;
+use faceage_host::export::from_run::{self, ExportOptions, QuantOptions};
+use faceage_host::export::quantize::Calibration;
+use faceage_host::export::verify::{self, Bars};
+use faceage_host::export::{self, RecordedSplit};
 use faceage_host::nn::loss::AgeLoss;
 use faceage_host::nn::model::{NetConfig, Pooling};
 use faceage_host::nn::optim::AdamWConfig;
-use faceage_host::train::{self, BnStats, Model, Outcome, Prepared, RunDir, TrainConfig};
-use faceage_host::{UTKFACE_LICENSE, compute_device, plots};
+use faceage_host::prepare::{self, Prepared};
+use faceage_host::run_dir::RunDir;
+use faceage_host::train::{self, Outcome};
+use faceage_host::trained::{self, Model};
+use faceage_host::{compute_device, plots};
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum NetSize {
@@ -93,10 +99,10 @@ fn open_run(
     if reading.age_map {
         model.use_age_map(&run)?;
     }
-    let data = train::prepare(&config, &data_args.detector, &data_args.cache_dir, threads())?;
+    let data = prepare::prepare(&config, &data_args.detector, &data_args.cache_dir, threads())?;
     if reading.recalibrate_bn {
         let images =
-            model.recalibrate_batch_norm(&train::bn_stats_crops(&data.train, config.seed), &device)?;
+            model.recalibrate_batch_norm(&prepare::bn_stats_crops(&data.train, config.seed), &device)?;
         eprintln!("batch-norm statistics re-estimated on {images} training images (crops and mirror images)");
     }
     Ok(OpenRun { device, run, config, model, data })
@@ -123,20 +129,20 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = NetSize::Standard)]
     net: NetSize,
     /// Model input side in pixels (divisible by 8 for the standard net, 16 for separable).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TrainConfig::default().net.input_size)]
     size: u32,
     /// Epochs (the cosine schedule spans them all; the shipped model's recipe is the default).
-    #[arg(long, default_value_t = 36)]
+    #[arg(long, default_value_t = TrainConfig::default().epochs)]
     epochs: usize,
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = TrainConfig::default().batch_size)]
     batch: usize,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 3e-3)]
+    #[arg(long, default_value_t = TrainConfig::default().lr)]
     lr: f64,
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = TrainConfig::default().adamw.weight_decay)]
     weight_decay: f64,
     /// Warm-up length in epochs.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = TrainConfig::default().warmup_epochs)]
     warmup: f64,
     /// Early stopping: epochs without a better validation score [default: 8]. With --resume,
     /// a new patience lets a run that stopped early go on to the end of its schedule.
@@ -146,17 +152,17 @@ pub struct TrainArgs {
     #[arg(long, value_enum, default_value_t = Pooling::Average)]
     pooling: Pooling,
     /// Age loss; the default is the shipped model's recipe.
-    #[arg(long, value_enum, default_value_t = AgeLoss::LdlKl)]
+    #[arg(long, value_enum, default_value_t = TrainConfig::default().age_loss)]
     age_loss: AgeLoss,
     /// Where the kept model's batch-norm statistics come from.
-    #[arg(long, value_enum, default_value_t = BnStats::Precise)]
+    #[arg(long, value_enum, default_value_t = TrainConfig::default().bn_stats)]
     bn_stats: BnStats,
     /// Evaluate, keep and export an exponential moving average of the weights with this decay
     /// per step (e.g. 0.999: about the last 1,000 steps) instead of the last weights.
     #[arg(long)]
     ema: Option<f64>,
     /// Width in years of the LDL target distribution.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = TrainConfig::default().ldl_sigma)]
     sigma: f32,
     /// Strength of augmentation: 1 the default ranges (rotation 12 degrees, zoom 10%,
     /// shift 6%, colour 25%, mirror), 0 none.
@@ -169,7 +175,7 @@ pub struct TrainArgs {
     /// Crop side as a multiple of the detector box.
     #[arg(long, default_value_t = CropGeometry::default().scale)]
     crop_scale: f32,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = TrainConfig::default().seed)]
     seed: u64,
     /// Use only this many images (a seeded choice): for smoke tests.
     #[arg(long)]
@@ -189,12 +195,10 @@ pub struct TrainArgs {
     data_args: DataArgs,
 }
 
-pub fn train(a: TrainArgs) -> Result<()> {
-    if let Some(decay) = a.ema {
-        ensure!(decay > 0.0 && decay < 1.0, "--ema {decay}: the decay must lie between 0 and 1");
-    }
-    let device = compute_device(&a.device)?;
-    let config = TrainConfig {
+/// The run `a` asks for: the shipped recipe with the given settings.
+fn config_from_args(a: &TrainArgs) -> TrainConfig {
+    let recipe = TrainConfig::default();
+    TrainConfig {
         data: a.data.clone(),
         net: NetConfig { pooling: a.pooling, ..a.net.config(a.size) },
         crop: CropSettings::for_model(
@@ -204,10 +208,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         epochs: a.epochs,
         batch_size: a.batch,
         lr: a.lr,
-        lr_floor: 0.01,
         warmup_epochs: a.warmup,
-        adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
-        patience: a.patience.unwrap_or(8),
+        adamw: AdamWConfig { weight_decay: a.weight_decay, ..recipe.adamw },
+        patience: a.patience.unwrap_or(recipe.patience),
         seed: a.seed,
         augment: Augment { camera: Camera::scaled(a.augment * a.camera), ..Augment::scaled(a.augment) },
         age_loss: a.age_loss,
@@ -217,7 +220,16 @@ pub fn train(a: TrainArgs) -> Result<()> {
         bn_stats: a.bn_stats,
         distil: (!a.teachers.is_empty())
             .then(|| Distil { teachers: a.teachers.clone(), weight: a.distil_weight }),
-    };
+        ..recipe
+    }
+}
+
+pub fn train(a: TrainArgs) -> Result<()> {
+    if let Some(decay) = a.ema {
+        ensure!(decay > 0.0 && decay < 1.0, "--ema {decay}: the decay must lie between 0 and 1");
+    }
+    let device = compute_device(&a.device)?;
+    let config = config_from_args(&a);
     let run = RunDir(a.out.clone());
     let config = if a.resume {
         // The saved configuration wins: a resumed run continues the same experiment.
@@ -233,9 +245,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
         }
         config
     };
-    let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let data = prepare::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
     std::fs::create_dir_all(&run.0).with_context(|| format!("{}: cannot create", run.0.display()))?;
-    train::report_rejected(&data.rejected, Some(&run.rejected()))?;
+    prepare::report_rejected(&data.rejected, Some(&run.rejected()))?;
     if !a.resume {
         let command: Vec<String> = std::env::args().collect();
         std::fs::write(run.file("command.txt"), command.join(" ") + "\n")?;
@@ -252,13 +264,13 @@ pub fn train(a: TrainArgs) -> Result<()> {
         .as_ref()
         .map(|d| {
             let (detector, cache_dir) = (&a.data_args.detector, &a.data_args.cache_dir);
-            let prepare = |c: &TrainConfig| train::prepare(c, detector, cache_dir, threads());
+            let prepare_teacher = |c: &TrainConfig| prepare::prepare(c, detector, cache_dir, threads());
             TeacherTargets::load_or_compute(
                 &run.file("teacher-targets.bin"),
                 d,
                 &config,
                 &data.train,
-                &prepare,
+                &prepare_teacher,
                 &device,
             )
         })
@@ -270,15 +282,20 @@ pub fn train(a: TrainArgs) -> Result<()> {
     let records = run.read_metrics()?;
     plots::write_curves(&records, &run.file("curves.png"))?;
 
-    let (_, model) = Model::load_best(&run, &device)?;
-    let (_, before, after) = train::fit_age_map(&run, &model, &data.val, &device)?;
+    report_run(&run, &data, &device)
+}
+
+/// After training: the age map fitted on validation, the kept model's test figures and its gallery.
+fn report_run(run: &RunDir, data: &Prepared, device: &Device) -> Result<()> {
+    let (_, model) = Model::load_best(run, device)?;
+    let (_, before, after) = trained::fit_age_map(run, &model, &data.val, device)?;
     eprintln!(
         "age map fitted on {} validation faces (mirrored reading; MAE there {before:.2} -> {after:.2}) into {}: applied only by `eval --age-map` and `export --age-map`",
         data.val.len(),
         run.file(AgeMap::FILE).display()
     );
     let test = if data.test.is_empty() { &data.val } else { &data.test };
-    let predictions = model.predict(test, &device)?;
+    let predictions = model.predict(test, device)?;
     let evaluation = faceage_host::metrics::evaluate(&test.samples, &predictions);
     plots::write_gallery(test, &predictions, 24, &run.file("gallery.png"))?;
     std::fs::write(run.file("test-eval.json"), serde_json::to_string_pretty(&evaluation)?)?;
@@ -315,7 +332,7 @@ pub struct EvalArgs {
 
 pub fn eval(a: EvalArgs) -> Result<()> {
     let OpenRun { device, model, data, .. } = open_run(&a.run, &a.device, &a.reading, &a.data_args)?;
-    train::report_rejected(&data.rejected, None)?;
+    prepare::report_rejected(&data.rejected, None)?;
     let set = data.split(a.split);
     let predictions = model.predict_mirrored(set, &device, a.mirror)?;
     let evaluation = faceage_host::metrics::evaluate(&set.samples, &predictions);
@@ -345,7 +362,7 @@ pub struct FitAgeMapArgs {
 pub fn fit_age_map(a: FitAgeMapArgs) -> Result<()> {
     let reading = ReadingArgs { age_map: false, recalibrate_bn: a.recalibrate_bn };
     let OpenRun { device, run, model, data, .. } = open_run(&a.run, &a.device, &reading, &a.data_args)?;
-    let (map, before, after) = train::fit_age_map(&run, &model, &data.val, &device)?;
+    let (map, before, after) = trained::fit_age_map(&run, &model, &data.val, &device)?;
     println!(
         "{}: age map fitted on {} validation faces, MAE there {before:.2} -> {after:.2} (in-sample; measure with eval on the test split)",
         run.file(AgeMap::FILE).display(),
@@ -406,131 +423,38 @@ pub struct ExportArgs {
     data_args: DataArgs,
 }
 
-fn metrics_map(val: &Evaluation, test: &Evaluation) -> std::collections::BTreeMap<String, f64> {
-    [
-        ("val.age_mae", val.overall.age_mae),
-        ("val.gender_accuracy", val.overall.gender_accuracy),
-        ("test.age_mae", test.overall.age_mae),
-        ("test.gender_accuracy", test.overall.gender_accuracy),
-        ("test.faces", test.overall.count as f64),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
 pub fn export(a: ExportArgs) -> Result<()> {
     let OpenRun { device, run, config, model, data } = open_run(&a.run, &a.device, &a.reading, &a.data_args)?;
-    let test_set = if data.test.is_empty() { &data.val } else { &data.test };
-    let mirror = !a.no_mirror;
-    let measure = |set: &faceage_host::crops::CropSet| -> Result<Evaluation> {
-        Ok(faceage_host::metrics::evaluate(&set.samples, &model.predict_mirrored(set, &device, mirror)?))
-    };
-    let val = measure(&data.val)?;
-    let test = measure(test_set)?;
     let command = std::fs::read_to_string(run.file("command.txt")).unwrap_or_default().trim().to_string();
-    let folded = FoldedNet { mirror, age_map: model.age_map.clone(), ..FoldedNet::from_net(&model.net)? };
-    let contract = ModelContract {
-        name: format!("faceage-cnn{}", config.net.input_size),
-        input_name: export::INPUT_NAME.into(),
-        input_size: config.net.input_size,
-        mean: MEAN,
-        std: STD,
-        crop: config.crop.geometry.clone(),
-        detector: "blazeface-back-256, framed (detect::FramedDetector)".into(),
-        output_age: export::OUTPUT_AGE.into(),
-        output_female: export::OUTPUT_FEMALE.into(),
-        output_age_std: folded.age_distribution.then(|| export::OUTPUT_AGE_STD.into()),
-        output_age_bands: folded.age_distribution.then(|| export::OUTPUT_AGE_BANDS.into()),
-        quant_format: QuantFormat::None,
-        quant_details: "f32 weights and activations".into(),
-        train_data: RecordedSplit {
-            train: data.train.len(),
-            val: data.val.len(),
-            test: data.test.len(),
-            seed: config.seed,
-        }
-        .describe(&config.data),
-        split_seed: Some(config.seed),
-        train_license: UTKFACE_LICENSE.into(),
-        // The file says how it differs from the run's kept model.
-        train_command: {
-            let mut notes = Vec::new();
-            if a.reading.recalibrate_bn {
-                notes.push("batch-norm statistics re-estimated on training crops: export --recalibrate-bn");
-            }
-            if model.age_map.is_some() {
-                notes.push("age corrected by the run's age-map.json: export --age-map");
-            }
-            if notes.is_empty() { command } else { format!("{command} ({})", notes.join("; ")) }
-        },
-        metrics: metrics_map(&val, &test),
+    // The file says how it differs from the run's kept model.
+    let mut notes = Vec::new();
+    if a.reading.recalibrate_bn {
+        notes.push("batch-norm statistics re-estimated on training crops: export --recalibrate-bn");
+    }
+    if model.age_map.is_some() {
+        notes.push("age corrected by the run's age-map.json: export --age-map");
+    }
+    let options = ExportOptions {
+        out: a.out.clone(),
+        mirror: !a.no_mirror,
+        tolerance: a.tolerance,
+        train_command: if notes.is_empty() { command } else { format!("{command} ({})", notes.join("; ")) },
     };
-    let proto = export::build_model(&folded, &contract, &PlainF32)?;
-    let bytes = export::write(&proto, &a.out)?;
-    let label = a.out.display().to_string();
-    let agreement =
-        export::verify_against_candle(&bytes, &label, &model, mirror, test_set, &device, a.tolerance)?;
-    println!(
-        "{}: {} bytes, f32; test MAE {:.2}, gender accuracy {:.2}%; tract vs candle on {} crops: max |age diff| {:.2e}, max |p diff| {:.2e}",
-        label,
-        bytes.len(),
-        test.overall.age_mae,
-        test.overall.gender_accuracy,
-        agreement.faces,
-        agreement.max_age_diff,
-        agreement.max_female_diff
-    );
+    let exported = from_run::export_f32(&model, &config, &data, &device, &options)?;
+    println!("{exported}");
 
     let Some(Quantize::Int8) = a.quantize else { return Ok(()) };
-    let (format, suffix) = match a.quant_format {
-        QuantFormatArg::Qdq => (QuantFormat::Int8Qdq, "int8"),
-        QuantFormatArg::Qoperator => (QuantFormat::Int8Qoperator, "int8-qop"),
+    let format = match a.quant_format {
+        QuantFormatArg::Qdq => QuantFormat::Int8Qdq,
+        QuantFormatArg::Qoperator => QuantFormat::Int8Qoperator,
     };
-    let out = a.int8_out.clone().unwrap_or_else(|| {
-        let name = a.out.file_name().map(|n| n.to_string_lossy().replace("f32", suffix)).unwrap_or_default();
-        let name = if name.contains(suffix) { name } else { format!("faceage-{suffix}.onnx") };
-        a.out.with_file_name(name)
-    });
-    let crops = quantize::calibration_crops(&data.train, a.calibration_crops)?;
-    let ranges = quantize::calibrate(&folded, &contract, &crops, a.calibration)?;
-    let encoding: Box<dyn export::Encoding> = match format {
-        QuantFormat::Int8Qdq => Box::new(quantize::Qdq { ranges }),
-        _ => Box::new(quantize::QOperator { ranges }),
+    let options = QuantOptions {
+        format,
+        calibration: a.calibration,
+        calibration_crops: a.calibration_crops,
+        out: a.int8_out.clone().unwrap_or_else(|| from_run::int8_path(&a.out, format)),
     };
-    let mut q_contract = ModelContract {
-        quant_format: format,
-        quant_details: quantize::describe(format, a.calibration, crops.len()),
-        ..contract.clone()
-    };
-    // Measure the quantized file with the board's code, then write its figures into it.
-    let label = out.display().to_string();
-    let draft = export::write(&export::build_model(&folded, &q_contract, encoding.as_ref())?, &out)?;
-    let quantized = AgeGenderModel::from_bytes(&draft, &label)?;
-    let q_val = faceage_host::metrics::evaluate(
-        &data.val.samples,
-        &export::predict_with_device(&quantized, &data.val)?,
-    );
-    let q_test_predictions = export::predict_with_device(&quantized, test_set)?;
-    let q_test = faceage_host::metrics::evaluate(&test_set.samples, &q_test_predictions);
-    q_contract.metrics = metrics_map(&q_val, &q_test);
-    let bytes = export::write(&export::build_model(&folded, &q_contract, encoding.as_ref())?, &out)?;
-    quantize::check_size(bytes.len(), model.params.count_trainable())?;
-    let f32_predictions = model.predict_mirrored(test_set, &device, mirror)?;
-    let agreement = export::compare(&f32_predictions, &q_test_predictions);
-    println!(
-        "{}: {} bytes, {}; test MAE {:.2} ({:+.3} vs f32), gender accuracy {:.2}% ({:+.2} points); max |age diff| {:.2}, max |p diff| {:.3} over {} crops",
-        label,
-        bytes.len(),
-        format.as_str(),
-        q_test.overall.age_mae,
-        q_test.overall.age_mae - test.overall.age_mae,
-        q_test.overall.gender_accuracy,
-        q_test.overall.gender_accuracy - test.overall.gender_accuracy,
-        agreement.max_age_diff,
-        agreement.max_female_diff,
-        agreement.faces
-    );
+    println!("{}", from_run::export_quantized(&model, &exported, &data, &device, &options)?);
     Ok(())
 }
 
@@ -590,10 +514,10 @@ pub fn upgrade(a: UpgradeArgs) -> Result<()> {
                 format!("{}: its metadata does not record the split seed; give --seed", a.model.display())
             })?;
             let crop = CropSettings::for_model(contract.input_size, contract.crop.clone());
-            let spec = train::DataSpec { data, crop: &crop, seed, limit: a.limit };
+            let spec = faceage_host::config::DataSpec { data, crop: &crop, seed, limit: a.limit };
             let prepared =
-                train::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
-            train::report_rejected(&prepared.rejected, None)?;
+                prepare::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+            prepare::report_rejected(&prepared.rejected, None)?;
             Some(prepared.val)
         }
         None => None,
@@ -635,23 +559,23 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     let recorded = RecordedSplit::parse(&reference_contract.train_data);
     let (crop, data) = if let Some(run) = &a.run {
         let config = RunDir(run.clone()).read_config()?;
-        let data = train::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+        let data = prepare::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
         (config.crop, data)
     } else {
         let data = a.data.as_ref().context("give the split to measure on: --run RUN or --data FOLDER")?;
-        let seed = match (a.seed, recorded) {
+        let seed = match (a.seed, reference_contract.split_seed) {
             (Some(seed), _) => seed,
-            (None, Some(recorded)) => recorded.seed,
+            (None, Some(recorded)) => recorded,
             (None, None) => bail!(
-                "{}: its metadata does not record the split seed (faceage.train.data is {:?}); give --seed",
-                reference_path.display(),
-                reference_contract.train_data
+                "{}: its metadata does not record the split seed (faceage.train.split_seed); give --seed",
+                reference_path.display()
             ),
         };
         let crop = CropSettings::for_model(reference_contract.input_size, reference_contract.crop.clone());
-        let spec = train::DataSpec { data, crop: &crop, seed, limit: None };
-        let prepared = train::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
-        train::report_rejected(&prepared.rejected, None)?;
+        let spec = faceage_host::config::DataSpec { data, crop: &crop, seed, limit: None };
+        let prepared =
+            prepare::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+        prepare::report_rejected(&prepared.rejected, None)?;
         (crop, prepared)
     };
     // A file that reads other crops than the split's would be measured on faces it was not
@@ -677,41 +601,26 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         ),
         _ => println!("{:?} split: {} faces\n", a.split, set.len()),
     }
-    let mut reference: Option<(Evaluation, Vec<faceage_host::metrics::Prediction>)> = None;
-    let mut failed = false;
-    for (path, model) in paths.iter().zip(&models) {
-        let predictions = export::predict_with_device(model, set)?;
-        let evaluation = faceage_host::metrics::evaluate(&set.samples, &predictions);
-        let size = model.file_size();
-        println!(
-            "## {} ({} bytes, {}: {})\n",
-            path.display(),
-            size,
-            model.contract().quant_format.as_str(),
-            model.contract().quant_details
-        );
-        println!("{}", evaluation.markdown());
-        if let Some((ref_eval, ref_pred)) = &reference {
-            let d_mae = evaluation.overall.age_mae - ref_eval.overall.age_mae;
-            let d_acc = evaluation.overall.gender_accuracy - ref_eval.overall.gender_accuracy;
-            let agreement = export::compare(ref_pred, &predictions);
-            let within = d_mae.abs() <= 0.15 && d_acc.abs() <= 0.5 && size < 500_000;
-            failed |= !within;
+    let bars = Bars::default();
+    let files: Vec<(PathBuf, AgeGenderModel)> = paths.into_iter().zip(models).collect();
+    let figures = verify::measure_files(&files, set, &bars)?;
+    for file in &figures {
+        println!("## {} ({} bytes, {})\n", file.path.display(), file.bytes, file.quantization);
+        println!("{}", file.evaluation.markdown());
+        if let Some(c) = &file.against_reference {
             println!(
                 "against {}: MAE {:+.3} years, accuracy {:+.2} points, max |age diff| {:.2}, max |p diff| {:.3}; \
-                 int8 bars (MAE within 0.15, accuracy within 0.5, file < 500 KB): {}\n",
+                 int8 bars ({bars}): {}\n",
                 reference_path.display(),
-                d_mae,
-                d_acc,
-                agreement.max_age_diff,
-                agreement.max_female_diff,
-                if within { "met" } else { "NOT met" }
+                c.mae_change,
+                c.accuracy_change,
+                c.agreement.max_age_diff,
+                c.agreement.max_female_diff,
+                if c.bars_met { "met" } else { "NOT met" }
             );
-        } else {
-            reference = Some((evaluation, predictions));
         }
     }
-    if failed {
+    if figures.iter().any(|f| f.against_reference.as_ref().is_some_and(|c| !c.bars_met)) {
         bail!("a model is outside the int8 bars against {}", reference_path.display());
     }
     Ok(())
@@ -736,7 +645,7 @@ pub struct BenchTrainArgs {
 pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
     let device = compute_device(&a.device)?;
     let net = a.net.config(a.size);
-    let bench = train::bench_steps(net.clone(), a.batch, a.steps, &device)?;
+    let bench = bench::bench_steps(net.clone(), a.batch, a.steps, &device)?;
     let median = bench.median();
     let images_per_second = bench.images_per_step as f64 / median;
     // forward + backward = 3 forward passes; 2 flops per multiply-accumulate

@@ -5,13 +5,14 @@
 //! out of picture. The central `input_size` pixels of a cached crop are exactly the crop the
 //! board makes (same sample points), which evaluation uses.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 use faceage_device::detect::{FramedDetector, load_board_detector};
+use faceage_device::files::write_atomically;
 use faceage_device::geometry::{BBox, Point};
 use faceage_device::imaging::load_rgb;
 use faceage_device::pipeline::{MIN_FACE_PX, find_faces, primary_face};
@@ -257,18 +258,14 @@ impl CropSet {
 
     fn write_cache(file: &Path, header: &CacheHeader, pixels: &[u8]) -> Result<()> {
         let json = serde_json::to_vec(header)?;
-        // Write aside and rename, so a killed run never leaves a half-written cache behind.
-        let tmp = file.with_extension("bin.partial");
-        let mut out = std::io::BufWriter::new(
-            std::fs::File::create(&tmp).with_context(|| format!("{}: cannot create", tmp.display()))?,
-        );
-        out.write_all(MAGIC)?;
-        out.write_all(&(json.len() as u64).to_le_bytes())?;
-        out.write_all(&json)?;
-        out.write_all(pixels)?;
-        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&tmp, file).with_context(|| format!("{}: cannot write", file.display()))?;
-        Ok(())
+        // Whole or not at all, so a killed run never leaves a half-written cache behind.
+        write_atomically(file, |out| {
+            out.write_all(MAGIC)?;
+            out.write_all(&(json.len() as u64).to_le_bytes())?;
+            out.write_all(&json)?;
+            out.write_all(pixels)?;
+            Ok(())
+        })
     }
 
     fn read_cache(file: &Path, settings: &CropSettings) -> Result<(CacheHeader, Vec<u8>)> {

@@ -5,3 +5,9 @@ pub use faceage_device::labels::*;
 
 /// Age bands are the board's: reports on both sides use the same ones.
 pub use faceage_device::counts::{AGE_BANDS, age_band};
+
+/// An independent seed for (`a`, `b`) under `seed`: every epoch's order and every batch's
+/// augmentation can be drawn again on resume.
+pub fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
+    fnv1a(seed, &[a.to_le_bytes(), b.to_le_bytes()].concat())
+}

@@ -14,36 +14,19 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
 use faceage_device::ModelContract;
+use faceage_device::files::write_atomically;
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb::ValueInfoProto;
 use tract_onnx::prelude::{TypedRunnableModel, tvec};
 
+use crate::config::{BnStats, Distil, TrainConfig};
 use crate::crops::{CropSet, CropSettings};
 use crate::data::fnv1a;
-use crate::export::{AGE_DISTRIBUTIONS, RecordedSplit};
+use crate::export::AGE_DISTRIBUTIONS;
 use crate::nn::loss::Teaching;
-use crate::train::{BnStats, Model, Prepared, RunDir, TrainConfig, bn_stats_crops, plain_batches};
-
-/// The teachers of a run and how much of the target is theirs; saved in `train.json`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Distil {
-    /// Run folders of the teachers, or their model files (ONNX).
-    pub teachers: Vec<PathBuf>,
-    /// Share of each target that is the teachers' (0 to 1); the rest is the label's.
-    pub weight: f64,
-}
-
-impl Distil {
-    pub fn validate(&self) -> Result<()> {
-        ensure!(!self.teachers.is_empty(), "distillation needs at least one --teacher");
-        ensure!(
-            (0.0..=1.0).contains(&self.weight),
-            "--distil-weight {}: the teachers' share must lie between 0 and 1",
-            self.weight
-        );
-        Ok(())
-    }
-}
+use crate::prepare::{Prepared, bn_stats_crops};
+use crate::run_dir::RunDir;
+use crate::trained::{Model, plain_batches};
 
 /// The teachers' averaged readings of every training crop, in the order of the student's
 /// training set.
@@ -149,7 +132,7 @@ impl TeacherTargets {
 
     /// [`Self::compute`], kept in `file` so a resumed run does not read every crop again
     /// (a minute and a half per teacher on two cores): a file made for other teachers or
-    /// other crops is computed again. `prepare` builds a teacher's crops ([`crate::train::prepare`]
+    /// other crops is computed again. `prepare` builds a teacher's crops ([`crate::prepare::prepare`]
     /// with the detector and cache of this run).
     pub fn load_or_compute(
         file: &Path,
@@ -233,11 +216,8 @@ fn write_targets(file: &Path, header: &TargetsHeader, targets: &TeacherTargets) 
     for v in targets.age_probs.iter().chain(&targets.female) {
         bytes.extend_from_slice(&v.to_le_bytes());
     }
-    // Aside and renamed, so a killed run never leaves half a file to be trusted later.
-    let tmp = file.with_extension("bin.partial");
-    std::fs::write(&tmp, &bytes).with_context(|| format!("{}: cannot write", tmp.display()))?;
-    std::fs::rename(&tmp, file).with_context(|| format!("{}: cannot write", file.display()))?;
-    Ok(())
+    // Whole or not at all, so a killed run never leaves half a file to be trusted later.
+    write_atomically(file, |out| Ok(out.write_all(&bytes)?))
 }
 
 /// `(bins, age_probs, female)` of a teacher-targets file whose header matches `want`.
@@ -274,10 +254,10 @@ impl FileTeacher {
         let label = format!("teacher {}", path.display());
         let mut proto = faceage_device::onnx::read_model(path).with_context(|| label.clone())?;
         let contract = ModelContract::from_metadata(&faceage_device::onnx::metadata(&proto), &label)?;
-        let seed = RecordedSplit::parse(&contract.train_data).map(|r| r.seed).with_context(|| {
+        let seed = contract.split_seed.with_context(|| {
             format!(
-                "{label}: its metadata does not record the split seed of its training (faceage.train.data), \
-                 so it may have seen faces this run validates or tests on"
+                "{label}: its metadata does not record the split seed of its training \
+                 (faceage.train.split_seed), so it may have seen faces this run validates or tests on"
             )
         })?;
         let graph = proto.graph.as_mut().with_context(|| format!("{label}: the file holds no graph"))?;

@@ -5,10 +5,26 @@
 //!        ─► train (AdamW, warm-up+cosine, checkpoints; teachers' readings: distil) ─► age map (fitted on validation)
 //!        ─► metrics ─► export (ONNX + contract, verified with the device library) ─► quantize (int8)
 //! ```
+//!
+//! Layers, each importing only from those below it (`main`'s commands parse and print):
+//!
+//! ```text
+//! train, bench           the loop over a TrainConfig; the step benchmark
+//! distil                 teachers' readings of the training crops
+//! export (quantize, upgrade)  ONNX files from a trained model, checked with the device library
+//! trained, plots         a trained model in memory and its evaluation passes; curves, galleries
+//! prepare, checkpoint    a run's crops split by its seed; weights + optimiser + TrainState
+//! config, run_dir        TrainConfig (Default = the shipped recipe); a run folder and its records
+//! augment, nn, metrics, age_map
+//! crops, progress        board crops, cached
+//! data                   labels and the split (the device library's)
+//! ```
 
 pub mod age_map;
 pub mod augment;
+pub mod bench;
 pub mod checkpoint;
+pub mod config;
 pub mod crops;
 pub mod data;
 pub mod distil;
@@ -16,8 +32,11 @@ pub mod export;
 pub mod metrics;
 pub mod nn;
 pub mod plots;
+pub mod prepare;
 pub mod progress;
+pub mod run_dir;
 pub mod train;
+pub mod trained;
 
 /// The licence line every model trained on UTKFace carries.
 pub const UTKFACE_LICENSE: &str =

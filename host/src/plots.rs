@@ -9,7 +9,7 @@ use image::RgbImage;
 
 use crate::crops::CropSet;
 use crate::metrics::Prediction;
-use crate::train::EpochRecord;
+use crate::run_dir::EpochRecord;
 
 /// Loss, age MAE and gender accuracy per epoch, train against validation.
 pub fn write_curves(records: &[EpochRecord], path: &Path) -> Result<()> {

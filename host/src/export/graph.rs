@@ -57,60 +57,37 @@ impl Graph {
         outputs[0].to_string()
     }
 
-    pub fn init_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
-        debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+    /// An initializer of `data_type` holding `raw_data` (little-endian values).
+    fn init_raw(&mut self, name: &str, dims: &[usize], data_type: DataType, raw_data: Vec<u8>) -> String {
         self.initializers.push(TensorProto {
             name: name.into(),
             dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Float as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+            data_type: data_type as i32,
+            raw_data,
             ..Default::default()
         });
         name.to_string()
+    }
+
+    pub fn init_f32(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        debug_assert_eq!(dims.iter().product::<usize>(), values.len(), "{name}");
+        self.init_raw(name, dims, DataType::Float, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn init_i64(&mut self, name: &str, dims: &[usize], values: &[i64]) -> String {
-        self.initializers.push(TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Int64 as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name.to_string()
+        self.init_raw(name, dims, DataType::Int64, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn init_i8(&mut self, name: &str, dims: &[usize], values: &[i8]) -> String {
-        self.initializers.push(TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Int8 as i32,
-            raw_data: values.iter().map(|&v| v as u8).collect(),
-            ..Default::default()
-        });
-        name.to_string()
+        self.init_raw(name, dims, DataType::Int8, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn init_u8(&mut self, name: &str, dims: &[usize], values: &[u8]) -> String {
-        self.initializers.push(TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Uint8 as i32,
-            raw_data: values.to_vec(),
-            ..Default::default()
-        });
-        name.to_string()
+        self.init_raw(name, dims, DataType::Uint8, values.to_vec())
     }
 
     pub fn init_i32(&mut self, name: &str, dims: &[usize], values: &[i32]) -> String {
-        self.initializers.push(TensorProto {
-            name: name.into(),
-            dims: dims.iter().map(|&d| d as i64).collect(),
-            data_type: DataType::Int32 as i32,
-            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            ..Default::default()
-        });
-        name.to_string()
+        self.init_raw(name, dims, DataType::Int32, values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }
 
     pub fn value_info(name: &str, dims: &[Dim]) -> ValueInfoProto {

@@ -2,14 +2,17 @@
 //! self-describing file (the [`ModelContract`] in `metadata_props`), then loaded back with the
 //! device library and checked against candle on real crops.
 
+pub mod from_run;
 pub mod graph;
 pub mod quantize;
 pub mod upgrade;
+pub mod verify;
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use candle_core::Device;
+use faceage_device::files::write_atomically;
 use faceage_device::{AgeGenderModel, ModelContract};
 use prost::Message;
 use tract_onnx::pb::ModelProto;
@@ -19,7 +22,7 @@ use crate::crops::CropSet;
 use crate::data::{AGE_BANDS, Split};
 use crate::metrics::Prediction;
 use crate::nn::model::{AgeGenderNet, AgeHead, Block, ConvKind};
-use crate::train::Model;
+use crate::trained::Model;
 use graph::{Dim, Graph, attr_int, attr_ints};
 
 pub const INPUT_NAME: &str = "faces";
@@ -490,7 +493,8 @@ pub fn write(model: &ModelProto, path: &Path) -> Result<Vec<u8>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
     }
-    std::fs::write(path, &bytes).with_context(|| format!("{}: cannot write", path.display()))?;
+    // Whole or not at all: a board never finds half a model where a model was.
+    write_atomically(path, |out| Ok(out.write_all(&bytes)?))?;
     Ok(bytes)
 }
 

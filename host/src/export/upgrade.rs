@@ -157,7 +157,7 @@ pub fn add_age_map(model: &mut ModelProto, map: &AgeMap, label: &str) -> Result<
 
 /// Reads `input`, adds the band output when it lacks one and, given a validation split
 /// (`map_on`), an age map fitted on it; checks the result with the board's own library and
-/// writes it to `output` (which may be `input`: written beside it, then renamed over it).
+/// writes it to `output` (which may be `input`: [`super::write`] replaces a file whole).
 pub fn upgrade_file(input: &Path, output: &Path, map_on: Option<&CropSet>) -> Result<Upgrade> {
     let label = input.display().to_string();
     let before = faceage_device::onnx::read_model(input)?;
@@ -182,10 +182,7 @@ pub fn upgrade_file(input: &Path, output: &Path, map_on: Option<&CropSet>) -> Re
     let bytes = after.encode_to_vec();
     check_readings(&original, &bytes, age_map.as_ref().map(|f| &f.map), &label)?;
 
-    let partial = output.with_extension("onnx.partial");
-    super::write(&after, &partial)?;
-    std::fs::rename(&partial, output)
-        .with_context(|| format!("{}: cannot move {} over it", output.display(), partial.display()))?;
+    super::write(&after, output)?;
     Ok(Upgrade { bands, age_map })
 }
 

@@ -1,0 +1,145 @@
+//! What defines a training run, saved as `train.json` in its run folder. `Default` is the
+//! shipped recipe (the model card's "Training"); the command line fills a config, it does not
+//! define one.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Result, ensure};
+use faceage_device::CropGeometry;
+use serde::{Deserialize, Serialize};
+
+use crate::augment::Augment;
+use crate::crops::CropSettings;
+use crate::nn::loss::AgeLoss;
+use crate::nn::model::NetConfig;
+use crate::nn::optim::AdamWConfig;
+
+/// Everything that defines a training run; saved as `train.json` in the run folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// UTKFace folder or CSV manifest.
+    pub data: PathBuf,
+    pub net: NetConfig,
+    pub crop: CropSettings,
+    pub epochs: usize,
+    pub batch_size: usize,
+    /// Peak learning rate.
+    pub lr: f64,
+    /// Final learning rate as a fraction of the peak.
+    pub lr_floor: f64,
+    pub warmup_epochs: f64,
+    pub adamw: AdamWConfig,
+    /// Stop after this many epochs without a better validation score.
+    pub patience: usize,
+    /// Seeds the split, the weights, the order and the augmentation.
+    pub seed: u64,
+    pub augment: Augment,
+    pub age_loss: AgeLoss,
+    /// Width (years) of the LDL target distribution.
+    pub ldl_sigma: f32,
+    /// Use only this many images (a seeded choice), for smoke tests.
+    pub limit: Option<usize>,
+    /// Decay of the weight average that is evaluated and kept (`--ema`); none by default,
+    /// and runs from before it had none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
+    /// Where the batch-norm statistics that are evaluated, kept and exported come from; runs
+    /// from before this setting used training's momentum average.
+    #[serde(default)]
+    pub bn_stats: BnStats,
+    /// Teachers to learn from besides the labels (`--teacher`); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distil: Option<Distil>,
+}
+
+/// Where a model's batch-norm running statistics come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BnStats {
+    /// Training's momentum average of the last few augmented batches.
+    #[default]
+    Momentum,
+    /// Re-estimated before every validation on plain training crops and their mirror images
+    /// (PreciseBN): what the board reads, and steady from epoch to epoch.
+    Precise,
+}
+
+impl Default for TrainConfig {
+    /// The shipped recipe: the standard net at 64x64, 36 epochs of 64, AdamW at 3e-3 with one
+    /// epoch of warm-up and a cosine decay to 1% of it, the default augmentation with the
+    /// camera degradations, LDL-KL age loss of width 2 years, PreciseBN statistics, seed 1.
+    fn default() -> Self {
+        Self {
+            data: PathBuf::new(),
+            net: NetConfig::standard(64),
+            crop: CropSettings::for_model(64, CropGeometry::default()),
+            epochs: 36,
+            batch_size: 64,
+            lr: 3e-3,
+            lr_floor: 0.01,
+            warmup_epochs: 1.0,
+            adamw: AdamWConfig::default(),
+            patience: 8,
+            seed: 1,
+            augment: Augment::scaled(1.0),
+            age_loss: AgeLoss::LdlKl,
+            ldl_sigma: 2.0,
+            limit: None,
+            ema_decay: None,
+            bn_stats: BnStats::Precise,
+            distil: None,
+        }
+    }
+}
+
+/// The teachers of a run and how much of the target is theirs (`--teacher`, [`crate::distil`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Distil {
+    /// Run folders of the teachers, or their model files (ONNX).
+    pub teachers: Vec<PathBuf>,
+    /// Share of each target that is the teachers' (0 to 1); the rest is the label's.
+    pub weight: f64,
+}
+
+impl Distil {
+    pub fn validate(&self) -> Result<()> {
+        ensure!(!self.teachers.is_empty(), "distillation needs at least one --teacher");
+        ensure!(
+            (0.0..=1.0).contains(&self.weight),
+            "--distil-weight {}: the teachers' share must lie between 0 and 1",
+            self.weight
+        );
+        Ok(())
+    }
+}
+
+/// What a split needs of a training configuration: which faces, how they are cropped and
+/// which seed splits them. `verify` builds one from a model file's contract instead of a run.
+pub struct DataSpec<'a> {
+    pub data: &'a Path,
+    pub crop: &'a CropSettings,
+    pub seed: u64,
+    pub limit: Option<usize>,
+}
+
+impl TrainConfig {
+    pub fn data_spec(&self) -> DataSpec<'_> {
+        DataSpec { data: &self.data, crop: &self.crop, seed: self.seed, limit: self.limit }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_the_recipe_the_card_describes() {
+        let c = TrainConfig::default();
+        assert_eq!((c.net.input_size, c.epochs, c.batch_size, c.seed), (64, 36, 64, 1));
+        assert_eq!(c.bn_stats, BnStats::Precise);
+        assert!(c.augment.flip && c.augment.camera.blur > 0.0, "camera degradations are part of the recipe");
+        // A saved recipe reads back as itself.
+        let text = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), c);
+    }
+}

@@ -1,0 +1,101 @@
+//! Data preparation for a run: labels read, faces cropped by the board's own path (cached),
+//! and split as the run's seed splits them.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+
+use crate::config::{DataSpec, TrainConfig};
+use crate::crops::{CropSet, ensure_some};
+use crate::data::{Rejected, Sample, Split, fnv1a, load_dataset, mix_seed, split_of};
+
+/// Crops of the three splits, and every input that could not be used.
+pub struct Prepared {
+    pub train: Arc<CropSet>,
+    pub val: CropSet,
+    pub test: CropSet,
+    pub rejected: Vec<Rejected>,
+}
+
+impl Prepared {
+    pub fn split(&self, split: Split) -> &CropSet {
+        match split {
+            Split::Train => &self.train,
+            Split::Val => &self.val,
+            Split::Test => &self.test,
+        }
+    }
+}
+
+/// Loads the labels, builds (or loads) the crops and splits them as `config`'s run did.
+pub fn prepare(config: &TrainConfig, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
+    prepare_data(&config.data_spec(), detector, cache_dir, threads)
+}
+
+/// Loads the labels, builds (or loads) the crops and splits them.
+pub fn prepare_data(spec: &DataSpec, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
+    let (mut samples, mut rejected) = load_dataset(spec.data)?;
+    if let Some(limit) = spec.limit {
+        // A seeded choice spread over the whole set, not the first names alphabetically; by
+        // file name, as the split is, so it does not hang on how the folder was named.
+        let name =
+            |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        samples.sort_by_key(|s| fnv1a(spec.seed ^ 0x5eed, name(s).as_bytes()));
+        samples.truncate(limit);
+        samples.sort_by(|a, b| a.path.cmp(&b.path));
+    }
+    let (crops, failed) = CropSet::build_or_load(&samples, spec.crop, detector, cache_dir, threads)?;
+    rejected.extend(failed);
+    let pick = |want: Split| -> Vec<usize> {
+        (0..crops.len()).filter(|&i| split_of(&crops.samples[i].path, spec.seed) == want).collect()
+    };
+    let prepared = Prepared {
+        train: Arc::new(crops.subset(&pick(Split::Train))),
+        val: crops.subset(&pick(Split::Val)),
+        test: crops.subset(&pick(Split::Test)),
+        rejected,
+    };
+    ensure_some(&prepared.train, "training")?;
+    ensure_some(&prepared.val, "validation")?;
+    Ok(prepared)
+}
+
+pub fn report_rejected(rejected: &[Rejected], file: Option<&Path>) -> Result<()> {
+    if rejected.is_empty() {
+        return Ok(());
+    }
+    const SHOWN: usize = 20;
+    for r in rejected.iter().take(SHOWN) {
+        eprintln!("skipped {r}");
+    }
+    if rejected.len() > SHOWN {
+        eprintln!("... and {} more skipped", rejected.len() - SHOWN);
+    }
+    if let Some(file) = file {
+        let text: String = rejected.iter().map(|r| format!("{r}\n")).collect();
+        std::fs::write(file, text).with_context(|| format!("{}: cannot write", file.display()))?;
+        eprintln!("{} inputs skipped, listed with reasons in {}", rejected.len(), file.display());
+    }
+    Ok(())
+}
+
+/// Training crops the batch-norm statistics are re-estimated on: a seeded choice of this
+/// many (and their mirror images): PreciseBN's 8,192 images. Using every training crop instead
+/// read no better (model card, "Training").
+pub const BN_STATS_CROPS: usize = 4096;
+
+/// The crops of `train` that [`crate::trained::Model::recalibrate_batch_norm`] is given: the same for a given
+/// seed, so a run's kept statistics can be computed again by `eval` and `export`.
+pub fn bn_stats_crops(train: &CropSet, seed: u64) -> CropSet {
+    let mut indices: Vec<usize> = (0..train.len()).collect();
+    if indices.len() > BN_STATS_CROPS {
+        indices.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(seed, 0xb7, 0)));
+        indices.truncate(BN_STATS_CROPS);
+        indices.sort_unstable();
+    }
+    train.subset(&indices)
+}
