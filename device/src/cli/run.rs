@@ -163,15 +163,15 @@ fn counts_log(args: &Args) -> Option<CountsLog> {
 struct Observers<W: std::io::Write> {
     events: EventWriter<W>,
     #[cfg(feature = "kiosk")]
-    kiosk: Option<super::kiosk::Kiosk>,
+    kiosk: Option<faceage_device::kiosk::KioskPublisher>,
 }
 
 impl<W: std::io::Write> Observer for Observers<W> {
     fn frame(&mut self, frame: &Frame, report: &FrameReport, live: &Live, elapsed: Duration) -> Result<()> {
         self.events.frame(frame, report, live, elapsed)?;
         #[cfg(feature = "kiosk")]
-        if let Some(k) = &self.kiosk {
-            k.publish(frame, report, live, elapsed);
+        if let Some(kiosk) = &mut self.kiosk {
+            kiosk.frame(frame, report, live, elapsed)?;
         }
         Ok(())
     }

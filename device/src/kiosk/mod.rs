@@ -16,6 +16,9 @@ use tiny_http::{Header, Method, Response, Server};
 
 use crate::newest::Newest;
 
+pub mod publisher;
+pub use publisher::KioskPublisher;
+
 const PAGE: &str = include_str!("page.html");
 const BOUNDARY: &str = "faceage-frame";
 /// Viewers streaming at once; more are turned away rather than costing memory and threads.
