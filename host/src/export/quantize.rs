@@ -15,9 +15,10 @@ use faceage_device::ModelContract;
 use faceage_device::age_gender::input_tensor;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
+use tract_onnx::pb::ModelProto;
 use tract_onnx::prelude::*;
 
-use super::graph::{Graph, attr_int};
+use super::graph::{Dim, Graph, attr_int};
 use super::{
     Dense, Encoding, FoldedNet, INPUT_NAME, float_dense, float_trunk, max_pool_attributes, pool_features,
 };
@@ -75,17 +76,53 @@ pub fn calibrate(
     method: Calibration,
 ) -> Result<Ranges> {
     ensure!(!crops.is_empty(), "calibration needs at least one crop");
+    let (proto, taps) = calibration_graph(net, contract)?;
+    // One crop per run: a fixed input shape lets tract infer the extra outputs' shapes.
+    let s = net.input_size as usize;
+    let fact = f32::fact([1, 3, s, s]).into();
+    let plan = faceage_device::onnx::runnable(&proto, Some(fact), "calibration graph")?;
+    let run_all = |visit: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
+        for chunk in crops.chunks(1) {
+            let input = input_tensor(chunk, contract)?;
+            let outputs = plan.run(tvec!(input.into()))?;
+            for (i, t) in outputs.iter().enumerate() {
+                let view = t.to_plain_array_view::<f32>()?;
+                let values: Vec<f32> = view.iter().copied().collect();
+                visit(i, &values);
+            }
+        }
+        Ok(())
+    };
+    let mut ranges = vec![Range { min: f32::INFINITY, max: f32::NEG_INFINITY }; taps.len()];
+    run_all(&mut |i, values| {
+        for &v in values {
+            ranges[i].min = ranges[i].min.min(v);
+            ranges[i].max = ranges[i].max.max(v);
+        }
+    })?;
+    if method == Calibration::Percentile {
+        clip_at_percentile(&mut ranges, &run_all)?;
+    }
+    for (r, t) in ranges.iter().zip(&taps) {
+        ensure!(r.min.is_finite() && r.max.is_finite(), "calibration: tensor {t} has no finite values");
+    }
+    let n = net.convs.len();
+    Ok(Ranges {
+        conv_inputs: ranges[..n].to_vec(),
+        conv_outputs: ranges[n..2 * n].to_vec(),
+        features: ranges[2 * n],
+        age_product: ranges[2 * n + 1],
+        gender_product: ranges[2 * n + 2],
+    })
+}
+
+/// The f32 net with every tensor calibration measures as an output: each convolution's input
+/// and activated output, the pooled features and the two heads' products, in that order.
+fn calibration_graph(net: &FoldedNet, contract: &ModelContract) -> Result<(ModelProto, Vec<String>)> {
     let mut g = Graph::default();
     let s = net.input_size as i64;
-    g.inputs.push(Graph::value_info(
-        INPUT_NAME,
-        &[
-            super::graph::Dim::Named("N"),
-            super::graph::Dim::Fixed(3),
-            super::graph::Dim::Fixed(s),
-            super::graph::Dim::Fixed(s),
-        ],
-    ));
+    g.inputs
+        .push(Graph::value_info(INPUT_NAME, &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]));
     let f32_weight =
         |g: &mut Graph, name: &str, dims: &[usize], values: &[f32]| Ok(g.init_f32(name, dims, values));
     let same = |_: &mut Graph, t: &str, _: usize| Ok(t.to_string());
@@ -118,69 +155,40 @@ pub fn calibrate(
             t.shape = None;
         }
     }
-    let proto = g.into_model("calibration", contract.to_metadata());
-    // One crop per run: a fixed input shape lets tract infer the extra outputs' shapes.
-    let fact = f32::fact([1, 3, s as usize, s as usize]).into();
-    let plan = faceage_device::onnx::runnable(&proto, Some(fact), "calibration graph")?;
+    Ok((g.into_model("calibration", contract.to_metadata()), taps))
+}
 
-    let run_all = |visit: &mut dyn FnMut(usize, &[f32])| -> Result<()> {
-        for chunk in crops.chunks(1) {
-            let input = input_tensor(chunk, contract)?;
-            let outputs = plan.run(tvec!(input.into()))?;
-            for (i, t) in outputs.iter().enumerate() {
-                let view = t.to_plain_array_view::<f32>()?;
-                let values: Vec<f32> = view.iter().copied().collect();
-                visit(i, &values);
-            }
-        }
-        Ok(())
-    };
-    let mut ranges = vec![Range { min: f32::INFINITY, max: f32::NEG_INFINITY }; taps.len()];
+/// Runs every calibration crop, handing each measured tensor (by index) to the visitor.
+type RunAll<'a> = dyn Fn(&mut dyn FnMut(usize, &[f32])) -> Result<()> + 'a;
+
+/// Second pass: a histogram of magnitudes per tensor, then both ends clipped at the
+/// percentile (the network input, tensor 0, keeps its exact, known range).
+fn clip_at_percentile(ranges: &mut [Range], run_all: &RunAll) -> Result<()> {
+    const BINS: usize = 4096;
+    let limits: Vec<f32> = ranges.iter().map(|r| r.min.abs().max(r.max.abs()).max(1e-12)).collect();
+    let mut hist = vec![vec![0u64; BINS]; ranges.len()];
     run_all(&mut |i, values| {
         for &v in values {
-            ranges[i].min = ranges[i].min.min(v);
-            ranges[i].max = ranges[i].max.max(v);
+            let bin = ((v.abs() / limits[i]) * (BINS - 1) as f32) as usize;
+            hist[i][bin.min(BINS - 1)] += 1;
         }
     })?;
-    if method == Calibration::Percentile {
-        // Second pass: a histogram of magnitudes per tensor, then clip both ends at the
-        // percentile (the network input keeps its exact, known range).
-        const BINS: usize = 4096;
-        let limits: Vec<f32> = ranges.iter().map(|r| r.min.abs().max(r.max.abs()).max(1e-12)).collect();
-        let mut hist = vec![vec![0u64; BINS]; taps.len()];
-        run_all(&mut |i, values| {
-            for &v in values {
-                let bin = ((v.abs() / limits[i]) * (BINS - 1) as f32) as usize;
-                hist[i][bin.min(BINS - 1)] += 1;
+    for (i, r) in ranges.iter_mut().enumerate().skip(1) {
+        let total: u64 = hist[i].iter().sum();
+        let mut seen = 0;
+        let mut cut = BINS - 1;
+        for (b, &n) in hist[i].iter().enumerate() {
+            seen += n;
+            if seen as f64 >= PERCENTILE * total as f64 {
+                cut = b;
+                break;
             }
-        })?;
-        for (i, r) in ranges.iter_mut().enumerate().skip(1) {
-            let total: u64 = hist[i].iter().sum();
-            let mut seen = 0;
-            let mut cut = BINS - 1;
-            for (b, &n) in hist[i].iter().enumerate() {
-                seen += n;
-                if seen as f64 >= PERCENTILE * total as f64 {
-                    cut = b;
-                    break;
-                }
-            }
-            let clip = limits[i] * (cut + 1) as f32 / BINS as f32;
-            r.min = r.min.max(-clip);
-            r.max = r.max.min(clip);
         }
+        let clip = limits[i] * (cut + 1) as f32 / BINS as f32;
+        r.min = r.min.max(-clip);
+        r.max = r.max.min(clip);
     }
-    for (r, t) in ranges.iter().zip(&taps) {
-        ensure!(r.min.is_finite() && r.max.is_finite(), "calibration: tensor {t} has no finite values");
-    }
-    let n = net.convs.len();
-    Ok(Ranges {
-        conv_inputs: ranges[..n].to_vec(),
-        conv_outputs: ranges[n..2 * n].to_vec(),
-        features: ranges[2 * n],
-        age_product: ranges[2 * n + 1],
-        gender_product: ranges[2 * n + 2],
-    })
+    Ok(())
 }
 
 fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
