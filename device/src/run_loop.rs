@@ -159,7 +159,8 @@ pub struct RunSummary {
 
 /// Runs frames through `live` until the source ends, `stop` is set or `max_frames` is
 /// reached, then writes the partial interval. Errors: a file source unreadable
-/// [`MAX_UNREADABLE_IN_A_ROW`] frames in a row, or an observer that failed (stdout closed).
+/// [`MAX_UNREADABLE_IN_A_ROW`] frames in a row, or an observer that failed (stdout closed);
+/// the partial interval is written first either way.
 pub fn run(
     live: &mut Live,
     frames: &mut Frames,
@@ -180,10 +181,10 @@ pub fn run(
         }
         let (frame, dropped) = match frames.pull() {
             Pulled::Frame(frame, dropped) => (frame, dropped),
-            Pulled::Idle => {
-                roll(live, observer)?;
-                continue;
-            }
+            Pulled::Idle => match roll(live, observer) {
+                Ok(()) => continue,
+                Err(e) => break Err(e),
+            },
             Pulled::Unreadable(e) => {
                 observer.warning(&format!("frame skipped: {e:#}"));
                 unreadable += 1;
@@ -199,22 +200,28 @@ pub fn run(
         };
         unreadable = 0;
         pacing.started(Instant::now());
-        match live.process(&frame, dropped) {
-            Ok(report) => observer.frame(&frame, &report, live, started.elapsed())?,
-            Err(e) => observer.warning(&format!("frame {}: {e:#}", frame.index)),
+        let told = match live.process(&frame, dropped) {
+            Ok(report) => observer.frame(&frame, &report, live, started.elapsed()),
+            Err(e) => {
+                observer.warning(&format!("frame {}: {e:#}", frame.index));
+                Ok(())
+            }
+        };
+        if let Err(e) = told.and_then(|()| roll(live, observer)) {
+            break Err(e);
         }
-        roll(live, observer)?;
     };
     frames.stop();
-    // What was counted is written even when the source gave up.
+    // What was counted is written even when the source gave up or a watcher failed.
     let (record, written) = live.finish(&Zoned::now());
-    observer.interval(&record)?;
+    let told = observer.interval(&record);
     if let Err(e) = outcome {
         if let Err(w) = written {
             observer.warning(&format!("counts log: {w:#}"));
         }
         bail!(e);
     }
+    told?;
     Ok(RunSummary {
         frames: live.frames_total,
         people: live.people_total,
@@ -343,6 +350,31 @@ mod tests {
         let stop = AtomicBool::new(true);
         let summary = run(&mut live(), &mut frames, &RunSettings::default(), &stop, &mut NoObserver).unwrap();
         assert_eq!(summary.frames, 0, "a stop asked for before the first frame reads none");
+    }
+
+    #[test]
+    fn a_watcher_that_fails_ends_the_run_after_the_interval_is_written() {
+        struct ClosedStdout(usize);
+        impl Observer for ClosedStdout {
+            fn frame(&mut self, _: &Frame, _: &FrameReport, _: &Live, _: Duration) -> Result<()> {
+                bail!("stdout: broken pipe")
+            }
+            fn interval(&mut self, _: &IntervalRecord) -> Result<()> {
+                self.0 += 1;
+                Ok(())
+            }
+        }
+        let mut frames = Frames::File(Box::new(Scripted { script: vec![true; 5], at: 0 }));
+        let mut watcher = ClosedStdout(0);
+        let mut live = live();
+        let result =
+            run(&mut live, &mut frames, &RunSettings::default(), &AtomicBool::new(false), &mut watcher);
+        assert!(format!("{:#}", result.unwrap_err()).contains("broken pipe"));
+        assert_eq!(
+            (live.frames_total, watcher.0),
+            (1, 1),
+            "stopped at the first frame, its interval written"
+        );
     }
 
     #[test]
