@@ -1,20 +1,22 @@
 //! Makes an MJPEG AVI clip of UTKFace faces moving over a background, for demos and
 //! benchmarks on machines without a camera.
 //!
-//!     cargo run --release --example make_clip -- OUT.avi [walk|together] [FRAMES] [WIDTHxHEIGHT]
+//!     cargo run --release --example make_clip -- OUT.avi [walk|together|crowd:N] [FRAMES] [WIDTHxHEIGHT]
 //!
 //! With OUT.png or OUT.jpg it writes one still photo of three faces instead.
 //!
 //! `walk` (default): three people cross the scene one after another (the demo).
-//! `together`: three faces in view in every frame (the `faceage bench --source` figure).
+//! `together`: three faces in view in every frame, barely moving.
+//! `crowd:N`: people crossing in N lanes, one after another in each, about N faces in view at
+//! any time (the `faceage bench --source` clips: crowd:1, crowd:3, crowd:6).
 //! Faces come from $FACEAGE_UTKFACE (default ../shared/datasets/utkface/UTKFace).
 
-use faceage_e2e::{Walker, scripted_clip, spread_faces, three_walkers, write_clip};
+use faceage_e2e::{Walker, crowd_walkers, scripted_clip, spread_faces, three_walkers, write_clip};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(out) = args.first() else {
-        eprintln!("usage: make_clip OUT.avi [walk|together] [FRAMES] [WIDTHxHEIGHT]");
+        eprintln!("usage: make_clip OUT.avi [walk|together|crowd:N] [FRAMES] [WIDTHxHEIGHT]");
         std::process::exit(2);
     };
     let mode = args.get(1).map(String::as_str).unwrap_or("walk");
@@ -24,8 +26,14 @@ fn main() {
         .and_then(|s| s.split_once('x'))
         .and_then(|(w, h)| Some((w.parse().ok()?, h.parse().ok()?)))
         .unwrap_or((640u32, 480u32));
-    let side = h / 4;
+    let mut side = h / 4;
     let walkers: Vec<Walker> = match mode {
+        _ if mode.starts_with("crowd:") => {
+            let lanes = mode["crowd:".len()..].parse().unwrap_or(3);
+            let (walkers, crowd_side) = crowd_walkers(&spread_faces(200, 7), lanes, frames, w, h, 40);
+            side = crowd_side;
+            walkers
+        }
         "together" => spread_faces(3, 200)
             .into_iter()
             .enumerate()
@@ -67,5 +75,5 @@ fn main() {
         return;
     }
     write_clip(path, &scripted_clip(&walkers, frames, w, h, side, true), 10);
-    eprintln!("{out}: {frames} frames of {w}x{h}, {mode}");
+    eprintln!("{out}: {frames} frames of {w}x{h}, {mode}, {} people", walkers.len());
 }

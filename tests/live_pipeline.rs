@@ -87,10 +87,9 @@ fn fused_readings_of_a_still_face_vary_less_than_per_frame_estimates() {
     let face = spread_faces(1, 55)[0].clone();
     let walker = Walker { face, enter: 0, leave: 40, from: (250.0, 100.0), to: (250.0, 100.0) };
     write_clip(&clip, &scripted_clip(&[walker], 40, 640, 360, 120, true), 10);
-    let out = run_device(
-        &["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--trace"],
-        tiny_model(),
-    );
+    // Every face read in every frame, so that each frame has its own estimate to compare.
+    let args = ["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--trace"];
+    let out = run_device(&[&args[..], &["--read-every-frame", "--detect-every", "1"]].concat(), tiny_model());
     ok(&out);
     let (mut fused, mut raw) = (Vec::new(), Vec::new());
     for frame in events(&stdout(&out), "frame").iter().skip(5) {
@@ -109,6 +108,43 @@ fn fused_readings_of_a_still_face_vary_less_than_per_frame_estimates() {
     let (sf, sr) = (spread(&fused), spread(&raw));
     assert!(sr > 0.0, "per-frame estimates move with the flicker");
     assert!(sf < sr, "fused readings are steadier: {sf:.3} vs per-frame {sr:.3}");
+}
+
+#[test]
+fn each_person_is_read_until_settled_and_still_counted_once() {
+    let work = tempfile::tempdir().unwrap();
+    let clip = work.path().join("crowd.avi");
+    let (walkers, side) = crowd_walkers(&spread_faces(12, 31), 3, 200, 640, 480, 60);
+    write_clip(&clip, &scripted_clip(&walkers, 200, 640, 480, side, true), 10);
+    let figures = |extra: &[&str]| {
+        let args = ["bench", "--source", clip.to_str().unwrap(), "--frames", "1000"];
+        let out = run_device(&[&args[..], extra].concat(), tiny_model());
+        ok(&out);
+        let text = stdout(&out);
+        let number_before = |label: &str| -> f64 {
+            let at = text.find(label).unwrap_or_else(|| panic!("{label:?} in {text}"));
+            text[..at].split_whitespace().last().unwrap().trim_end_matches(',').parse().unwrap()
+        };
+        let number_after = |label: &str| -> f64 {
+            let at = text.find(label).unwrap_or_else(|| panic!("{label:?} in {text}")) + label.len();
+            text[at..]
+                .split(|c: char| c == ',' || c.is_whitespace())
+                .find(|w| !w.is_empty())
+                .unwrap()
+                .parse()
+                .unwrap()
+        };
+        let faces_per_frame = number_before("faces per frame");
+        let reads_per_frame = number_before("read per frame");
+        (number_after("people counted:"), number_after("reads per person:"), faces_per_frame, reads_per_frame)
+    };
+    let (people, reads, _, _) = figures(&[]);
+    let (every_people, every_reads, faces_per_frame, reads_per_frame) =
+        figures(&["--read-every-frame", "--detect-every", "1"]);
+    assert_eq!(every_people, walkers.len() as f64, "every walker counted once, reading every frame");
+    assert_eq!(people, every_people, "reading each person counts the same people");
+    assert_eq!(reads_per_frame, faces_per_frame, "--read-every-frame reads every face found");
+    assert!(reads < every_reads / 2.0, "{reads} reads per person against {every_reads} reading every frame");
 }
 
 /// A clip long enough to still be running when it is interrupted.

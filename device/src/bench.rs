@@ -1,11 +1,15 @@
-//! Timing helpers for `faceage bench`: medians and tails, never single runs.
+//! Timing helpers for `faceage bench`: medians and tails, never single runs, and the
+//! stage-by-stage cost of `faceage run` on a source.
 
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use image::{Rgb, RgbImage};
 
 use crate::age_gender::AgeGenderModel;
+use crate::live::{FrameReport, Live};
+use crate::source::{Frame, FrameSource};
 
 /// Summary of repeated timings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -74,6 +78,130 @@ pub fn model_figures(model: &AgeGenderModel, runs: usize, batch: usize) -> Resul
     Ok(ModelFigures { per_face, batch, batch_timing })
 }
 
+/// Where `faceage run`'s time goes on a source, stage by stage, summed over the timed frames.
+#[derive(Clone, Debug, Default)]
+pub struct PipelineFigures {
+    pub frames: usize,
+    pub frame_size: (u32, u32),
+    pub decode: Duration,
+    pub detect: Duration,
+    pub crop: Duration,
+    pub classify: Duration,
+    pub track: Duration,
+    /// What the caller's `publish` took (the kiosk's overlay and JPEG encoding).
+    pub publish: Duration,
+    /// Wall time of the timed frames, start to end.
+    pub wall: Duration,
+    pub faces: usize,
+    /// Faces the model read.
+    pub reads: usize,
+    /// People counted (tracks confirmed).
+    pub people: u64,
+}
+
+impl PipelineFigures {
+    pub fn stages(&self) -> [(&'static str, Duration); 6] {
+        [
+            ("read + decode", self.decode),
+            ("detect (BlazeFace)", self.detect),
+            ("align + crop", self.crop),
+            ("classify", self.classify),
+            ("track + fuse", self.track),
+            ("draw + JPEG encode", self.publish),
+        ]
+    }
+
+    pub fn ms_per_frame(&self, d: Duration) -> f64 {
+        Timing::ms(d) / self.frames.max(1) as f64
+    }
+
+    pub fn fps(&self) -> f64 {
+        self.frames as f64 / self.wall.as_secs_f64().max(1e-12)
+    }
+
+    /// Model reads per counted person (all reads, counted or not, over the people counted).
+    pub fn reads_per_person(&self) -> Option<f64> {
+        (self.people > 0).then(|| self.reads as f64 / self.people as f64)
+    }
+}
+
+impl fmt::Display for PipelineFigures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.frames.max(1) as f64;
+        writeln!(
+            f,
+            "{} frames of {}x{}, {:.2} faces per frame, {:.2} read per frame",
+            self.frames,
+            self.frame_size.0,
+            self.frame_size.1,
+            self.faces as f64 / n,
+            self.reads as f64 / n
+        )?;
+        let total: Duration = self.stages().iter().map(|(_, d)| *d).sum();
+        writeln!(f, "{:<22} {:>10} {:>8}", "stage", "ms/frame", "share")?;
+        for (name, d) in self.stages() {
+            let share = 100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12);
+            writeln!(f, "{name:<22} {:>10.2} {share:>7.1}%", self.ms_per_frame(d))?;
+        }
+        if self.reads > 0 {
+            writeln!(
+                f,
+                "{:<22} {:>10.3}",
+                "classify per read",
+                Timing::ms(self.classify) / self.reads as f64
+            )?;
+        }
+        match self.reads_per_person() {
+            Some(r) => writeln!(f, "people counted: {}, model reads per person: {r:.1}", self.people)?,
+            None => writeln!(f, "people counted: 0")?,
+        }
+        write!(
+            f,
+            "end to end: {:.1} ms/frame = {:.1} fps (kiosk drawing and encoding included)",
+            self.ms_per_frame(self.wall),
+            self.fps()
+        )
+    }
+}
+
+/// Runs up to `frames` frames of `source` through `live` as `faceage run` does, calling
+/// `publish` on each (the kiosk's work), after one untimed frame (caches, tract's first-run
+/// planning).
+pub fn time_pipeline(
+    live: &mut Live,
+    source: &mut dyn FrameSource,
+    frames: usize,
+    mut publish: impl FnMut(&Frame, &FrameReport) -> Result<()>,
+) -> Result<PipelineFigures> {
+    if let Some(frame) = source.next_frame()? {
+        live.process(&frame, 0)?;
+    }
+    let (times_before, track_before, people_before) = (live.times, live.track_time, live.people_total);
+    let mut figures = PipelineFigures::default();
+    let started = Instant::now();
+    while figures.frames < frames {
+        let t = Instant::now();
+        let Some(frame) = source.next_frame()? else { break };
+        figures.decode += t.elapsed();
+        figures.frame_size = frame.image.dimensions();
+        let report = live.process(&frame, 0)?;
+        let t = Instant::now();
+        publish(&frame, &report)?;
+        figures.publish += t.elapsed();
+        figures.frames += 1;
+    }
+    figures.wall = started.elapsed();
+    let times = live.times;
+    figures.detect = times.detect - times_before.detect;
+    figures.crop = times.crop - times_before.crop;
+    figures.classify = times.classify - times_before.classify;
+    figures.faces = times.faces - times_before.faces;
+    figures.reads = times.reads - times_before.reads;
+    figures.track = live.track_time - track_before;
+    figures.people = live.people_total - people_before;
+    Ok(figures)
+}
+
 /// Refuses a thread count this build cannot honour: without the `multithread` feature tract
 /// runs on the calling thread only, and asking for more must not be silently ignored.
 pub fn check_inference_threads(threads: usize) -> Result<()> {
@@ -110,6 +238,68 @@ mod tests {
         assert_eq!(t.median, Duration::from_millis(6));
         assert_eq!(t.p90, Duration::from_millis(9));
         assert_eq!(t.runs, 10);
+    }
+
+    /// One face in the middle of every frame.
+    struct OneFace;
+    impl crate::detect::FaceDetector for OneFace {
+        fn detect(&mut self, _frame: &RgbImage) -> Result<Vec<crate::detect::Face>> {
+            use crate::geometry::{BBox, Point};
+            let mut landmarks = [Point::new(60.0, 50.0); 6];
+            landmarks[0] = Point::new(52.0, 45.0);
+            landmarks[1] = Point::new(68.0, 45.0);
+            let bbox = BBox { cx: 60.0, cy: 50.0, w: 40.0, h: 40.0 };
+            Ok(vec![crate::detect::Face { bbox, landmarks, score: 0.9 }])
+        }
+    }
+
+    struct Blank(u64);
+    impl FrameSource for Blank {
+        fn next_frame(&mut self) -> Result<Option<Frame>> {
+            self.0 += 1;
+            let image = RgbImage::from_pixel(120, 100, Rgb([100, 90, 80]));
+            Ok((self.0 <= 40).then(|| Frame { image, index: self.0 - 1, time: Duration::ZERO }))
+        }
+        fn is_live(&self) -> bool {
+            false
+        }
+        fn describe(&self) -> String {
+            "blank".into()
+        }
+    }
+
+    #[test]
+    fn the_pipeline_figures_count_frames_detections_reads_and_people() {
+        let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/faceage-int8.onnx");
+        let pipeline = crate::Pipeline::new(Box::new(OneFace), AgeGenderModel::load(&model).unwrap());
+        let mut options = crate::live::LiveOptions { detect_every: 2, ..Default::default() };
+        // Whatever the model makes of a blank face, its gender counts as sure here.
+        options.tracker.read.settle_gender_certainty = 0.0;
+        let mut live = Live::new(pipeline, options, None);
+        let mut published = 0;
+        let figures = time_pipeline(&mut live, &mut Blank(0), 20, |_, report| {
+            published += 1;
+            assert!(report.faces_read <= report.faces.len());
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!((figures.frames, published), (20, 20));
+        // Frame 0 is the untimed one; the detector runs on frames 2, 4, ... 20.
+        assert_eq!(figures.faces, 10);
+        // Read until settled: frame 0 and the timed frames 2, 4, 6, 8 (ReadPolicy::min_reads).
+        assert_eq!(figures.reads, 4);
+        assert_eq!(figures.people, 1, "confirmed at its third detection, frame 4");
+        assert_eq!(figures.reads_per_person(), Some(4.0));
+        let text = figures.to_string();
+        assert!(text.contains("20 frames of 120x100, 0.50 faces per frame, 0.20 read per frame"), "{text}");
+        assert!(text.contains("model reads per person: 4.0") && text.contains("fps"), "{text}");
+        // Every frame read and detected: 20 of each.
+        let pipeline = crate::Pipeline::new(Box::new(OneFace), AgeGenderModel::load(&model).unwrap());
+        let mut options = crate::live::LiveOptions { detect_every: 1, ..Default::default() };
+        options.tracker.read = crate::track::ReadPolicy::every_frame();
+        let mut live = Live::new(pipeline, options, None);
+        let figures = time_pipeline(&mut live, &mut Blank(0), 20, |_, _| Ok(())).unwrap();
+        assert_eq!((figures.faces, figures.reads), (20, 20));
     }
 
     #[cfg(not(feature = "multithread"))]

@@ -9,9 +9,10 @@ use jiff::ZonedDateTime as Zoned;
 use serde::Serialize;
 
 use crate::counts::{BandTally, CountsLog, IntervalCounter, IntervalRecord, next_boundary};
-use crate::pipeline::{FaceReading, Pipeline, StageTimes};
+use crate::detect::Face;
+use crate::pipeline::{Pipeline, StageTimes};
 use crate::source::Frame;
-use crate::track::{TrackView, Tracker, TrackerConfig};
+use crate::track::{TrackUpdate, TrackView, Tracker, TrackerConfig};
 
 #[derive(Clone, Debug)]
 pub struct LiveOptions {
@@ -20,18 +21,32 @@ pub struct LiveOptions {
     pub tracker: TrackerConfig,
     /// Face crops of counted people are written here only when the user asks.
     pub save_crops: Option<PathBuf>,
+    /// The detector runs on one frame in this many; the tracker carries people along their
+    /// motion in between (1: every frame). Model card, "Reading each person".
+    pub detect_every: u32,
 }
 
 impl Default for LiveOptions {
     fn default() -> Self {
-        Self { interval_secs: 60, tracker: TrackerConfig::default(), save_crops: None }
+        Self {
+            interval_secs: 60,
+            tracker: TrackerConfig::default(),
+            save_crops: None,
+            detect_every: DETECT_EVERY,
+        }
     }
 }
+
+/// [`LiveOptions::detect_every`]'s default.
+pub const DETECT_EVERY: u32 = 2;
 
 /// What one frame changed.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FrameReport {
-    pub readings: Vec<FaceReading>,
+    /// The faces found in this frame, best score first.
+    pub faces: Vec<Face>,
+    /// How many of them the model read (see [`crate::track::ReadPolicy`]).
+    pub faces_read: usize,
     /// Current tracks after this frame.
     pub tracks: Vec<TrackView>,
     /// People counted in this frame (tracks just confirmed).
@@ -91,11 +106,16 @@ impl Live {
     /// Runs one frame through detection, tracking and counting. `dropped_total` is how many
     /// frames the source has dropped so far.
     pub fn process(&mut self, frame: &Frame, dropped_total: u64) -> Result<FrameReport> {
-        let readings = self.pipeline.analyze_timed(&frame.image, &mut self.times)?;
-        let started = Instant::now();
-        let update = self.tracker.update(&readings);
+        let detect_now = self.frames_total.is_multiple_of(self.options.detect_every.max(1) as u64);
+        let (faces, faces_read, update) = if detect_now {
+            self.detect_and_read(frame)?
+        } else {
+            let started = Instant::now();
+            self.tracker.coast();
+            self.track_time += started.elapsed();
+            (Vec::new(), 0, TrackUpdate::default())
+        };
         let tracks = self.tracker.tracks();
-        self.track_time += started.elapsed();
 
         self.counter.frames += 1;
         self.frames_total += 1;
@@ -113,10 +133,35 @@ impl Live {
             self.today.people += 1;
             self.today.tally.add_person(r.gender, &r.bands);
             if let Some(dir) = &self.options.save_crops {
-                self.save_crop(dir, frame, person, &readings)?;
+                self.save_crop(dir, frame, person, &faces)?;
             }
         }
-        Ok(FrameReport { readings, tracks, counted: update.confirmed, ended: update.ended })
+        Ok(FrameReport { faces, faces_read, tracks, counted: update.confirmed, ended: update.ended })
+    }
+
+    /// Finds the faces of `frame`, reads those the read policy picks and moves the tracks on.
+    fn detect_and_read(&mut self, frame: &Frame) -> Result<(Vec<Face>, usize, TrackUpdate)> {
+        // Faces are located in every detector frame (to follow people); only those the read
+        // policy picks are refined (framing's second look) and read.
+        let faces = self.pipeline.locate_timed(&frame.image, &mut self.times)?;
+        let plan = self.tracker.plan(&faces);
+        let to_read = plan.faces_to_read();
+        let mut refined: Vec<Option<Face>> = vec![None; faces.len()];
+        for &i in &to_read {
+            refined[i] = Some(self.pipeline.refine_timed(&frame.image, &faces[i], &mut self.times)?);
+        }
+        let chosen: Vec<&Face> = refined.iter().flatten().collect();
+        let read = self.pipeline.read_timed(&frame.image, &chosen, &mut self.times)?;
+        let mut estimates = vec![None; faces.len()];
+        for (&i, estimate) in to_read.iter().zip(read) {
+            estimates[i] = Some(estimate);
+        }
+        let started = Instant::now();
+        // A face that was read is followed where the second look placed it.
+        let faces: Vec<Face> = faces.into_iter().zip(refined).map(|(f, r)| r.unwrap_or(f)).collect();
+        let update = self.tracker.apply(&plan, &faces, &estimates);
+        self.track_time += started.elapsed();
+        Ok((faces, to_read.len(), update))
     }
 
     /// Written only with `--save-crops`: the model's crop of a newly counted person.
@@ -125,11 +170,11 @@ impl Live {
         dir: &std::path::Path,
         frame: &Frame,
         person: &TrackView,
-        readings: &[FaceReading],
+        faces: &[Face],
     ) -> Result<()> {
-        let Some(reading) = readings.iter().find(|r| r.face.bbox == person.bbox) else { return Ok(()) };
+        let Some(face) = faces.iter().find(|f| f.bbox == person.bbox) else { return Ok(()) };
         std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let crop = self.pipeline.model.crop(&frame.image, &reading.face);
+        let crop = self.pipeline.model.crop(&frame.image, face);
         let path = dir.join(format!("person-{:06}-frame-{:06}.png", person.id, frame.index));
         crop.save(&path).with_context(|| format!("{}: cannot write", path.display()))
     }

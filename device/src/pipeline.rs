@@ -58,7 +58,10 @@ pub struct StageTimes {
     pub detect: Duration,
     pub crop: Duration,
     pub classify: Duration,
+    /// Faces detected.
     pub faces: usize,
+    /// Faces read by the model (every face, or fewer under a [`crate::track::ReadPolicy`]).
+    pub reads: usize,
 }
 
 /// Faces whose box is smaller than this (pixels) are too small to read reliably.
@@ -71,10 +74,14 @@ pub const MIN_FACE_PX: f32 = 24.0;
 /// [`FramedDetector`]: crate::detect::FramedDetector
 /// [`load_board_detector`]: crate::detect::load_board_detector
 pub fn find_faces(detector: &mut dyn FaceDetector, frame: &RgbImage, min_face_px: f32) -> Result<Vec<Face>> {
-    let mut faces: Vec<Face> =
-        detector.detect(frame)?.into_iter().filter(|f| f.bbox.w.max(f.bbox.h) >= min_face_px).collect();
+    Ok(readable(detector.detect(frame)?, min_face_px))
+}
+
+/// `faces` of at least `min_face_px`, best score first.
+fn readable(faces: Vec<Face>, min_face_px: f32) -> Vec<Face> {
+    let mut faces: Vec<Face> = faces.into_iter().filter(|f| f.bbox.w.max(f.bbox.h) >= min_face_px).collect();
     faces.sort_by(|a, b| b.score.total_cmp(&a.score));
-    Ok(faces)
+    faces
 }
 
 /// The face a one-person photo is about (a labelled image, an ID photo): the best-scoring one.
@@ -99,18 +106,54 @@ impl Pipeline {
         self.analyze_timed(frame, &mut StageTimes::default())
     }
 
+    /// Detect, crop and read every face of `frame`, adding each stage's time to `times`.
     pub fn analyze_timed(&mut self, frame: &RgbImage, times: &mut StageTimes) -> Result<Vec<FaceReading>> {
+        let faces = self.detect_timed(frame, times)?;
+        let estimates = self.read_timed(frame, &faces.iter().collect::<Vec<_>>(), times)?;
+        Ok(faces.into_iter().zip(estimates).map(|(face, estimate)| FaceReading { face, estimate }).collect())
+    }
+
+    /// The faces of `frame` ([`find_faces`]), timed.
+    pub fn detect_timed(&mut self, frame: &RgbImage, times: &mut StageTimes) -> Result<Vec<Face>> {
         let start = Instant::now();
         let faces = find_faces(self.detector.as_mut(), frame, self.min_face_px)?;
-        let detected = Instant::now();
+        times.detect += start.elapsed();
+        times.faces += faces.len();
+        Ok(faces)
+    }
+
+    /// The faces of `frame` as [`FaceDetector::locate`] places them (enough to track them),
+    /// filtered and ordered as [`find_faces`] does, timed.
+    pub fn locate_timed(&mut self, frame: &RgbImage, times: &mut StageTimes) -> Result<Vec<Face>> {
+        let start = Instant::now();
+        let faces = readable(self.detector.locate(frame)?, self.min_face_px);
+        times.detect += start.elapsed();
+        times.faces += faces.len();
+        Ok(faces)
+    }
+
+    /// A located face made ready to read ([`FaceDetector::refine`]), timed as detection.
+    pub fn refine_timed(&mut self, frame: &RgbImage, face: &Face, times: &mut StageTimes) -> Result<Face> {
+        let start = Instant::now();
+        let face = self.detector.refine(frame, face.clone())?;
+        times.detect += start.elapsed();
+        Ok(face)
+    }
+
+    /// The model's reading of each of `faces` in `frame`, cropping and classifying timed.
+    pub fn read_timed(
+        &self,
+        frame: &RgbImage,
+        faces: &[&Face],
+        times: &mut StageTimes,
+    ) -> Result<Vec<Estimate>> {
+        let start = Instant::now();
         let crops: Vec<RgbImage> = faces.iter().map(|f| self.model.crop(frame, f)).collect();
         let cropped = Instant::now();
         let estimates = self.model.predict(&crops)?;
-        let classified = Instant::now();
-        times.detect += detected - start;
-        times.crop += cropped - detected;
-        times.classify += classified - cropped;
-        times.faces += faces.len();
-        Ok(faces.into_iter().zip(estimates).map(|(face, estimate)| FaceReading { face, estimate }).collect())
+        times.crop += cropped - start;
+        times.classify += cropped.elapsed();
+        times.reads += faces.len();
+        Ok(estimates)
     }
 }

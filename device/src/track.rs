@@ -1,9 +1,11 @@
-//! People across frames: tracks made by IoU association with a constant-velocity prior, and
-//! readings fused over each track so they do not flicker.
+//! People across frames: tracks made by IoU association with a constant-velocity prior,
+//! readings fused over each track so they do not flicker, and a [`ReadPolicy`] that reads a
+//! person's face until their reading has settled rather than in every frame.
 
 use serde::{Deserialize, Serialize};
 
-use crate::age_gender::{BandShares, Estimate, Gender};
+use crate::age_gender::{BandShares, Estimate, Gender, gender_certainty};
+use crate::detect::Face;
 use crate::geometry::BBox;
 use crate::pipeline::FaceReading;
 
@@ -15,11 +17,59 @@ pub struct TrackerConfig {
     pub confirm_after: u32,
     /// Consecutive frames without the face after which the track ends.
     pub end_after_missed: u32,
+    /// When a tracked face is read by the model.
+    #[serde(default)]
+    pub read: ReadPolicy,
 }
 
 impl Default for TrackerConfig {
     fn default() -> Self {
-        Self { min_iou: 0.2, confirm_after: 3, end_after_missed: 5 }
+        Self { min_iou: 0.2, confirm_after: 3, end_after_missed: 5, read: ReadPolicy::default() }
+    }
+}
+
+/// When the model reads a tracked face. A person is counted with the reading fused over the
+/// frames up to their confirmation, so until then every frame is read; after that a face
+/// whose fused reading has settled is read only now and then (to catch a wrong early lock)
+/// and when it has grown (a person walking closer gives a better picture). The classifier
+/// is most of a frame's cost, and a person in view for ten seconds needs no 150 readings.
+/// Thresholds measured in the model card, "Reading each person".
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReadPolicy {
+    /// Reads before a confirmed track may settle.
+    pub min_reads: u32,
+    /// Settled when the fused age's standard error (the frames' disagreement over the square
+    /// root of the frames read) is at most this many years...
+    pub settle_age_error: f32,
+    /// ...and the fused gender is at least this sure ([`crate::age_gender::gender_certainty`]).
+    pub settle_gender_certainty: f32,
+    /// Settled anyway after this many reads: some faces stay ambiguous.
+    pub max_reads: u32,
+    /// A settled track is read again once in this many frames the detector sees it (0: never).
+    pub recheck_every: u32,
+    /// A settled track is read again as soon as its face is this much larger (box side) than
+    /// at its last reading.
+    pub regrow: f32,
+}
+
+impl Default for ReadPolicy {
+    fn default() -> Self {
+        Self {
+            min_reads: 5,
+            settle_age_error: 1.0,
+            settle_gender_certainty: 0.6,
+            max_reads: 15,
+            recheck_every: 15,
+            regrow: 1.3,
+        }
+    }
+}
+
+impl ReadPolicy {
+    /// Every face read in every frame (`--read-every-frame`): the reference the per-person
+    /// policy is measured against.
+    pub fn every_frame() -> Self {
+        Self { min_reads: u32::MAX, max_reads: u32::MAX, ..Self::default() }
     }
 }
 
@@ -37,7 +87,7 @@ pub struct FusedReading {
     /// Share of each age band (counts::AGE_BANDS): the per-frame shares' weighted mean, which
     /// is what the person adds to the counts.
     pub bands: BandShares,
-    /// Frames fused.
+    /// Frames fused (the frames in which the face was read).
     pub frames: u32,
 }
 
@@ -45,7 +95,11 @@ pub struct FusedReading {
 #[derive(Clone, Debug, Default)]
 struct Fusion {
     weight: f64,
+    /// Sum of squared weights: the effective number of frames is weight^2 / weight_sq.
+    weight_sq: f64,
     age: f64,
+    /// Sum of w * age^2: the frames' disagreement.
+    age_sq: f64,
     /// Sum of w * (age^2 + std^2): the second moment of the mixture of per-frame estimates.
     age_second: f64,
     logit: f64,
@@ -65,13 +119,24 @@ impl Fusion {
         let std = e.age_std.unwrap_or(0.0) as f64;
         let p = (e.female as f64).clamp(1e-4, 1.0 - 1e-4);
         self.weight += weight;
+        self.weight_sq += weight * weight;
         self.age += weight * age;
+        self.age_sq += weight * age * age;
         self.age_second += weight * (age * age + std * std);
         self.logit += weight * (p / (1.0 - p)).ln();
         for (sum, share) in self.bands.iter_mut().zip(e.band_shares()) {
             *sum += weight * share as f64;
         }
         self.frames += 1;
+    }
+
+    /// Standard error of the fused age, years: how far more frames could still move it.
+    fn age_error(&self) -> f64 {
+        let w = self.weight.max(1e-12);
+        let mean = self.age / w;
+        let disagreement = (self.age_sq / w - mean * mean).max(0.0);
+        let effective_frames = (w * w / self.weight_sq.max(1e-12)).max(1.0);
+        (disagreement / effective_frames).sqrt()
     }
 
     fn reading(&self) -> FusedReading {
@@ -102,11 +167,61 @@ struct Track {
     fusion: Fusion,
     /// The latest per-frame estimate, for comparison with the fused one.
     last: Estimate,
+    /// Frames seen since the face was last read.
+    unread: u32,
+    /// Box side at the last reading.
+    side_at_read: f32,
 }
 
 impl Track {
+    fn new(id: u64, face: &Face, estimate: Estimate, confirmed: bool) -> Self {
+        let mut track = Track {
+            id,
+            bbox: face.bbox,
+            velocity: (0.0, 0.0),
+            hits: 1,
+            missed: 0,
+            confirmed,
+            fusion: Fusion::default(),
+            last: estimate,
+            unread: 0,
+            side_at_read: 0.0,
+        };
+        track.read(face, estimate);
+        track
+    }
+
     fn predicted(&self) -> BBox {
         BBox { cx: self.bbox.cx + self.velocity.0, cy: self.bbox.cy + self.velocity.1, ..self.bbox }
+    }
+
+    fn read(&mut self, face: &Face, estimate: Estimate) {
+        let side = face.bbox.w.max(face.bbox.h);
+        self.fusion.add(&estimate, Fusion::weight(face.score, side));
+        self.last = estimate;
+        self.unread = 0;
+        self.side_at_read = side;
+    }
+
+    /// Has the fused reading settled under `policy`?
+    fn settled(&self, policy: &ReadPolicy) -> bool {
+        let reads = self.fusion.frames;
+        if !self.confirmed || reads < policy.min_reads {
+            return false;
+        }
+        let sure = self.fusion.age_error() <= policy.settle_age_error as f64
+            && gender_certainty(self.fusion.reading().female) >= policy.settle_gender_certainty;
+        sure || reads >= policy.max_reads
+    }
+
+    /// Should `face`, which continues this track, be read in this frame?
+    fn wants_reading(&self, face: &Face, policy: &ReadPolicy) -> bool {
+        if !self.settled(policy) {
+            return true;
+        }
+        let due = policy.recheck_every > 0 && self.unread + 1 >= policy.recheck_every;
+        let grown = face.bbox.w.max(face.bbox.h) >= self.side_at_read * policy.regrow;
+        due || grown
     }
 
     fn view(&self) -> TrackView {
@@ -127,7 +242,7 @@ pub struct TrackView {
     pub id: u64,
     pub bbox: BBox,
     pub reading: FusedReading,
-    /// This frame's (or the last seen frame's) own estimate, unfused.
+    /// The face's latest per-frame estimate, unfused.
     pub frame_estimate: Estimate,
     pub confirmed: bool,
     /// Matched a face in the latest frame.
@@ -143,6 +258,21 @@ pub struct TrackUpdate {
     pub ended: Vec<TrackView>,
 }
 
+/// One frame's faces before the model reads them: the track each face continues (by index
+/// in the tracker, `None` for a new person) and whether the face is to be read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FramePlan {
+    continues: Vec<Option<usize>>,
+    pub read: Vec<bool>,
+}
+
+impl FramePlan {
+    /// Indices of the faces to read, in order.
+    pub fn faces_to_read(&self) -> Vec<usize> {
+        self.read.iter().enumerate().filter(|(_, r)| **r).map(|(i, _)| i).collect()
+    }
+}
+
 pub struct Tracker {
     config: TrackerConfig,
     tracks: Vec<Track>,
@@ -154,14 +284,15 @@ impl Tracker {
         Self { config, tracks: Vec::new(), next_id: 1 }
     }
 
-    /// Associates one frame's faces with the tracks, greedily by IoU against each track's
-    /// predicted box; unmatched faces start tracks, unmatched tracks age and end.
-    pub fn update(&mut self, faces: &[FaceReading]) -> TrackUpdate {
+    /// Which faces continue which tracks (greedily by IoU against each track's predicted
+    /// box), and which of them the model should read under the [`ReadPolicy`]. A face that
+    /// starts a track is always read.
+    pub fn plan(&self, faces: &[Face]) -> FramePlan {
         let mut pairs: Vec<(f32, usize, usize)> = Vec::new();
         for (t, track) in self.tracks.iter().enumerate() {
             let predicted = track.predicted();
             for (f, face) in faces.iter().enumerate() {
-                let iou = predicted.iou(&face.face.bbox);
+                let iou = predicted.iou(&face.bbox);
                 if iou >= self.config.min_iou {
                     pairs.push((iou, t, f));
                 }
@@ -169,32 +300,59 @@ impl Tracker {
         }
         pairs.sort_by(|a, b| b.0.total_cmp(&a.0));
         let mut track_taken = vec![false; self.tracks.len()];
-        let mut face_taken = vec![false; faces.len()];
-        let mut update = TrackUpdate::default();
+        let mut continues = vec![None; faces.len()];
         for (_, t, f) in pairs {
-            if track_taken[t] || face_taken[f] {
+            if track_taken[t] || continues[f].is_some() {
                 continue;
             }
             track_taken[t] = true;
-            face_taken[f] = true;
+            continues[f] = Some(t);
+        }
+        let read = continues
+            .iter()
+            .zip(faces)
+            .map(|(t, face)| t.is_none_or(|t| self.tracks[t].wants_reading(face, &self.config.read)))
+            .collect();
+        FramePlan { continues, read }
+    }
+
+    /// Every face read in this frame: [`Tracker::plan`] then [`Tracker::apply`] with all
+    /// estimates.
+    pub fn update(&mut self, readings: &[FaceReading]) -> TrackUpdate {
+        let faces: Vec<Face> = readings.iter().map(|r| r.face.clone()).collect();
+        let estimates: Vec<Option<Estimate>> = readings.iter().map(|r| Some(r.estimate)).collect();
+        let plan = self.plan(&faces);
+        self.apply(&plan, &faces, &estimates)
+    }
+
+    /// Moves the tracks to this frame's `faces` as `plan` (made by [`Tracker::plan`] for the
+    /// same faces) associates them, fuses the `estimates` of the faces that were read, ages
+    /// and ends the tracks that were not seen, and starts a track for each new face.
+    pub fn apply(&mut self, plan: &FramePlan, faces: &[Face], estimates: &[Option<Estimate>]) -> TrackUpdate {
+        let mut update = TrackUpdate::default();
+        let mut seen = vec![false; self.tracks.len()];
+        for (f, continues) in plan.continues.iter().enumerate() {
+            let Some(t) = *continues else { continue };
+            seen[t] = true;
             let track = &mut self.tracks[t];
-            let face = &faces[f];
-            let b = face.face.bbox;
+            let b = faces[f].bbox;
             let motion = (b.cx - track.bbox.cx, b.cy - track.bbox.cy);
             track.velocity =
                 (0.5 * track.velocity.0 + 0.5 * motion.0, 0.5 * track.velocity.1 + 0.5 * motion.1);
             track.bbox = b;
             track.hits += 1;
             track.missed = 0;
-            track.last = face.estimate;
-            track.fusion.add(&face.estimate, Fusion::weight(face.face.score, b.w.max(b.h)));
+            match estimates.get(f).copied().flatten() {
+                Some(estimate) => track.read(&faces[f], estimate),
+                None => track.unread += 1,
+            }
             if !track.confirmed && track.hits >= self.config.confirm_after {
                 track.confirmed = true;
                 update.confirmed.push(track.view());
             }
         }
         for (t, track) in self.tracks.iter_mut().enumerate() {
-            if !track_taken[t] {
+            if !seen[t] {
                 track.missed += 1;
                 // Coast along the motion while unseen.
                 track.bbox.cx += track.velocity.0;
@@ -206,24 +364,11 @@ impl Tracker {
             std::mem::take(&mut self.tracks).into_iter().partition(|t| t.missed > end_after);
         self.tracks = kept;
         update.ended = ended.iter().map(Track::view).collect();
-        for (f, face) in faces.iter().enumerate() {
-            if face_taken[f] {
-                continue;
-            }
-            let mut fusion = Fusion::default();
-            let b = face.face.bbox;
-            fusion.add(&face.estimate, Fusion::weight(face.face.score, b.w.max(b.h)));
+        for (f, continues) in plan.continues.iter().enumerate() {
+            // A new face is always planned for reading; one left unread starts nothing.
+            let (None, Some(estimate)) = (continues, estimates.get(f).copied().flatten()) else { continue };
             let confirmed = self.config.confirm_after <= 1;
-            let track = Track {
-                id: self.next_id,
-                bbox: b,
-                velocity: (0.0, 0.0),
-                hits: 1,
-                missed: 0,
-                confirmed,
-                fusion,
-                last: face.estimate,
-            };
+            let track = Track::new(self.next_id, &faces[f], estimate, confirmed);
             self.next_id += 1;
             if confirmed {
                 update.confirmed.push(track.view());
@@ -231,6 +376,15 @@ impl Tracker {
             self.tracks.push(track);
         }
         update
+    }
+
+    /// A frame in which the detector did not run: every track moves along its motion and
+    /// stays as it was otherwise (not seen, not missed).
+    pub fn coast(&mut self) {
+        for track in &mut self.tracks {
+            track.bbox.cx += track.velocity.0;
+            track.bbox.cy += track.velocity.1;
+        }
     }
 
     /// Current tracks (confirmed or not), oldest first.
@@ -242,7 +396,6 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::detect::Face;
     use crate::geometry::Point;
 
     fn reading(cx: f32, age: f32, female: f32) -> FaceReading {
@@ -254,6 +407,85 @@ mod tests {
             },
             estimate: Estimate { age, female, age_std: Some(3.0), age_bands: None },
         }
+    }
+
+    /// One frame of one face through plan and apply, the face read only when the plan says;
+    /// returns whether it was read.
+    fn step(tracker: &mut Tracker, r: &FaceReading) -> bool {
+        let faces = [r.face.clone()];
+        let plan = tracker.plan(&faces);
+        let read = plan.read[0];
+        tracker.apply(&plan, &faces, &[read.then_some(r.estimate)]);
+        read
+    }
+
+    #[test]
+    fn a_settled_person_is_read_now_and_then() {
+        let policy = ReadPolicy::default();
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let reads: Vec<bool> =
+            (0..60).map(|f| step(&mut tracker, &reading(100.0 + f as f32, 30.0, 0.9))).collect();
+        let first_skip = reads.iter().position(|r| !r).unwrap();
+        assert_eq!(first_skip, policy.min_reads as usize, "a steady face settles after the fewest reads");
+        let later: Vec<usize> = (first_skip..60).filter(|&f| reads[f]).collect();
+        assert!(!later.is_empty(), "a settled face is still read now and then");
+        assert!(later.windows(2).all(|w| w[1] - w[0] == policy.recheck_every as usize), "{later:?}");
+        assert_eq!(tracker.tracks()[0].reading.frames, reads.iter().filter(|r| **r).count() as u32);
+    }
+
+    #[test]
+    fn a_face_the_frames_disagree_on_is_read_until_the_cap() {
+        let policy = ReadPolicy { recheck_every: 0, ..ReadPolicy::default() };
+        let config = TrackerConfig { read: policy, ..TrackerConfig::default() };
+        let mut tracker = Tracker::new(config);
+        let reads = (0..40)
+            .filter(|&f| step(&mut tracker, &reading(100.0, if f % 2 == 0 { 20.0 } else { 50.0 }, 0.9)))
+            .count();
+        assert_eq!(reads, policy.max_reads as usize);
+        // Sure of the age but not of the gender: the same.
+        let mut tracker = Tracker::new(TrackerConfig { read: policy, ..TrackerConfig::default() });
+        let reads = (0..40).filter(|_| step(&mut tracker, &reading(100.0, 30.0, 0.6))).count();
+        assert_eq!(reads, policy.max_reads as usize);
+    }
+
+    #[test]
+    fn a_face_that_grows_is_read_again_and_every_frame_reads_all() {
+        let policy = ReadPolicy { recheck_every: 0, ..ReadPolicy::default() };
+        let mut tracker = Tracker::new(TrackerConfig { read: policy, ..TrackerConfig::default() });
+        let mut face = reading(200.0, 30.0, 0.9);
+        let reads = (0..20).filter(|_| step(&mut tracker, &face)).count();
+        assert_eq!(reads, policy.min_reads as usize);
+        face.face.bbox.w *= 1.2;
+        face.face.bbox.h *= 1.2;
+        assert!(!step(&mut tracker, &face), "a little larger: not yet");
+        face.face.bbox.w *= 1.2;
+        face.face.bbox.h *= 1.2;
+        assert!(step(&mut tracker, &face), "1.44 times the side at the last reading");
+        assert!(!step(&mut tracker, &face));
+
+        let mut tracker =
+            Tracker::new(TrackerConfig { read: ReadPolicy::every_frame(), ..TrackerConfig::default() });
+        assert_eq!((0..50).filter(|_| step(&mut tracker, &reading(200.0, 30.0, 0.9))).count(), 50);
+    }
+
+    #[test]
+    fn coasting_carries_tracks_along_without_missing_them() {
+        let mut tracker = Tracker::new(TrackerConfig::default());
+        let mut confirmed = 0;
+        // Detected on even frames only, moving 10 px a frame.
+        for frame in 0..40 {
+            if frame % 2 == 0 {
+                confirmed +=
+                    tracker.update(&[reading(100.0 + frame as f32 * 10.0, 30.0, 0.8)]).confirmed.len();
+            } else {
+                tracker.coast();
+            }
+        }
+        assert_eq!(confirmed, 1);
+        let tracks = tracker.tracks();
+        assert_eq!(tracks.len(), 1, "one person, never lost");
+        assert!(tracks[0].seen_now);
+        assert!((tracks[0].bbox.cx - 490.0).abs() < 1.0, "coasted to the last frame: {}", tracks[0].bbox.cx);
     }
 
     #[test]

@@ -246,46 +246,113 @@ pub fn scripted_clip(
     side: u32,
     noise: bool,
 ) -> Vec<RgbImage> {
-    let background = RgbImage::from_fn(width, height, |x, y| {
-        Rgb([(70 + (x * 60 / width)) as u8, (90 + (y * 50 / height)) as u8, (110 + ((x + y) % 40)) as u8])
-    });
-    let chips: Vec<RgbImage> = walkers
-        .iter()
-        .map(|w| {
-            let chip = image::open(&w.face).expect("decode face").to_rgb8();
-            image::imageops::resize(&chip, side, side, image::imageops::FilterType::Triangle)
-        })
-        .collect();
-    (0..frames)
-        .map(|f| {
-            let mut frame = background.clone();
-            for (w, chip) in walkers.iter().zip(&chips) {
-                if f < w.enter || f >= w.leave {
-                    continue;
-                }
-                let t = if w.leave - w.enter <= 1 {
-                    0.0
-                } else {
-                    (f - w.enter) as f32 / (w.leave - w.enter - 1) as f32
-                };
-                let mut x = w.from.0 + (w.to.0 - w.from.0) * t;
-                let mut y = w.from.1 + (w.to.1 - w.from.1) * t;
-                let mut chip = chip.clone();
-                if noise {
-                    let k = 1.0 + 0.08 * ((f * 7919 % 13) as f32 / 6.0 - 1.0);
-                    for p in chip.pixels_mut() {
-                        for c in 0..3 {
-                            p.0[c] = (p.0[c] as f32 * k).clamp(0.0, 255.0) as u8;
-                        }
+    let scene = ScriptedScene::new(walkers, width, height, side, noise);
+    (0..frames).map(|f| scene.frame(f)).collect()
+}
+
+/// A scripted clip rendered frame by frame, so a long one need not sit in memory.
+pub struct ScriptedScene {
+    pub walkers: Vec<Walker>,
+    pub side: u32,
+    background: RgbImage,
+    chips: Vec<RgbImage>,
+    noise: bool,
+}
+
+impl ScriptedScene {
+    pub fn new(walkers: &[Walker], width: u32, height: u32, side: u32, noise: bool) -> Self {
+        let background = RgbImage::from_fn(width, height, |x, y| {
+            Rgb([(70 + (x * 60 / width)) as u8, (90 + (y * 50 / height)) as u8, (110 + ((x + y) % 40)) as u8])
+        });
+        let chips = walkers
+            .iter()
+            .map(|w| {
+                let chip = image::open(&w.face).expect("decode face").to_rgb8();
+                image::imageops::resize(&chip, side, side, image::imageops::FilterType::Triangle)
+            })
+            .collect();
+        Self { walkers: walkers.to_vec(), side, background, chips, noise }
+    }
+
+    /// Where walker `w`'s face square has its top-left corner in frame `f` (before any
+    /// jitter), or `None` when the walker is not in view.
+    pub fn corner(&self, w: usize, f: usize) -> Option<(f32, f32)> {
+        let wk = &self.walkers[w];
+        if f < wk.enter || f >= wk.leave {
+            return None;
+        }
+        let t = if wk.leave - wk.enter <= 1 {
+            0.0
+        } else {
+            (f - wk.enter) as f32 / (wk.leave - wk.enter - 1) as f32
+        };
+        Some((wk.from.0 + (wk.to.0 - wk.from.0) * t, wk.from.1 + (wk.to.1 - wk.from.1) * t))
+    }
+
+    pub fn frame(&self, f: usize) -> RgbImage {
+        let mut frame = self.background.clone();
+        for (w, chip) in self.chips.iter().enumerate() {
+            let Some((mut x, mut y)) = self.corner(w, f) else { continue };
+            let mut chip = chip.clone();
+            if self.noise {
+                let k = 1.0 + 0.08 * ((f * 7919 % 13) as f32 / 6.0 - 1.0);
+                for p in chip.pixels_mut() {
+                    for c in 0..3 {
+                        p.0[c] = (p.0[c] as f32 * k).clamp(0.0, 255.0) as u8;
                     }
-                    x += (f % 3) as f32 - 1.0;
-                    y += ((f / 3) % 3) as f32 - 1.0;
                 }
-                image::imageops::replace(&mut frame, &chip, x.round() as i64, y.round() as i64);
+                x += (f % 3) as f32 - 1.0;
+                y += ((f / 3) % 3) as f32 - 1.0;
             }
-            frame
-        })
-        .collect()
+            image::imageops::replace(&mut frame, &chip, x.round() as i64, y.round() as i64);
+        }
+        frame
+    }
+}
+
+/// People crossing a `width x height` scene in `lanes` horizontal lanes, one after another in
+/// each lane (the lanes staggered, alternate lanes walking the other way), each in view for
+/// `frames_each` frames: about `lanes` faces in view at any time. Faces are taken from
+/// `faces` in turn; walkers who would not finish within `frames` are left out. Returns the
+/// walkers and the face side.
+pub fn crowd_walkers(
+    faces: &[PathBuf],
+    lanes: usize,
+    frames: usize,
+    width: u32,
+    height: u32,
+    frames_each: usize,
+) -> (Vec<Walker>, u32) {
+    let lanes = lanes.max(1);
+    let band = height as f32 / lanes as f32;
+    let side = ((height / 4) as f32).min(band * 0.8) as u32;
+    let period = frames_each + 4;
+    let mut walkers = Vec::new();
+    for k in 0.. {
+        let mut any = false;
+        for lane in 0..lanes {
+            let enter = lane * period / lanes + k * period;
+            if enter + frames_each > frames {
+                continue;
+            }
+            any = true;
+            let y = band * lane as f32 + (band - side as f32) / 2.0;
+            let (left, right) = (4.0, (width - side) as f32 - 4.0);
+            let (from, to) = if lane % 2 == 0 { (left, right) } else { (right, left) };
+            let face = faces[walkers.len() % faces.len()].clone();
+            walkers.push(Walker {
+                face,
+                enter,
+                leave: enter + frames_each,
+                from: (from, y),
+                to: (to, y + 6.0),
+            });
+        }
+        if !any {
+            break;
+        }
+    }
+    (walkers, side)
 }
 
 /// Three people crossing a 640x360 scene one after another, with gaps between them:

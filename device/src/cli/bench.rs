@@ -5,7 +5,12 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use faceage_device::AgeGenderModel;
-use faceage_device::bench::{Timing, check_inference_threads, model_figures, set_inference_threads};
+use faceage_device::bench::{
+    Timing, check_inference_threads, model_figures, set_inference_threads, time_pipeline,
+};
+use faceage_device::live::{FrameReport, Live, LiveOptions};
+use faceage_device::source::Frame;
+use faceage_device::track::ReadPolicy;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -15,6 +20,14 @@ pub struct Args {
     /// Time the whole pipeline stage by stage on this source instead (any `run --source`).
     #[arg(long)]
     source: Option<String>,
+    /// With --source: read every face in every frame, as `faceage run --read-every-frame`
+    /// does (the reference for the per-person reading).
+    #[arg(long)]
+    read_every_frame: bool,
+    /// With --source: run the detector on one frame in this many, as `faceage run
+    /// --detect-every` does.
+    #[arg(long, default_value_t = faceage_device::live::DETECT_EVERY)]
+    detect_every: u32,
     /// Frames to time with --source.
     #[arg(long, default_value_t = 100)]
     frames: usize,
@@ -78,10 +91,6 @@ pub fn run(args: Args) -> Result<ExitCode> {
 /// Stage-by-stage cost of `faceage run` on `source`: read and decode, detect, crop,
 /// classify, track, and draw + JPEG-encode the kiosk picture.
 fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
-    use faceage_device::pipeline::StageTimes;
-    use faceage_device::track::{Tracker, TrackerConfig};
-    use std::time::{Duration, Instant};
-
     let threads = args.threads.first().copied().unwrap_or(1);
     set_inference_threads(threads)?;
     let models = super::ModelArgs {
@@ -90,68 +99,38 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
         min_score: 0.5,
         plain_detector: args.plain_detector,
     };
-    let mut pipeline = models.load_pipeline()?;
+    let mut options = LiveOptions { detect_every: args.detect_every.max(1), ..LiveOptions::default() };
+    if args.read_every_frame {
+        options.tracker.read = ReadPolicy::every_frame();
+    }
+    let mut live = Live::new(models.load_pipeline()?, options, None);
     let mut frames = faceage_device::source::open(source, &Default::default())?;
-    let mut tracker = Tracker::new(TrackerConfig::default());
-    let mut times = StageTimes::default();
-    let (mut decode, mut track, mut encode) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
-    let mut size = (0, 0);
-    let mut n = 0usize;
-    // One untimed frame first: caches, allocators, tract's first-run planning.
-    if let Some(f) = frames.next_frame()? {
-        pipeline.analyze(&f.image)?;
-    }
-    let started = Instant::now();
-    while n < args.frames {
-        let t = Instant::now();
-        let Some(frame) = frames.next_frame()? else { break };
-        decode += t.elapsed();
-        size = frame.image.dimensions();
-        let readings = pipeline.analyze_timed(&frame.image, &mut times)?;
-        let t = Instant::now();
-        tracker.update(&readings);
-        track += t.elapsed();
-        let t = Instant::now();
-        let mut picture = frame.image.clone();
-        faceage_device::draw::overlay_readings(&mut picture, &readings);
-        let jpeg = faceage_device::imaging::encode_jpeg(&picture, 80)?;
-        std::hint::black_box(jpeg);
-        encode += t.elapsed();
-        n += 1;
-    }
-    let wall = started.elapsed();
-    anyhow::ensure!(n > 0, "{source}: no frames to time");
-    let per = |d: Duration| Timing::ms(d) / n as f64;
-    let total = decode + times.detect + times.crop + times.classify + track + encode;
+    let figures = time_pipeline(&mut live, frames.as_mut(), args.frames, publish_to_kiosk)?;
+    anyhow::ensure!(figures.frames > 0, "{source}: no frames to time");
+    let policy = if args.read_every_frame {
+        "every face read in every frame"
+    } else {
+        "each person read until settled"
+    };
     println!(
-        "{source}: {n} frames of {}x{}, {:.2} faces per frame, {threads} thread(s), {}",
-        size.0,
-        size.1,
-        times.faces as f64 / n as f64,
-        std::env::consts::ARCH
+        "{source}: {threads} thread(s), {}, {policy}, detector on 1 frame in {}",
+        std::env::consts::ARCH,
+        args.detect_every.max(1)
     );
-    println!("{:<22} {:>10} {:>8}", "stage", "ms/frame", "share");
-    for (name, d) in [
-        ("read + decode", decode),
-        ("detect (BlazeFace)", times.detect),
-        ("align + crop", times.crop),
-        ("classify (all faces)", times.classify),
-        ("track + fuse", track),
-        ("draw + JPEG encode", encode),
-    ] {
-        println!(
-            "{name:<22} {:>10.2} {:>7.1}%",
-            per(d),
-            100.0 * d.as_secs_f64() / total.as_secs_f64().max(1e-12)
-        );
-    }
-    if times.faces > 0 {
-        println!("{:<22} {:>10.3}", "classify per face", Timing::ms(times.classify) / times.faces as f64);
-    }
-    println!(
-        "end to end: {:.1} ms/frame = {:.1} fps (kiosk encoding included)",
-        Timing::ms(wall) / n as f64,
-        n as f64 / wall.as_secs_f64()
-    );
+    println!("{figures}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// What the kiosk does with a frame while someone watches: draw the tracks, encode a JPEG.
+#[cfg(feature = "kiosk")]
+fn publish_to_kiosk(frame: &Frame, report: &FrameReport) -> Result<()> {
+    use faceage_device::kiosk::publisher::{overlay, tracks_in_view};
+    let jpeg = faceage_device::imaging::encode_jpeg(&overlay(&frame.image, &tracks_in_view(report)), 80)?;
+    std::hint::black_box(jpeg);
+    Ok(())
+}
+
+#[cfg(not(feature = "kiosk"))]
+fn publish_to_kiosk(_: &Frame, _: &FrameReport) -> Result<()> {
+    Ok(())
 }

@@ -12,7 +12,7 @@ use faceage_device::events::EventWriter;
 use faceage_device::live::{FrameReport, Live, LiveOptions};
 use faceage_device::run_loop::{self, Frames, Observer, RunSettings};
 use faceage_device::source::{Frame, SourceOptions};
-use faceage_device::track::TrackerConfig;
+use faceage_device::track::{ReadPolicy, TrackerConfig};
 
 use super::ModelArgs;
 
@@ -63,6 +63,14 @@ pub struct Args {
     /// Frames a person may be missing before their track ends.
     #[arg(long, default_value_t = TrackerConfig::default().end_after_missed)]
     max_missed: u32,
+    /// Read every face in every frame instead of each person until their reading has settled
+    /// (several times the classifier's work, for the same counts).
+    #[arg(long)]
+    read_every_frame: bool,
+    /// Run the face detector on one frame in this many, the tracker carrying people along
+    /// in between (1: every frame).
+    #[arg(long, default_value_t = faceage_device::live::DETECT_EVERY)]
+    detect_every: u32,
     /// Save the face crop of every counted person here. Off by default: without it no face
     /// image ever reaches the disk.
     #[arg(long)]
@@ -138,9 +146,11 @@ fn live_options(args: &Args) -> LiveOptions {
         tracker: TrackerConfig {
             confirm_after: args.confirm_frames.max(1),
             end_after_missed: args.max_missed,
+            read: if args.read_every_frame { ReadPolicy::every_frame() } else { ReadPolicy::default() },
             ..TrackerConfig::default()
         },
         save_crops: args.save_crops.clone(),
+        detect_every: args.detect_every.max(1),
     }
 }
 

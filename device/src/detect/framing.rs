@@ -151,29 +151,39 @@ impl<D: FaceDetector> FramedDetector<D> {
 
 impl<D: FaceDetector> FaceDetector for FramedDetector<D> {
     fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
-        let (w, h) = frame.dimensions();
-        let mut faces = self.inner.detect(frame)?;
-        if faces.is_empty() && self.framing.pad_when_empty > 0.0 {
-            let side = w.max(h) as f32 * self.framing.pad_when_empty;
-            let centre = Point::new(w as f32 / 2.0, h as f32 / 2.0);
-            let window = Window::around(frame, centre, side, self.framing.max_window_px);
-            faces = self
-                .inner
-                .detect(&window.canvas)?
-                .iter()
-                .map(|f| window.face_to_frame(f))
-                // A face is only of use if its centre is in the picture.
-                .filter(|f| {
-                    f.bbox.cx >= 0.0 && f.bbox.cy >= 0.0 && f.bbox.cx < w as f32 && f.bbox.cy < h as f32
-                })
-                .collect();
-        }
+        let faces = self.locate(frame)?;
         let mut framed = Vec::with_capacity(faces.len());
         for face in faces {
-            framed.push(if self.needs_window(&face, w, h) { self.second_look(frame, face)? } else { face });
+            framed.push(self.refine(frame, face)?);
         }
         framed.sort_by(|a, b| b.score.total_cmp(&a.score));
         Ok(framed)
+    }
+
+    /// One pass over the frame, and one over the frame padded when that finds nothing.
+    fn locate(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
+        let (w, h) = frame.dimensions();
+        let faces = self.inner.detect(frame)?;
+        if !faces.is_empty() || self.framing.pad_when_empty <= 0.0 {
+            return Ok(faces);
+        }
+        let side = w.max(h) as f32 * self.framing.pad_when_empty;
+        let centre = Point::new(w as f32 / 2.0, h as f32 / 2.0);
+        let window = Window::around(frame, centre, side, self.framing.max_window_px);
+        Ok(self
+            .inner
+            .detect(&window.canvas)?
+            .iter()
+            .map(|f| window.face_to_frame(f))
+            // A face is only of use if its centre is in the picture.
+            .filter(|f| f.bbox.cx >= 0.0 && f.bbox.cy >= 0.0 && f.bbox.cx < w as f32 && f.bbox.cy < h as f32)
+            .collect())
+    }
+
+    /// The second look, for a face that is large or cut by the frame's edge.
+    fn refine(&mut self, frame: &RgbImage, face: Face) -> Result<Face> {
+        let (w, h) = frame.dimensions();
+        if self.needs_window(&face, w, h) { self.second_look(frame, face) } else { Ok(face) }
     }
 }
 

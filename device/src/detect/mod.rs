@@ -37,7 +37,20 @@ impl Face {
 
 /// Finds faces in a frame. Implementations own their model and any scratch buffers.
 pub trait FaceDetector: Send {
+    /// Every face of `frame`, each with landmarks good enough to crop and read it.
     fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>>;
+
+    /// The cheap part of [`FaceDetector::detect`]: faces placed well enough to follow them
+    /// from frame to frame. A face that is to be read goes through [`FaceDetector::refine`]
+    /// first; `refine` over every face `locate` gives is what `detect` gives.
+    fn locate(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
+        self.detect(frame)
+    }
+
+    /// A face from [`FaceDetector::locate`], made as [`FaceDetector::detect`] would give it.
+    fn refine(&mut self, _frame: &RgbImage, face: Face) -> Result<Face> {
+        Ok(face)
+    }
 }
 
 /// The board's face detector: BlazeFace at `path`, framed so faces of every size are found
