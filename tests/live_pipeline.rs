@@ -51,6 +51,20 @@ fn a_scripted_clip_gives_exactly_its_number_of_people() {
     assert_eq!(lines.len(), 1, "the partial interval is written at the end of the clip");
     assert_eq!(lines[0]["people"], 3);
     assert_eq!(lines[0]["frames"], 64);
+    // Each walker is in view for about 20 frames of a 10 fps clip: three visits under 5 s.
+    assert_eq!(lines[0]["schema"], 2);
+    assert_eq!(lines[0]["dwell"], serde_json::json!([3, 0, 0, 0]), "{}", lines[0]);
+    let median = lines[0]["dwell_median_s"].as_f64().unwrap();
+    assert!((1.2..=2.2).contains(&median), "median time in view {median} s");
+    let ended: Vec<f64> = events(&stdout(&out), "track_ended")
+        .iter()
+        .filter(|e| e["confirmed"] == true)
+        .map(|e| e["dwell_s"].as_f64().unwrap())
+        .collect();
+    // The last walker is still in view when the clip ends: the log counts that visit at the
+    // end of the run, and no track_ended event is printed for it.
+    assert_eq!(ended.len(), 2, "{}", stdout(&out));
+    assert!(ended.iter().all(|d| (1.2..=2.2).contains(d)), "times in view {ended:?}");
     let by_band: f64 = ["female", "male"]
         .iter()
         .flat_map(|g| lines[0][g].as_array().unwrap().iter())

@@ -129,6 +129,9 @@ pub fn round_bands(bands: &BandCounts) -> BandCounts {
 /// One interval of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalRecord {
+    /// The line's layout: 2 since dwell times; lines without it are schema 1 (no dwell).
+    #[serde(default = "IntervalRecord::legacy_schema")]
+    pub schema: u32,
     /// RFC 3339 with the local offset.
     pub start: String,
     pub end: String,
@@ -138,11 +141,60 @@ pub struct IntervalRecord {
     pub tally: BandTally,
     pub frames: u64,
     pub dropped: u64,
+    #[serde(flatten)]
+    pub dwell: DwellSummary,
+}
+
+/// Time-in-view buckets of a counts-log line: (name, upper bound in seconds).
+pub const DWELL_BUCKETS: [(&str, f32); 4] =
+    [("under_5s", 5.0), ("5_30s", 30.0), ("30s_2min", 120.0), ("over_2min", f32::INFINITY)];
+
+/// How long the people whose visit ended in an interval were in view (first to last frame
+/// their face was seen): a count per [`DWELL_BUCKETS`] bucket and the median. Counts only.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DwellSummary {
+    #[serde(default)]
+    pub dwell: [u32; 4],
+    /// Seconds; absent when no visit ended in the interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dwell_median_s: Option<f32>,
+}
+
+impl DwellSummary {
+    pub fn from_seconds(seconds: &[f32]) -> Self {
+        let mut dwell = [0u32; 4];
+        for &s in seconds {
+            let bucket = DWELL_BUCKETS.iter().position(|(_, upper)| s < *upper).unwrap_or(3);
+            dwell[bucket] += 1;
+        }
+        let mut sorted = seconds.to_vec();
+        sorted.sort_by(f32::total_cmp);
+        let median = match sorted.len() {
+            0 => None,
+            n if n % 2 == 1 => Some(sorted[n / 2]),
+            n => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+        };
+        Self { dwell, dwell_median_s: median.map(|m| (m * 10.0).round() / 10.0) }
+    }
+
+    /// Visits counted.
+    pub fn visits(&self) -> u32 {
+        self.dwell.iter().sum()
+    }
 }
 
 impl IntervalRecord {
-    /// Columns of a CSV line: start, end, people, the tally, frames, dropped.
-    pub const CSV_COLUMNS: usize = 3 + BandTally::CSV_COLUMNS + 2;
+    /// The layout [`IntervalCounter::roll`] writes.
+    pub const SCHEMA: u32 = 2;
+    /// Columns of a CSV line: start, end, people, the tally, frames, dropped, the dwell buckets
+    /// and the median dwell (empty when none).
+    pub const CSV_COLUMNS: usize = Self::CSV_COLUMNS_V1 + DWELL_BUCKETS.len() + 1;
+    /// Columns of a line written before dwell times.
+    pub const CSV_COLUMNS_V1: usize = 3 + BandTally::CSV_COLUMNS + 2;
+
+    fn legacy_schema() -> u32 {
+        1
+    }
 
     pub fn csv_header() -> String {
         let mut cols = vec!["start".to_string(), "end".into(), "people".into()];
@@ -150,6 +202,8 @@ impl IntervalRecord {
             cols.extend(AGE_BANDS.iter().map(|(b, _, _)| format!("{g}_{b}")));
         }
         cols.extend(["frames".to_string(), "dropped".into()]);
+        cols.extend(DWELL_BUCKETS.iter().map(|(b, _)| format!("dwell_{b}")));
+        cols.push("dwell_median_s".into());
         cols.join(",")
     }
 
@@ -157,25 +211,51 @@ impl IntervalRecord {
         let mut cols = vec![self.start.clone(), self.end.clone(), self.people.to_string()];
         cols.extend(self.tally.csv_fields());
         cols.extend([self.frames.to_string(), self.dropped.to_string()]);
+        cols.extend(self.dwell.dwell.iter().map(u32::to_string));
+        cols.push(self.dwell.dwell_median_s.map(|m| m.to_string()).unwrap_or_default());
         cols.join(",")
     }
 
+    /// Reads a CSV line of either layout (with or without the dwell columns).
     pub fn from_csv_line(line: &str) -> Result<Self> {
         let f: Vec<&str> = line.trim().split(',').collect();
-        if f.len() != Self::CSV_COLUMNS {
-            bail!("{} columns, expected {}", f.len(), Self::CSV_COLUMNS);
+        if f.len() != Self::CSV_COLUMNS && f.len() != Self::CSV_COLUMNS_V1 {
+            bail!(
+                "{} columns, expected {} (or {} before dwell times)",
+                f.len(),
+                Self::CSV_COLUMNS,
+                Self::CSV_COLUMNS_V1
+            );
         }
         let n = |i: usize| -> Result<u64> {
             f[i].parse().with_context(|| format!("column {} is not a number", i + 1))
         };
         let after_tally = 3 + BandTally::CSV_COLUMNS;
+        let (schema, dwell) = if f.len() == Self::CSV_COLUMNS {
+            let first = Self::CSV_COLUMNS_V1;
+            let mut dwell = DwellSummary::default();
+            for (k, v) in dwell.dwell.iter_mut().enumerate() {
+                *v = n(first + k)? as u32;
+            }
+            let median = f[first + DWELL_BUCKETS.len()];
+            dwell.dwell_median_s = if median.is_empty() {
+                None
+            } else {
+                Some(median.parse().with_context(|| format!("column {} is not a number", f.len()))?)
+            };
+            (Self::SCHEMA, dwell)
+        } else {
+            (1, DwellSummary::default())
+        };
         Ok(Self {
+            schema,
             start: f[0].to_string(),
             end: f[1].to_string(),
             people: n(2)? as u32,
             tally: BandTally::from_csv_fields(&f, 3)?,
             frames: n(after_tally)?,
             dropped: n(after_tally + 1)?,
+            dwell,
         })
     }
 }
@@ -188,11 +268,13 @@ pub struct IntervalCounter {
     pub people: u32,
     pub frames: u64,
     pub dropped: u64,
+    /// Seconds in view of each person whose visit ended in the interval.
+    pub dwell: Vec<f32>,
 }
 
 impl IntervalCounter {
     pub fn new(start: Zoned) -> Self {
-        Self { start, tally: BandTally::default(), people: 0, frames: 0, dropped: 0 }
+        Self { start, tally: BandTally::default(), people: 0, frames: 0, dropped: 0, dwell: Vec::new() }
     }
 
     /// One person, their share in each age band (summing to 1; see [`BandCounts`]).
@@ -204,12 +286,14 @@ impl IntervalCounter {
     /// Closes the interval at `end` and starts the next one there.
     pub fn roll(&mut self, end: Zoned) -> IntervalRecord {
         let record = IntervalRecord {
+            schema: IntervalRecord::SCHEMA,
             start: format_time(&self.start),
             end: format_time(&end),
             people: self.people,
             tally: self.tally.rounded(),
             frames: self.frames,
             dropped: self.dropped,
+            dwell: DwellSummary::from_seconds(&self.dwell),
         };
         *self = IntervalCounter::new(end);
         record
@@ -404,13 +488,48 @@ mod tests {
 
     fn record(people: u32) -> IntervalRecord {
         IntervalRecord {
+            schema: IntervalRecord::SCHEMA,
             start: "2026-11-29T10:00:00+01:00".into(),
             end: "2026-11-29T10:01:00+01:00".into(),
             people,
             tally: BandTally { female: [0.0, 1.0, 0.0, 2.0, 0.0, 0.0], male: [0.0, 0.0, 0.0, 1.0, 1.0, 0.0] },
             frames: 600,
             dropped: 3,
+            dwell: DwellSummary::from_seconds(&[2.0, 12.5, 40.0]),
         }
+    }
+
+    #[test]
+    fn dwell_times_fall_in_their_buckets_with_their_median() {
+        let d = DwellSummary::from_seconds(&[0.4, 4.99, 5.0, 29.0, 30.0, 119.0, 120.0, 900.0]);
+        assert_eq!(d.dwell, [2, 2, 2, 2]);
+        assert_eq!(d.dwell_median_s, Some(29.5));
+        assert_eq!(d.visits(), 8);
+        assert_eq!(DwellSummary::from_seconds(&[3.0, 1.0, 7.04]).dwell_median_s, Some(3.0));
+        assert_eq!(DwellSummary::from_seconds(&[]), DwellSummary::default());
+    }
+
+    #[test]
+    fn lines_round_trip_and_lines_from_before_dwell_times_still_read() {
+        let r = record(3);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["schema"], 2);
+        assert_eq!(json["dwell"], serde_json::json!([1, 1, 1, 0]));
+        assert_eq!(json["dwell_median_s"], 12.5);
+        assert_eq!(serde_json::from_value::<IntervalRecord>(json).unwrap(), r);
+        assert_eq!(IntervalRecord::from_csv_line(&r.csv_line()).unwrap(), r);
+        assert_eq!(IntervalRecord::csv_header().split(',').count(), IntervalRecord::CSV_COLUMNS);
+
+        // Schema 1: no schema key, no dwell.
+        let old = r#"{"start":"2026-11-29T10:00:00+01:00","end":"2026-11-29T10:01:00+01:00","people":1,
+            "female":[0,0,0,1,0,0],"male":[0,0,0,0,0,0],"frames":10,"dropped":0}"#;
+        let old: IntervalRecord = serde_json::from_str(&old.replace('\n', "")).unwrap();
+        assert_eq!((old.schema, old.dwell.visits(), old.dwell.dwell_median_s), (1, 0, None));
+        let old_csv = "2026-11-29T10:00:00+01:00,2026-11-29T10:01:00+01:00,1,0,0,0,1,0,0,0,0,0,0,0,0,10,0";
+        let old = IntervalRecord::from_csv_line(old_csv).unwrap();
+        assert_eq!((old.schema, old.people, old.frames), (1, 1, 10));
+        let err = IntervalRecord::from_csv_line("a,b,c").unwrap_err().to_string();
+        assert!(err.contains("3 columns"), "{err}");
     }
 
     fn now() -> Zoned {

@@ -27,12 +27,17 @@ pub enum Event<'a> {
         band: &'static str,
         /// What the person added to each band of the counts (see `counts::BandCounts`).
         band_shares: [f32; 6],
+        /// Time in view so far (when counted), seconds.
+        dwell_s: f32,
     },
     TrackEnded {
         frame: u64,
         track: u64,
         confirmed: bool,
+        /// Frames in which the face was read.
         frames: u32,
+        /// Time in view, first to last frame the face was seen, seconds.
+        dwell_s: f32,
         age: f32,
         age_spread: f32,
         gender: Gender,
@@ -56,6 +61,10 @@ pub struct TraceTrack {
     frame_age: f32,
     female: f32,
     frame_female: f32,
+}
+
+fn round_tenth(v: f32) -> f32 {
+    (v * 10.0).round() / 10.0
 }
 
 /// The events of every frame, as JSON lines: people counted, tracks ended and intervals
@@ -87,6 +96,7 @@ impl<W: Write> EventWriter<W> {
                 female: r.female,
                 band: age_band(r.age),
                 band_shares: r.bands.map(|v| (v * 1000.0).round() / 1000.0),
+                dwell_s: round_tenth(t.dwell_secs),
             })?;
         }
         for t in &report.ended {
@@ -96,6 +106,7 @@ impl<W: Write> EventWriter<W> {
                 track: t.id,
                 confirmed: t.confirmed,
                 frames: r.frames,
+                dwell_s: round_tenth(t.dwell_secs),
                 age: r.age,
                 age_spread: r.age_spread,
                 gender: r.gender,
@@ -172,6 +183,7 @@ mod tests {
             frame_estimate: estimate,
             confirmed,
             seen_now: true,
+            dwell_secs: 12.345,
         }
     }
 
@@ -200,6 +212,7 @@ mod tests {
         let ended = &lines[1];
         assert_eq!(ended["event"], "track_ended");
         assert_eq!((ended["confirmed"].as_bool(), ended["frames"].as_u64()), (Some(false), Some(7)));
+        assert_eq!((person["dwell_s"].as_f64(), ended["dwell_s"].as_f64()), (Some(12.3), Some(12.3)));
     }
 
     #[test]

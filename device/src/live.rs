@@ -125,6 +125,8 @@ impl Live {
         if date != self.today.date {
             self.today = DayCounts { date, ..Default::default() };
         }
+        // A visit's length is known when it ends: it goes into the interval it ended in.
+        self.counter.dwell.extend(update.ended.iter().filter(|t| t.confirmed).map(|t| t.dwell_secs));
         for person in &update.confirmed {
             let r = &person.reading;
             // The kiosk's day and the log's interval count by one rule (counts::BandCounts).
@@ -159,7 +161,7 @@ impl Live {
         let started = Instant::now();
         // A face that was read is followed where the second look placed it.
         let faces: Vec<Face> = faces.into_iter().zip(refined).map(|(f, r)| r.unwrap_or(f)).collect();
-        let update = self.tracker.apply(&plan, &faces, &estimates);
+        let update = self.tracker.apply(&plan, &faces, &estimates, frame.time);
         self.track_time += started.elapsed();
         Ok((faces, to_read.len(), update))
     }
@@ -190,8 +192,11 @@ impl Live {
         Some(self.close_interval(end))
     }
 
-    /// Writes the partial interval up to `now` (on SIGINT/SIGTERM or the end of a stream).
+    /// Writes the partial interval up to `now` (on SIGINT/SIGTERM or the end of a stream);
+    /// the people still in view end their visit here.
     pub fn finish(&mut self, now: &Zoned) -> (IntervalRecord, Result<()>) {
+        let in_view = self.tracker.tracks();
+        self.counter.dwell.extend(in_view.iter().filter(|t| t.confirmed).map(|t| t.dwell_secs));
         self.close_interval(now.clone())
     }
 

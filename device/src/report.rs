@@ -75,6 +75,11 @@ pub struct Summary {
     pub tally: BandTally,
     pub frames: u64,
     pub dropped: u64,
+    /// Visits that ended in the range, per [`crate::counts::DWELL_BUCKETS`] bucket (lines of schema 2 on).
+    pub dwell: [u32; 4],
+    /// Median time in view, seconds: the lines' medians, each weighted by its visits (the
+    /// log keeps no single visit, so this is the median of medians).
+    pub dwell_median_s: Option<f32>,
     /// "YYYY-MM-DD HH:00" (the log's local time) -> people per gender and band.
     pub per_hour: BTreeMap<String, BandTally>,
 }
@@ -83,6 +88,7 @@ pub struct Summary {
 pub fn summarize(lines: &[LogLine], from: Option<Timestamp>, to: Option<Timestamp>) -> Summary {
     let mut s =
         Summary { from: from.map(|t| t.to_string()), to: to.map(|t| t.to_string()), ..Default::default() };
+    let mut medians: Vec<(f32, u32)> = Vec::new();
     for line in lines {
         if from.is_some_and(|f| line.start < f) || to.is_some_and(|t| line.start >= t) {
             continue;
@@ -93,10 +99,31 @@ pub fn summarize(lines: &[LogLine], from: Option<Timestamp>, to: Option<Timestam
         s.frames += r.frames;
         s.dropped += r.dropped;
         s.tally.add(&r.tally);
+        for (total, n) in s.dwell.iter_mut().zip(r.dwell.dwell) {
+            *total += n;
+        }
+        if let Some(m) = r.dwell.dwell_median_s {
+            medians.push((m, r.dwell.visits().max(1)));
+        }
         let hour = line.local_start.strftime("%Y-%m-%d %H:00").to_string();
         s.per_hour.entry(hour).or_default().add(&r.tally);
     }
+    s.dwell_median_s = weighted_median(&mut medians);
     s
+}
+
+/// The value at which half the weight lies on either side.
+fn weighted_median(values: &mut [(f32, u32)]) -> Option<f32> {
+    values.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total: u32 = values.iter().map(|v| v.1).sum();
+    let mut seen = 0;
+    for &(value, weight) in values.iter() {
+        seen += weight;
+        if 2 * seen >= total {
+            return Some(value);
+        }
+    }
+    None
 }
 
 impl Summary {
@@ -118,6 +145,16 @@ impl Summary {
                 out.push_str(&format!("{:>7}", count_text(*c)));
             }
             out.push_str(&format!("{:>8}\n", count_text(counts.iter().sum())));
+        }
+        if self.dwell.iter().sum::<u32>() > 0 {
+            let buckets = ["under 5 s", "5-30 s", "30 s-2 min", "over 2 min"];
+            let parts: Vec<String> =
+                buckets.iter().zip(self.dwell).map(|(b, n)| format!("{b} {n}")).collect();
+            out.push_str(&format!("\ntime in view: {}", parts.join(", ")));
+            if let Some(m) = self.dwell_median_s {
+                out.push_str(&format!("; median about {m:.0} s"));
+            }
+            out.push('\n');
         }
         if !self.per_hour.is_empty() {
             out.push_str(&format!("\n{:<16}{:>8}{:>8}{:>8}\n", "hour", "female", "male", "people"));
@@ -191,7 +228,31 @@ fn count_text(v: f64) -> String {
 mod tests {
     use super::*;
 
-    use crate::counts::BandCounts;
+    use crate::counts::{BandCounts, DwellSummary};
+
+    #[test]
+    fn dwell_times_add_up_over_lines_and_old_lines_add_none() {
+        let z = [0.0; 6];
+        let mut a = line("2026-11-29T10:00:00+01:00", 3, z, z);
+        a.dwell = DwellSummary::from_seconds(&[2.0, 3.0, 40.0]);
+        let mut b = line("2026-11-29T10:01:00+01:00", 1, z, z);
+        b.dwell = DwellSummary::from_seconds(&[200.0]);
+        let old = line("2026-11-29T10:02:00+01:00", 2, z, z);
+        let lines: Vec<LogLine> = [a, b, old].into_iter().map(|r| LogLine::new(r).unwrap()).collect();
+        let s = summarize(&lines, None, None);
+        assert_eq!(s.dwell, [2, 0, 1, 1]);
+        // Line medians 3 s (3 visits) and 200 s (1 visit).
+        assert_eq!(s.dwell_median_s, Some(3.0));
+        let table = s.table();
+        assert!(
+            table.contains(
+                "time in view: under 5 s 2, 5-30 s 0, 30 s-2 min 1, over 2 min 1; median about 3 s"
+            ),
+            "{table}"
+        );
+        let none = summarize(&lines[2..], None, None);
+        assert!(!none.table().contains("time in view"), "no dwell line for logs without dwell times");
+    }
 
     fn line(start: &str, people: u32, female: BandCounts, male: BandCounts) -> IntervalRecord {
         IntervalRecord {
@@ -201,6 +262,8 @@ mod tests {
             tally: BandTally { female, male },
             frames: 100,
             dropped: 1,
+            dwell: Default::default(),
+            schema: 1,
         }
     }
 

@@ -2,6 +2,8 @@
 //! readings fused over each track so they do not flicker, and a [`ReadPolicy`] that reads a
 //! person's face until their reading has settled rather than in every frame.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::age_gender::{BandShares, Estimate, Gender, gender_certainty};
@@ -171,10 +173,13 @@ struct Track {
     unread: u32,
     /// Box side at the last reading.
     side_at_read: f32,
+    /// Stream times of the first and the latest frame the face was seen in.
+    first_seen: Duration,
+    last_seen: Duration,
 }
 
 impl Track {
-    fn new(id: u64, face: &Face, estimate: Estimate, confirmed: bool) -> Self {
+    fn new(id: u64, face: &Face, estimate: Estimate, confirmed: bool, now: Duration) -> Self {
         let mut track = Track {
             id,
             bbox: face.bbox,
@@ -186,6 +191,8 @@ impl Track {
             last: estimate,
             unread: 0,
             side_at_read: 0.0,
+            first_seen: now,
+            last_seen: now,
         };
         track.read(face, estimate);
         track
@@ -232,6 +239,7 @@ impl Track {
             frame_estimate: self.last,
             confirmed: self.confirmed,
             seen_now: self.missed == 0,
+            dwell_secs: self.last_seen.saturating_sub(self.first_seen).as_secs_f32(),
         }
     }
 }
@@ -247,6 +255,9 @@ pub struct TrackView {
     pub confirmed: bool,
     /// Matched a face in the latest frame.
     pub seen_now: bool,
+    /// Time in view so far: from the first to the latest frame the face was seen, seconds.
+    #[serde(default)]
+    pub dwell_secs: f32,
 }
 
 /// Changes from one frame.
@@ -318,17 +329,24 @@ impl Tracker {
 
     /// Every face read in this frame: [`Tracker::plan`] then [`Tracker::apply`] with all
     /// estimates.
-    pub fn update(&mut self, readings: &[FaceReading]) -> TrackUpdate {
+    pub fn update(&mut self, readings: &[FaceReading], now: Duration) -> TrackUpdate {
         let faces: Vec<Face> = readings.iter().map(|r| r.face.clone()).collect();
         let estimates: Vec<Option<Estimate>> = readings.iter().map(|r| Some(r.estimate)).collect();
         let plan = self.plan(&faces);
-        self.apply(&plan, &faces, &estimates)
+        self.apply(&plan, &faces, &estimates, now)
     }
 
     /// Moves the tracks to this frame's `faces` as `plan` (made by [`Tracker::plan`] for the
     /// same faces) associates them, fuses the `estimates` of the faces that were read, ages
-    /// and ends the tracks that were not seen, and starts a track for each new face.
-    pub fn apply(&mut self, plan: &FramePlan, faces: &[Face], estimates: &[Option<Estimate>]) -> TrackUpdate {
+    /// and ends the tracks that were not seen, and starts a track for each new face. `now` is
+    /// the frame's stream time (for time in view).
+    pub fn apply(
+        &mut self,
+        plan: &FramePlan,
+        faces: &[Face],
+        estimates: &[Option<Estimate>],
+        now: Duration,
+    ) -> TrackUpdate {
         let mut update = TrackUpdate::default();
         let mut seen = vec![false; self.tracks.len()];
         for (f, continues) in plan.continues.iter().enumerate() {
@@ -342,6 +360,7 @@ impl Tracker {
             track.bbox = b;
             track.hits += 1;
             track.missed = 0;
+            track.last_seen = now;
             match estimates.get(f).copied().flatten() {
                 Some(estimate) => track.read(&faces[f], estimate),
                 None => track.unread += 1,
@@ -368,7 +387,7 @@ impl Tracker {
             // A new face is always planned for reading; one left unread starts nothing.
             let (None, Some(estimate)) = (continues, estimates.get(f).copied().flatten()) else { continue };
             let confirmed = self.config.confirm_after <= 1;
-            let track = Track::new(self.next_id, &faces[f], estimate, confirmed);
+            let track = Track::new(self.next_id, &faces[f], estimate, confirmed, now);
             self.next_id += 1;
             if confirmed {
                 update.confirmed.push(track.view());
@@ -415,7 +434,7 @@ mod tests {
         let faces = [r.face.clone()];
         let plan = tracker.plan(&faces);
         let read = plan.read[0];
-        tracker.apply(&plan, &faces, &[read.then_some(r.estimate)]);
+        tracker.apply(&plan, &faces, &[read.then_some(r.estimate)], Duration::ZERO);
         read
     }
 
@@ -475,8 +494,13 @@ mod tests {
         // Detected on even frames only, moving 10 px a frame.
         for frame in 0..40 {
             if frame % 2 == 0 {
-                confirmed +=
-                    tracker.update(&[reading(100.0 + frame as f32 * 10.0, 30.0, 0.8)]).confirmed.len();
+                confirmed += tracker
+                    .update(
+                        &[reading(100.0 + frame as f32 * 10.0, 30.0, 0.8)],
+                        Duration::from_millis(frame * 100),
+                    )
+                    .confirmed
+                    .len();
             } else {
                 tracker.coast();
             }
@@ -486,6 +510,11 @@ mod tests {
         assert_eq!(tracks.len(), 1, "one person, never lost");
         assert!(tracks[0].seen_now);
         assert!((tracks[0].bbox.cx - 490.0).abs() < 1.0, "coasted to the last frame: {}", tracks[0].bbox.cx);
+        assert!(
+            (tracks[0].dwell_secs - 3.8).abs() < 1e-4,
+            "seen from 0 s to frame 38: {}",
+            tracks[0].dwell_secs
+        );
     }
 
     #[test]
@@ -493,7 +522,7 @@ mod tests {
         let mut tracker = Tracker::new(TrackerConfig::default());
         let mut confirmed = 0;
         for frame in 0..20 {
-            let u = tracker.update(&[reading(100.0 + frame as f32 * 15.0, 30.0, 0.8)]);
+            let u = tracker.update(&[reading(100.0 + frame as f32 * 15.0, 30.0, 0.8)], Duration::ZERO);
             confirmed += u.confirmed.len();
         }
         assert_eq!(confirmed, 1);
@@ -506,16 +535,16 @@ mod tests {
     #[test]
     fn tracks_end_after_missed_frames_and_brief_flickers_are_not_people() {
         let mut tracker = Tracker::new(TrackerConfig::default());
-        let u = tracker.update(&[reading(100.0, 30.0, 0.2), reading(400.0, 50.0, 0.9)]);
+        let u = tracker.update(&[reading(100.0, 30.0, 0.2), reading(400.0, 50.0, 0.9)], Duration::ZERO);
         assert!(u.confirmed.is_empty());
         // The second face vanishes after one frame: never confirmed.
         for _ in 0..3 {
-            tracker.update(&[reading(100.0, 30.0, 0.2)]);
+            tracker.update(&[reading(100.0, 30.0, 0.2)], Duration::ZERO);
         }
         let mut ended = Vec::new();
         let mut people = 0;
         for _ in 0..10 {
-            let u = tracker.update(&[]);
+            let u = tracker.update(&[], Duration::ZERO);
             ended.extend(u.ended);
             people += u.confirmed.len();
         }
@@ -532,7 +561,7 @@ mod tests {
         let mut fused = Vec::new();
         for (i, &age) in noisy.iter().enumerate() {
             let female = if i % 3 == 0 { 0.4 } else { 0.8 };
-            tracker.update(&[reading(200.0, age, female)]);
+            tracker.update(&[reading(200.0, age, female)], Duration::ZERO);
             fused.push(tracker.tracks()[0].reading);
         }
         let last = fused.last().unwrap();
@@ -555,7 +584,7 @@ mod tests {
         for bands in [[0.0, 0.0, 0.0, 0.6, 0.4, 0.0], [0.0, 0.0, 0.0, 0.2, 0.8, 0.0]] {
             let mut r = reading(200.0, 40.0, 0.3);
             r.estimate.age_bands = Some(bands);
-            tracker.update(&[r]);
+            tracker.update(&[r], Duration::ZERO);
         }
         let fused = tracker.tracks()[0].reading.bands;
         assert!((fused[3] - 0.4).abs() < 1e-5 && (fused[4] - 0.6).abs() < 1e-5, "{fused:?}");

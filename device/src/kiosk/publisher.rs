@@ -171,6 +171,7 @@ mod tests {
             frame_estimate: Estimate { age: 33.0, female, age_std: None, age_bands: None },
             confirmed,
             seen_now,
+            dwell_secs: 1.0,
         }
     }
 
