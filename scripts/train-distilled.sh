@@ -20,10 +20,10 @@ if [[ -z "$host" ]]; then
   host="${CARGO_TARGET_DIR:-target}/release/faceage-host"
 fi
 
-# One run: skipped when finished (its test-eval.json is written last), resumed when started.
+# One run: skipped when finished (its val-eval.json is written last), resumed when started.
 run() {
   local dir="$1"; shift
-  if [[ -f "$dir/test-eval.json" ]]; then
+  if [[ -f "$dir/val-eval.json" ]]; then
     echo "$dir: done"
   elif [[ -f "$dir/checkpoint.safetensors" ]]; then
     "$host" train --data "$data" --device "$device" --out "$dir" --resume "${host_args[@]}"
@@ -46,4 +46,4 @@ teach size80 --size 80
 
 run "$out/student" "${teachers[@]}"
 "$host" export --run "$out/student" --out "$out/faceage-f32.onnx" --quantize int8 "${host_args[@]}"
-echo "student: $out/student (test-eval.md); files: $out/faceage-f32.onnx, $out/faceage-int8.onnx"
+echo "student: $out/student (val-eval.md); files: $out/faceage-f32.onnx, $out/faceage-int8.onnx"

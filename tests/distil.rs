@@ -168,7 +168,7 @@ fn the_retraining_script_trains_seven_teachers_then_the_student() {
     let teachers = saved["distil"]["teachers"].as_array().unwrap();
     assert_eq!(teachers.len(), 7);
     for t in teachers {
-        assert!(Path::new(t.as_str().unwrap()).join("test-eval.json").exists(), "{t} finished");
+        assert!(Path::new(t.as_str().unwrap()).join("val-eval.json").exists(), "{t} finished");
     }
     let size80: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("teachers/size80/train.json")).unwrap())

@@ -19,7 +19,7 @@ fn small_model_trains_exports_and_finds_every_face_in_a_group_photo() {
         "train.json",
         "curves.png",
         "gallery.png",
-        "test-eval.md",
+        "val-eval.md",
         "age-map.json",
     ] {
         assert!(run.join(file).exists(), "training should write {file}");

@@ -285,7 +285,9 @@ pub fn train(a: TrainArgs) -> Result<()> {
     report_run(&run, &data, &device)
 }
 
-/// After training: the age map fitted on validation, the kept model's test figures and its gallery.
+/// After training: the age map fitted on validation, the kept model's validation figures and
+/// its gallery. The test split is left to `export`, `verify` and `faceage eval --split test`:
+/// a figure printed after every run would be read for every choice, and stop being a test.
 fn report_run(run: &RunDir, data: &Prepared, device: &Device) -> Result<()> {
     let (_, model) = Model::load_best(run, device)?;
     let (_, before, after) = trained::fit_age_map(run, &model, &data.val, device)?;
@@ -294,15 +296,14 @@ fn report_run(run: &RunDir, data: &Prepared, device: &Device) -> Result<()> {
         data.val.len(),
         run.file(AgeMap::FILE).display()
     );
-    let test = if data.test.is_empty() { &data.val } else { &data.test };
-    let predictions = model.predict(test, device)?;
-    let evaluation = faceage_host::metrics::evaluate(&test.samples, &predictions);
-    plots::write_gallery(test, &predictions, 24, &run.file("gallery.png"))?;
-    std::fs::write(run.file("test-eval.json"), serde_json::to_string_pretty(&evaluation)?)?;
-    std::fs::write(run.file("test-eval.md"), evaluation.markdown())?;
-    println!("{}", evaluation.markdown());
+    let predictions = model.predict(&data.val, device)?;
+    let evaluation = faceage_host::metrics::evaluate(&data.val.samples, &predictions);
+    plots::write_gallery(&data.val, &predictions, 24, &run.file("gallery.png"))?;
+    std::fs::write(run.file("val-eval.json"), serde_json::to_string_pretty(&evaluation)?)?;
+    std::fs::write(run.file("val-eval.md"), evaluation.markdown())?;
+    println!("Validation split (the kept epoch was chosen on it):\n{}", evaluation.markdown());
     println!(
-        "run {}: curves.png, gallery.png, test-eval.md; export with `faceage-host export --run {}`",
+        "run {}: curves.png, gallery.png, val-eval.md; export with `faceage-host export --run {}`",
         run.0.display(),
         run.0.display()
     );
