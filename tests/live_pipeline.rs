@@ -148,7 +148,7 @@ fn each_person_is_read_until_settled_and_still_counted_once() {
                 .parse()
                 .unwrap()
         };
-        let faces_per_frame = number_before("faces per frame");
+        let faces_per_frame = number_before("faces in view");
         let reads_per_frame = number_before("read per frame");
         (number_after("people counted:"), number_after("reads per person:"), faces_per_frame, reads_per_frame)
     };

@@ -92,6 +92,9 @@ pub struct PipelineFigures {
     pub publish: Duration,
     /// Wall time of the timed frames, start to end.
     pub wall: Duration,
+    /// Frames the detector ran on (one in `detect_every`).
+    pub detector_frames: usize,
+    /// Faces found, over the detector's frames.
     pub faces: usize,
     /// Faces the model read.
     pub reads: usize,
@@ -130,11 +133,12 @@ impl fmt::Display for PipelineFigures {
         let n = self.frames.max(1) as f64;
         writeln!(
             f,
-            "{} frames of {}x{}, {:.2} faces per frame, {:.2} read per frame",
+            "{} frames of {}x{}, the detector on {}: {:.2} faces in view, {:.2} read per frame",
             self.frames,
             self.frame_size.0,
             self.frame_size.1,
-            self.faces as f64 / n,
+            self.detector_frames,
+            self.faces as f64 / self.detector_frames.max(1) as f64,
             self.reads as f64 / n
         )?;
         let total: Duration = self.stages().iter().map(|(_, d)| *d).sum();
@@ -196,6 +200,7 @@ pub fn time_pipeline(
     figures.crop = times.crop - times_before.crop;
     figures.classify = times.classify - times_before.classify;
     figures.faces = times.faces - times_before.faces;
+    figures.detector_frames = times.detector_frames - times_before.detector_frames;
     figures.reads = times.reads - times_before.reads;
     figures.track = live.track_time - track_before;
     figures.people = live.people_total - people_before;
@@ -291,7 +296,13 @@ mod tests {
         assert_eq!(figures.people, 1, "confirmed at its third detection, frame 4");
         assert_eq!(figures.reads_per_person(), Some(4.0));
         let text = figures.to_string();
-        assert!(text.contains("20 frames of 120x100, 0.50 faces per frame, 0.20 read per frame"), "{text}");
+        assert_eq!(figures.detector_frames, 10);
+        assert!(
+            text.contains(
+                "20 frames of 120x100, the detector on 10: 1.00 faces in view, 0.20 read per frame"
+            ),
+            "{text}"
+        );
         assert!(text.contains("model reads per person: 4.0") && text.contains("fps"), "{text}");
         // Every frame read and detected: 20 of each.
         let pipeline = crate::Pipeline::new(Box::new(OneFace), AgeGenderModel::load(&model).unwrap());

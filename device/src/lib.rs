@@ -31,6 +31,8 @@ pub mod onnx;
 pub mod pipeline;
 pub mod report;
 pub mod run_loop;
+#[cfg(feature = "signals")]
+pub mod signals;
 pub mod source;
 pub mod track;
 

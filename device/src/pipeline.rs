@@ -58,6 +58,8 @@ pub struct StageTimes {
     pub detect: Duration,
     pub crop: Duration,
     pub classify: Duration,
+    /// Frames the detector looked at.
+    pub detector_frames: usize,
     /// Faces detected.
     pub faces: usize,
     /// Faces read by the model (every face, or fewer under a [`crate::track::ReadPolicy`]).
@@ -118,6 +120,7 @@ impl Pipeline {
         let start = Instant::now();
         let faces = find_faces(self.detector.as_mut(), frame, self.min_face_px)?;
         times.detect += start.elapsed();
+        times.detector_frames += 1;
         times.faces += faces.len();
         Ok(faces)
     }
@@ -128,6 +131,7 @@ impl Pipeline {
         let start = Instant::now();
         let faces = readable(self.detector.locate(frame)?, self.min_face_px);
         times.detect += start.elapsed();
+        times.detector_frames += 1;
         times.faces += faces.len();
         Ok(faces)
     }

@@ -1,8 +1,6 @@
 //! The subcommands: parse options into library calls and print what happened.
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::Device;
@@ -253,12 +251,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
         std::fs::write(run.file("command.txt"), command.join(" ") + "\n")?;
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // A second Ctrl-C ends the process at once; the first asks for a clean stop.
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = faceage_device::signals::stop_flag()?;
     let teacher = config
         .distil
         .as_ref()

@@ -2,8 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -118,11 +116,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
         kiosk: super::kiosk::start(&args.kiosk)?,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register_conditional_shutdown(signal, 1, Arc::clone(&stop))?;
-        signal_hook::flag::register(signal, Arc::clone(&stop))?;
-    }
+    let stop = faceage_device::signals::stop_flag()?;
     let settings = RunSettings { max_fps: args.max_fps, max_frames: args.max_frames };
     let summary = run_loop::run(&mut live, &mut frames, &settings, &stop, &mut observers)?;
     eprintln!(
