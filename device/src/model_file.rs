@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::str::FromStr;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use serde::{Deserialize, Serialize};
 
 use crate::align::{CROP_METHOD, CropGeometry};
@@ -128,114 +128,142 @@ impl ModelContract {
 
     /// Reads and checks the contract; `label` names the file in errors.
     pub fn from_metadata(props: &BTreeMap<String, String>, label: &str) -> Result<Self> {
-        let get = |key: &str| -> Result<&str> {
-            props.get(key).map(String::as_str).with_context(|| format!("{label}: metadata {key} is missing"))
+        let m = Metadata { props, label };
+        m.check_schema()?;
+        for (key, want) in [
+            ("faceage.input.layout", "NCHW"),
+            ("faceage.input.color", "RGB"),
+            ("faceage.crop.method", CROP_METHOD),
+        ] {
+            let got = m.get(key)?;
+            ensure!(got == want, "{label}: metadata {key}={got:?} is not supported (expected {want:?})");
+        }
+        let input_size = m.number("faceage.input.size")? as u32;
+        ensure!(
+            (16..=512).contains(&input_size),
+            "{label}: metadata faceage.input.size={input_size} is out of range 16..=512"
+        );
+        let std = m.triple("faceage.input.std")?;
+        ensure!(
+            std.iter().all(|s| s.is_finite() && *s > 0.0),
+            "{label}: metadata faceage.input.std must be positive"
+        );
+        let crop = CropGeometry {
+            scale: m.number("faceage.crop.scale")?,
+            shift_down: m.number("faceage.crop.shift_down")?,
+            max_roll_deg: m.number("faceage.crop.max_roll_deg")?,
         };
-        let parse = |key: &str| -> Result<f32> {
-            let v = get(key)?;
-            v.trim().parse().with_context(|| format!("{label}: metadata {key}={v:?} is not a number"))
-        };
-        let triple = |key: &str| -> Result<[f32; 3]> {
-            let v = get(key)?;
-            let parts: Vec<f32> = v
-                .split(',')
-                .map(|p| p.trim().parse::<f32>())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("{label}: metadata {key}={v:?} is not three numbers"))?;
-            parts
-                .try_into()
-                .map_err(|_| anyhow::anyhow!("{label}: metadata {key}={v:?} is not three numbers"))
-        };
+        ensure!(
+            crop.scale.is_finite() && crop.scale > 0.0,
+            "{label}: metadata faceage.crop.scale must be positive"
+        );
+        Ok(ModelContract {
+            name: m.text("faceage.name"),
+            input_name: m.get("faceage.input.name")?.to_string(),
+            input_size,
+            mean: m.triple("faceage.input.mean")?,
+            std,
+            crop,
+            detector: m.text("faceage.crop.detector"),
+            output_age: m.get("faceage.output.age")?.to_string(),
+            output_female: m.get("faceage.output.female")?.to_string(),
+            output_age_std: props.get("faceage.output.age_std").cloned(),
+            output_age_bands: m.age_bands_output()?,
+            quant_format: m
+                .get("faceage.quant.format")?
+                .parse()
+                .with_context(|| format!("{label}: metadata faceage.quant.format"))?,
+            quant_details: m.text("faceage.quant.details"),
+            train_data: m.text("faceage.train.data"),
+            train_license: m.text("faceage.train.license"),
+            train_command: m.text("faceage.train.command"),
+            split_seed: m.split_seed()?,
+            metrics: match props.get("faceage.metrics") {
+                Some(json) => serde_json::from_str(json)
+                    .with_context(|| format!("{label}: metadata faceage.metrics is not a JSON object"))?,
+                None => BTreeMap::new(),
+            },
+        })
+    }
+}
 
-        let Some(schema) = props.get(SCHEMA_KEY) else {
+/// A model file's metadata entries, read with errors that name the file and the key.
+struct Metadata<'a> {
+    props: &'a BTreeMap<String, String>,
+    label: &'a str,
+}
+
+impl Metadata<'_> {
+    fn get(&self, key: &str) -> Result<&str> {
+        let label = self.label;
+        self.props.get(key).map(String::as_str).with_context(|| format!("{label}: metadata {key} is missing"))
+    }
+
+    /// An entry that may be absent (descriptions).
+    fn text(&self, key: &str) -> String {
+        self.props.get(key).cloned().unwrap_or_default()
+    }
+
+    fn number(&self, key: &str) -> Result<f32> {
+        let v = self.get(key)?;
+        v.trim().parse().with_context(|| format!("{}: metadata {key}={v:?} is not a number", self.label))
+    }
+
+    fn triple(&self, key: &str) -> Result<[f32; 3]> {
+        let v = self.get(key)?;
+        let bad = || format!("{}: metadata {key}={v:?} is not three numbers", self.label);
+        let parts: Vec<f32> =
+            v.split(',').map(|p| p.trim().parse::<f32>()).collect::<Result<_, _>>().with_context(bad)?;
+        parts.try_into().map_err(|_| anyhow::anyhow!(bad()))
+    }
+
+    /// A faceage file, of the schema this build reads.
+    fn check_schema(&self) -> Result<()> {
+        let label = self.label;
+        let Some(schema) = self.props.get(SCHEMA_KEY) else {
             bail!(
                 "{label}: not a faceage model file (no {SCHEMA_KEY} metadata); \
                  export one with `faceage-host export`"
             );
         };
         match schema.trim().parse::<u32>() {
-            Ok(SCHEMA_VERSION) => {}
+            Ok(SCHEMA_VERSION) => Ok(()),
             Ok(v) => bail!(
                 "{label}: model schema {v} is not understood by this faceage \
                  (it reads schema {SCHEMA_VERSION}); update faceage or re-export the model"
             ),
             Err(_) => bail!("{label}: {SCHEMA_KEY}={schema:?} is not a schema number"),
         }
-        for (key, want) in [
-            ("faceage.input.layout", "NCHW"),
-            ("faceage.input.color", "RGB"),
-            ("faceage.crop.method", CROP_METHOD),
-        ] {
-            let got = get(key)?;
-            if got != want {
-                bail!("{label}: metadata {key}={got:?} is not supported (expected {want:?})");
-            }
+    }
+
+    /// The band-shares output, when the file has one: its bands must be the board's.
+    fn age_bands_output(&self) -> Result<Option<String>> {
+        let Some(output) = self.props.get("faceage.output.age_bands") else { return Ok(None) };
+        let from = self.get("faceage.output.age_bands.from")?;
+        ensure!(
+            from == band_starts(),
+            "{}: the model's age bands start at {from:?}, this faceage counts bands starting at {:?}; \
+             re-export the model with this faceage",
+            self.label,
+            band_starts()
+        );
+        Ok(Some(output.clone()))
+    }
+
+    /// The split seed: its own key, or, in files before it, the words of the data entry
+    /// ("... (A train / B val / C test faces, split seed S)").
+    fn split_seed(&self) -> Result<Option<u64>> {
+        match self.props.get("faceage.train.split_seed") {
+            Some(v) => Ok(Some(v.trim().parse().with_context(|| {
+                format!("{}: metadata faceage.train.split_seed={v:?} is not a number", self.label)
+            })?)),
+            None => Ok(self
+                .props
+                .get("faceage.train.data")
+                .and_then(|d| d.rsplit_once("split seed "))
+                .and_then(|(_, rest)| rest.strip_suffix(')'))
+                .and_then(|seed| seed.parse().ok())),
         }
-        let input_size = parse("faceage.input.size")? as u32;
-        if !(16..=512).contains(&input_size) {
-            bail!("{label}: metadata faceage.input.size={input_size} is out of range 16..=512");
-        }
-        let std = triple("faceage.input.std")?;
-        if std.iter().any(|s| !s.is_finite() || *s <= 0.0) {
-            bail!("{label}: metadata faceage.input.std must be positive");
-        }
-        let crop = CropGeometry {
-            scale: parse("faceage.crop.scale")?,
-            shift_down: parse("faceage.crop.shift_down")?,
-            max_roll_deg: parse("faceage.crop.max_roll_deg")?,
-        };
-        if !(crop.scale.is_finite() && crop.scale > 0.0) {
-            bail!("{label}: metadata faceage.crop.scale must be positive");
-        }
-        let metrics = match props.get("faceage.metrics") {
-            Some(json) => serde_json::from_str(json)
-                .with_context(|| format!("{label}: metadata faceage.metrics is not a JSON object"))?,
-            None => BTreeMap::new(),
-        };
-        let text = |key: &str| props.get(key).cloned().unwrap_or_default();
-        let output_age_bands = props.get("faceage.output.age_bands").cloned();
-        if output_age_bands.is_some() {
-            let from = get("faceage.output.age_bands.from")?;
-            if from != band_starts() {
-                bail!(
-                    "{label}: the model's age bands start at {from:?}, this faceage counts bands \
-                     starting at {:?}; re-export the model with this faceage",
-                    band_starts()
-                );
-            }
-        }
-        Ok(ModelContract {
-            name: text("faceage.name"),
-            input_name: get("faceage.input.name")?.to_string(),
-            input_size,
-            mean: triple("faceage.input.mean")?,
-            std,
-            crop,
-            detector: text("faceage.crop.detector"),
-            output_age: get("faceage.output.age")?.to_string(),
-            output_female: get("faceage.output.female")?.to_string(),
-            output_age_std: props.get("faceage.output.age_std").cloned(),
-            output_age_bands,
-            quant_format: get("faceage.quant.format")?
-                .parse()
-                .with_context(|| format!("{label}: metadata faceage.quant.format"))?,
-            quant_details: text("faceage.quant.details"),
-            train_data: text("faceage.train.data"),
-            train_license: text("faceage.train.license"),
-            train_command: text("faceage.train.command"),
-            split_seed: match props.get("faceage.train.split_seed") {
-                Some(v) => Some(v.trim().parse().with_context(|| {
-                    format!("{label}: metadata faceage.train.split_seed={v:?} is not a number")
-                })?),
-                // Files before the key say it in words: "... (A train / B val / C test faces, split seed S)".
-                None => props
-                    .get("faceage.train.data")
-                    .and_then(|d| d.rsplit_once("split seed "))
-                    .and_then(|(_, rest)| rest.strip_suffix(')'))
-                    .and_then(|seed| seed.parse().ok()),
-            },
-            metrics,
-        })
     }
 }
 
