@@ -60,6 +60,20 @@ pub struct DataArgs {
     cache_dir: PathBuf,
 }
 
+/// Where candle computes: `cpu`, or `cuda` with the `cuda` feature.
+#[derive(clap::Args, Clone, Debug)]
+pub struct DeviceArg {
+    /// cpu, or cuda with the `cuda` feature.
+    #[arg(long = "device", value_name = "DEVICE", default_value = "cpu")]
+    name: String,
+}
+
+impl DeviceArg {
+    fn open(&self) -> Result<Device> {
+        compute_device(&self.name)
+    }
+}
+
 /// A trained run opened for reading: its best weights (with its age map when asked for) and
 /// its crops, split as in training.
 struct OpenRun {
@@ -87,11 +101,11 @@ pub struct ReadingArgs {
 
 fn open_run(
     run: &std::path::Path,
-    device: &str,
+    device: &DeviceArg,
     reading: &ReadingArgs,
     data_args: &DataArgs,
 ) -> Result<OpenRun> {
-    let device = compute_device(device)?;
+    let device = device.open()?;
     let run = RunDir(run.to_path_buf());
     let (config, mut model) = Model::load_best(&run, &device)?;
     if reading.age_map {
@@ -186,9 +200,8 @@ pub struct TrainArgs {
     /// With --teacher: the teachers' share of each target (0 to 1), the labels' the rest.
     #[arg(long, default_value_t = 0.5)]
     distil_weight: f64,
-    /// cpu, or cuda with the `cuda` feature.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     #[command(flatten)]
     data_args: DataArgs,
 }
@@ -226,7 +239,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(decay) = a.ema {
         ensure!(decay > 0.0 && decay < 1.0, "--ema {decay}: the decay must lie between 0 and 1");
     }
-    let device = compute_device(&a.device)?;
+    let device = a.device.open()?;
     let config = config_from_args(&a);
     let run = RunDir(a.out.clone());
     let config = if a.resume {
@@ -318,8 +331,8 @@ pub struct EvalArgs {
     mirror: bool,
     #[command(flatten)]
     reading: ReadingArgs,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     #[command(flatten)]
     data_args: DataArgs,
 }
@@ -346,8 +359,8 @@ pub struct FitAgeMapArgs {
     /// Fit it on the net with re-estimated batch-norm statistics (see `eval --recalibrate-bn`).
     #[arg(long)]
     recalibrate_bn: bool,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     #[command(flatten)]
     data_args: DataArgs,
 }
@@ -411,8 +424,8 @@ pub struct ExportArgs {
     no_mirror: bool,
     #[command(flatten)]
     reading: ReadingArgs,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
     #[command(flatten)]
     data_args: DataArgs,
 }
@@ -632,12 +645,12 @@ pub struct BenchTrainArgs {
     /// Timed steps (after one warm-up step).
     #[arg(long, default_value_t = 10)]
     steps: usize,
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[command(flatten)]
+    device: DeviceArg,
 }
 
 pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
-    let device = compute_device(&a.device)?;
+    let device = a.device.open()?;
     let net = a.net.config(a.size);
     let bench = bench::bench_steps(net.clone(), a.batch, a.steps, &device)?;
     let median = bench.median();
@@ -651,7 +664,7 @@ pub fn bench_train(a: BenchTrainArgs) -> Result<()> {
         a.size,
         a.batch,
         threads(),
-        a.device,
+        a.device.name,
         median,
         bench.step_seconds.iter().copied().fold(f64::INFINITY, f64::min),
         bench.step_seconds.iter().copied().fold(0.0, f64::max),
