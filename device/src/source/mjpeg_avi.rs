@@ -151,47 +151,77 @@ pub fn write_mjpeg_avi(path: &Path, frames: &[RgbImage], fps: u32, quality: u8) 
         ensure!(f.dimensions() == (w, h), "all frames must be {w}x{h}");
         jpegs.push(crate::imaging::encode_jpeg(f, quality)?);
     }
-    let padded = |n: usize| n + (n & 1);
-    let movi_len: usize = 4 + jpegs.iter().map(|j| 8 + padded(j.len())).sum::<usize>();
-    let strl_len = 4 + (8 + 56) + (8 + 40);
-    let hdrl_len = 4 + (8 + 56) + (8 + strl_len);
-    let idx_len = 16 * jpegs.len();
-    let riff_len = 4 + (8 + hdrl_len) + (8 + movi_len) + (8 + idx_len);
-    let max_jpeg = jpegs.iter().map(|j| j.len()).max().unwrap_or(0) as u32;
-
     let mut out =
         BufWriter::new(File::create(path).with_context(|| format!("{}: cannot create", path.display()))?);
-    let u32le = |v: u32| v.to_le_bytes();
+    let sizes = ChunkSizes::of(&jpegs);
+    write_headers(&mut out, &sizes, (w, h), fps, jpegs.len() as u32)?;
+    write_frames_and_index(&mut out, &sizes, &jpegs)?;
+    out.flush()?;
+    Ok(())
+}
+
+/// Lengths of the RIFF chunks an MJPEG AVI of these JPEGs is made of.
+struct ChunkSizes {
+    riff: u32,
+    hdrl: u32,
+    strl: u32,
+    movi: u32,
+    idx: u32,
+    max_jpeg: u32,
+}
+
+/// RIFF chunks hold an even number of bytes.
+fn padded(n: usize) -> usize {
+    n + (n & 1)
+}
+
+impl ChunkSizes {
+    fn of(jpegs: &[Vec<u8>]) -> Self {
+        let movi = 4 + jpegs.iter().map(|j| 8 + padded(j.len())).sum::<usize>();
+        let strl = 4 + (8 + 56) + (8 + 40);
+        let hdrl = 4 + (8 + 56) + (8 + strl);
+        let idx = 16 * jpegs.len();
+        let riff = 4 + (8 + hdrl) + (8 + movi) + (8 + idx);
+        let max_jpeg = jpegs.iter().map(|j| j.len()).max().unwrap_or(0) as u32;
+        Self {
+            riff: riff as u32,
+            hdrl: hdrl as u32,
+            strl: strl as u32,
+            movi: movi as u32,
+            idx: idx as u32,
+            max_jpeg,
+        }
+    }
+}
+
+fn u32le(v: u32) -> [u8; 4] {
+    v.to_le_bytes()
+}
+
+/// `RIFF AVI `, then the `hdrl` list: the main header and one MJPEG video stream.
+fn write_headers(
+    out: &mut impl Write,
+    sizes: &ChunkSizes,
+    (w, h): (u32, u32),
+    fps: u32,
+    frames: u32,
+) -> Result<()> {
     out.write_all(b"RIFF")?;
-    out.write_all(&u32le(riff_len as u32))?;
+    out.write_all(&u32le(sizes.riff))?;
     out.write_all(b"AVI LIST")?;
-    out.write_all(&u32le(hdrl_len as u32))?;
+    out.write_all(&u32le(sizes.hdrl))?;
     out.write_all(b"hdrlavih")?;
     out.write_all(&u32le(56))?;
-    for v in [
-        1_000_000 / fps.max(1),
-        max_jpeg * fps,
-        0,
-        0x10,
-        frames.len() as u32,
-        0,
-        1,
-        max_jpeg,
-        w,
-        h,
-        0,
-        0,
-        0,
-        0,
-    ] {
+    let max_jpeg = sizes.max_jpeg;
+    for v in [1_000_000 / fps.max(1), max_jpeg * fps, 0, 0x10, frames, 0, 1, max_jpeg, w, h, 0, 0, 0, 0] {
         out.write_all(&u32le(v))?;
     }
     out.write_all(b"LIST")?;
-    out.write_all(&u32le(strl_len as u32))?;
+    out.write_all(&u32le(sizes.strl))?;
     out.write_all(b"strlstrh")?;
     out.write_all(&u32le(56))?;
     out.write_all(b"vidsMJPG")?;
-    for v in [0u32, 0, 0, 1, fps, 0, frames.len() as u32, max_jpeg, u32::MAX, 0] {
+    for v in [0u32, 0, 0, 1, fps, 0, frames, max_jpeg, u32::MAX, 0] {
         out.write_all(&u32le(v))?;
     }
     out.write_all(&[0u8; 8])?; // rcFrame
@@ -205,12 +235,17 @@ pub fn write_mjpeg_avi(path: &Path, frames: &[RgbImage], fps: u32, quality: u8) 
     out.write_all(b"MJPG")?;
     out.write_all(&u32le(w * h * 3))?;
     out.write_all(&[0u8; 16])?;
+    Ok(())
+}
+
+/// The `movi` list (one `00dc` chunk per JPEG) and the `idx1` index of their offsets.
+fn write_frames_and_index(out: &mut impl Write, sizes: &ChunkSizes, jpegs: &[Vec<u8>]) -> Result<()> {
     out.write_all(b"LIST")?;
-    out.write_all(&u32le(movi_len as u32))?;
+    out.write_all(&u32le(sizes.movi))?;
     out.write_all(b"movi")?;
     let mut offsets = Vec::with_capacity(jpegs.len());
     let mut offset = 4u32;
-    for j in &jpegs {
+    for j in jpegs {
         offsets.push(offset);
         out.write_all(b"00dc")?;
         out.write_all(&u32le(j.len() as u32))?;
@@ -221,14 +256,13 @@ pub fn write_mjpeg_avi(path: &Path, frames: &[RgbImage], fps: u32, quality: u8) 
         offset += 8 + padded(j.len()) as u32;
     }
     out.write_all(b"idx1")?;
-    out.write_all(&u32le(idx_len as u32))?;
+    out.write_all(&u32le(sizes.idx))?;
     for (j, off) in jpegs.iter().zip(offsets) {
         out.write_all(b"00dc")?;
         out.write_all(&u32le(0x10))?;
         out.write_all(&u32le(off))?;
         out.write_all(&u32le(j.len() as u32))?;
     }
-    out.flush()?;
     Ok(())
 }
 
