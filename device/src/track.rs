@@ -9,7 +9,6 @@ use serde::{Deserialize, Serialize};
 use crate::age_gender::{BandShares, Estimate, Gender, gender_certainty};
 use crate::detect::Face;
 use crate::geometry::BBox;
-use crate::pipeline::FaceReading;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrackerConfig {
@@ -327,15 +326,6 @@ impl Tracker {
         FramePlan { continues, read }
     }
 
-    /// Every face read in this frame: [`Tracker::plan`] then [`Tracker::apply`] with all
-    /// estimates.
-    pub fn update(&mut self, readings: &[FaceReading], now: Duration) -> TrackUpdate {
-        let faces: Vec<Face> = readings.iter().map(|r| r.face.clone()).collect();
-        let estimates: Vec<Option<Estimate>> = readings.iter().map(|r| Some(r.estimate)).collect();
-        let plan = self.plan(&faces);
-        self.apply(&plan, &faces, &estimates, now)
-    }
-
     /// Moves the tracks to this frame's `faces` as `plan` (made by [`Tracker::plan`] for the
     /// same faces) associates them, fuses the `estimates` of the faces that were read, ages
     /// and ends the tracks that were not seen, and starts a track for each new face. `now` is
@@ -415,6 +405,18 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::FaceReading;
+
+    impl Tracker {
+        /// Every face read in this frame: [`Tracker::plan`] then [`Tracker::apply`] with all
+        /// estimates.
+        fn update(&mut self, readings: &[FaceReading], now: Duration) -> TrackUpdate {
+            let faces: Vec<Face> = readings.iter().map(|r| r.face.clone()).collect();
+            let estimates: Vec<Option<Estimate>> = readings.iter().map(|r| Some(r.estimate)).collect();
+            let plan = self.plan(&faces);
+            self.apply(&plan, &faces, &estimates, now)
+        }
+    }
     use crate::geometry::Point;
 
     fn reading(cx: f32, age: f32, female: f32) -> FaceReading {
