@@ -1,14 +1,16 @@
 //! Measures reading each person until settled against reading every face in every frame, on
-//! crowd clips of held-out faces whose labels are known (the model card's "Reading each
+//! crowd clips of validation-split faces whose labels are known (the model card's "Reading each
 //! person" figures):
 //!
 //!     cargo run --release --example read_policy -- [LANES...] [--people N] [--model FILE]
 //!
-//! For each lane count (default 1 3 6) it renders a crowd clip (`make_clip crowd:N`) of test
-//! split faces of the model's own split, runs it through `faceage run`'s loop reading every
-//! face in every frame, reading each person until settled, and that with the detector on
-//! every other frame ("per pers/2"), and prints: people counted (each walker must be counted exactly once), model reads per
-//! person, ms per frame of the pipeline stages (detect, crop, classify, track), and each
+//! For each lane count (default 1 3 6) it renders a crowd clip (`make_clip crowd:N`) of faces
+//! of the model's own validation split, runs it through `faceage run`'s loop (the library's
+//! `Live`, on frames rendered in memory rather than decoded from a clip) reading every face in
+//! every frame, reading each person until settled, and that with the detector on every other
+//! frame ("per pers/2"), and prints: people counted (each walker must be counted exactly once),
+//! model reads per person, ms per frame of the pipeline stages (detect, crop, classify, track),
+//! and each
 //! person's final fused reading against the label (age MAE, gender accuracy).
 
 use std::collections::HashMap;
@@ -65,8 +67,9 @@ fn main() -> anyhow::Result<()> {
     }
     let seed = AgeGenderModel::load(&model_path)?.contract().split_seed.unwrap_or(0);
     let (samples, _) = load_dataset(&utkface_dir())?;
-    let test: Vec<Sample> = faceage_device::eval::select(samples, Some((Split::Test, seed)));
-    println!("{}: test split (seed {seed}) of {} faces; {policy:?}", model_path.display(), test.len());
+    // The validation split: the policy's settings are chosen on it, and the test split stays a test.
+    let test: Vec<Sample> = faceage_device::eval::select(samples, Some((Split::Val, seed)));
+    println!("{}: validation split (seed {seed}) of {} faces; {policy:?}", model_path.display(), test.len());
     println!(
         "{:>5} {:<12} {:>7} {:>6} {:>11} {:>13} {:>13} {:>8} {:>8} {:>10} {:>8}",
         "lanes",
