@@ -148,18 +148,18 @@ fn run(
     policy: ReadPolicy,
     detect_every: u32,
 ) -> anyhow::Result<Outcome> {
-    let pipeline =
+    let mut pipeline =
         Pipeline::new(Box::new(load_board_detector(&detector(), 0.5)?), AgeGenderModel::load(model)?);
     let mut options = LiveOptions { detect_every, ..LiveOptions::default() };
     options.tracker.read = policy;
-    let mut live = Live::new(pipeline, options, None);
+    let mut live = Live::new(options);
     // Which walker each counted track is, and each track's latest view.
     let mut walker_of: HashMap<u64, usize> = HashMap::new();
     let mut latest: HashMap<u64, TrackView> = HashMap::new();
     for f in 0..frames {
         let frame =
             Frame { image: scene.frame(f), index: f as u64, time: Duration::from_millis(f as u64 * 100) };
-        let report = live.process(&frame, 0)?;
+        let report = live.process(&mut pipeline, &frame, 0)?;
         for t in &report.counted {
             let (cx, cy) = (t.bbox.cx, t.bbox.cy);
             let nearest = (0..scene.walkers.len())

@@ -214,3 +214,95 @@ fn a_bind_address_beyond_loopback_comes_with_a_warning() {
     ok(&out);
     assert!(stderr(&out).contains("shows the live camera picture to anyone"), "{}", stderr(&out));
 }
+
+#[test]
+fn one_page_shows_every_source_with_its_own_picture_and_people() {
+    let work = tempfile::tempdir().unwrap();
+    // Two clips long enough to be in view while the page loads: three people at the door,
+    // one at the till.
+    let clip = |name: &str, faces: usize| {
+        let path = work.path().join(name);
+        let walkers: Vec<Walker> = spread_faces(faces, 300)
+            .iter()
+            .enumerate()
+            .map(|(i, f)| Walker {
+                face: f.clone(),
+                enter: 0,
+                leave: 300,
+                from: (20.0 + i as f32 * 150.0, 100.0),
+                to: (40.0 + i as f32 * 150.0, 120.0),
+            })
+            .collect();
+        write_clip(&path, &scripted_clip(&walkers, 300, 480, 320, 110, false), 10);
+        path
+    };
+    let (door, till) = (clip("door.avi", 3), clip("till.avi", 1));
+    let (d, t) = (format!("door={}", door.display()), format!("till={}", till.display()));
+    let args = [
+        "run",
+        "--source",
+        &d,
+        "--source",
+        &t,
+        "--counts-log",
+        "-",
+        "--kiosk",
+        "--bind",
+        "127.0.0.1:0",
+        "--max-fps",
+        "8",
+    ];
+    let mut child = spawn_device(&args, tiny_model());
+    let child_err = child.stderr.take().unwrap();
+    let running = Running(child);
+    let mut lines = BufReader::new(child_err).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("kiosk: http://").map(|a| a.trim_end_matches('/').to_string()))
+        .expect("kiosk address on stderr");
+    std::thread::spawn(move || lines.for_each(drop));
+
+    assert_eq!(json(&address, "/api/sources")["sources"], serde_json::json!(["door", "till"]));
+    let confirmed = |source: usize| -> usize {
+        json(&address, &format!("/api/tracks?source={source}"))["tracks"]
+            .as_array()
+            .map_or(0, |t| t.iter().filter(|t| t["confirmed"] == true).count())
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while (confirmed(0), confirmed(1)) != (3, 1) {
+        assert!(Instant::now() < deadline, "door and till never showed 3 and 1 people");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(json(&address, "/api/tracks?source=1")["source"], "till");
+    let counts = json(&address, "/api/counts");
+    assert_eq!(counts["today"]["people"], 4, "{counts}");
+    assert_eq!(
+        (counts["sources"][0]["today"]["people"].as_u64(), counts["sources"][1]["today"]["people"].as_u64()),
+        (Some(3), Some(1)),
+        "{counts}"
+    );
+    // Each source's picture on its own.
+    let (a, b) = (http_get(&address, "/frame.jpg?source=0"), http_get(&address, "/frame.jpg?source=1"));
+    assert!(a.starts_with(&[0xFF, 0xD8]) && b.starts_with(&[0xFF, 0xD8]) && a != b);
+
+    let dom =
+        run(headless(&work.path().join("profile-dom")).arg("--dump-dom").arg(format!("http://{address}/")));
+    let dom = stdout(&dom);
+    assert!(
+        dom.contains(r#"src="/stream.mjpg?source=0"#) && dom.contains(r#"src="/stream.mjpg?source=1"#),
+        "{dom}"
+    );
+    assert!(
+        dom.contains("<figcaption>door</figcaption>") && dom.contains("<figcaption>till</figcaption>"),
+        "{dom}"
+    );
+    assert_eq!(dom.matches("<li").count(), 4, "every person in view of either source:\n{dom}");
+    assert!(dom.contains("door: 3 people") && dom.contains("till: 1 people"), "{dom}");
+    assert!(
+        dom.contains("door ") && dom.contains("till ") && dom.contains(" fps · frame"),
+        "status per source:\n{dom}"
+    );
+    assert!(dom.contains(r#"data-fits="yes""#), "{dom}");
+    drop(running);
+}

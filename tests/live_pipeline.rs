@@ -52,7 +52,8 @@ fn a_scripted_clip_gives_exactly_its_number_of_people() {
     assert_eq!(lines[0]["people"], 3);
     assert_eq!(lines[0]["frames"], 64);
     // Each walker is in view for about 20 frames of a 10 fps clip: three visits under 5 s.
-    assert_eq!(lines[0]["schema"], 2);
+    assert_eq!(lines[0]["schema"], 3);
+    assert_eq!(lines[0]["source"], clip.to_str().unwrap(), "an unnamed source goes by its own name");
     assert_eq!(lines[0]["dwell"], serde_json::json!([3, 0, 0, 0]), "{}", lines[0]);
     let median = lines[0]["dwell_median_s"].as_f64().unwrap();
     assert!((1.2..=2.2).contains(&median), "median time in view {median} s");

@@ -172,13 +172,14 @@ impl fmt::Display for PipelineFigures {
 /// `publish` on each (the kiosk's work), after one untimed frame (caches, tract's first-run
 /// planning).
 pub fn time_pipeline(
+    pipeline: &mut crate::Pipeline,
     live: &mut Live,
     source: &mut dyn FrameSource,
     frames: usize,
     mut publish: impl FnMut(&Frame, &FrameReport) -> Result<()>,
 ) -> Result<PipelineFigures> {
     if let Some(frame) = source.next_frame()? {
-        live.process(&frame, 0)?;
+        live.process(pipeline, &frame, 0)?;
     }
     let (times_before, track_before, people_before) = (live.times, live.track_time, live.people_total);
     let mut figures = PipelineFigures::default();
@@ -188,7 +189,7 @@ pub fn time_pipeline(
         let Some(frame) = source.next_frame()? else { break };
         figures.decode += t.elapsed();
         figures.frame_size = frame.image.dimensions();
-        let report = live.process(&frame, 0)?;
+        let report = live.process(pipeline, &frame, 0)?;
         let t = Instant::now();
         publish(&frame, &report)?;
         figures.publish += t.elapsed();
@@ -276,13 +277,13 @@ mod tests {
     #[test]
     fn the_pipeline_figures_count_frames_detections_reads_and_people() {
         let model = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/faceage-int8.onnx");
-        let pipeline = crate::Pipeline::new(Box::new(OneFace), AgeGenderModel::load(&model).unwrap());
+        let mut pipeline = crate::Pipeline::new(Box::new(OneFace), AgeGenderModel::load(&model).unwrap());
         let mut options = crate::live::LiveOptions { detect_every: 2, ..Default::default() };
         // Whatever the model makes of a blank face, its gender counts as sure here.
         options.tracker.read.settle_gender_certainty = 0.0;
-        let mut live = Live::new(pipeline, options, None);
+        let mut live = Live::new(options);
         let mut published = 0;
-        let figures = time_pipeline(&mut live, &mut Blank(0), 20, |_, report| {
+        let figures = time_pipeline(&mut pipeline, &mut live, &mut Blank(0), 20, |_, report| {
             published += 1;
             assert!(report.faces_read <= report.faces.len());
             Ok(())
@@ -305,11 +306,10 @@ mod tests {
         );
         assert!(text.contains("model reads per person: 4.0") && text.contains("fps"), "{text}");
         // Every frame read and detected: 20 of each.
-        let pipeline = crate::Pipeline::new(Box::new(OneFace), AgeGenderModel::load(&model).unwrap());
         let mut options = crate::live::LiveOptions { detect_every: 1, ..Default::default() };
         options.tracker.read = crate::track::ReadPolicy::every_frame();
-        let mut live = Live::new(pipeline, options, None);
-        let figures = time_pipeline(&mut live, &mut Blank(0), 20, |_, _| Ok(())).unwrap();
+        let mut live = Live::new(options);
+        let figures = time_pipeline(&mut pipeline, &mut live, &mut Blank(0), 20, |_, _| Ok(())).unwrap();
         assert_eq!((figures.faces, figures.reads), (20, 20));
     }
 

@@ -129,9 +129,14 @@ pub fn round_bands(bands: &BandCounts) -> BandCounts {
 /// One interval of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalRecord {
-    /// The line's layout: 2 since dwell times; lines without it are schema 1 (no dwell).
+    /// The line's layout: 3 since sources, 2 since dwell times; lines without it are schema
+    /// 1 (no dwell).
     #[serde(default = "IntervalRecord::legacy_schema")]
     pub schema: u32,
+    /// The `--source` the line counts (its name), when the run named it; absent before
+    /// schema 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
     /// RFC 3339 with the local offset.
     pub start: String,
     pub end: String,
@@ -185,10 +190,12 @@ impl DwellSummary {
 
 impl IntervalRecord {
     /// The layout [`IntervalCounter::roll`] writes.
-    pub const SCHEMA: u32 = 2;
-    /// Columns of a CSV line: start, end, people, the tally, frames, dropped, the dwell buckets
-    /// and the median dwell (empty when none).
-    pub const CSV_COLUMNS: usize = Self::CSV_COLUMNS_V1 + DWELL_BUCKETS.len() + 1;
+    pub const SCHEMA: u32 = 3;
+    /// Columns of a CSV line: start, end, people, the tally, frames, dropped, the dwell buckets,
+    /// the median dwell (empty when none) and the source (empty when unnamed).
+    pub const CSV_COLUMNS: usize = Self::CSV_COLUMNS_V2 + 1;
+    /// Columns of a line written before sources.
+    pub const CSV_COLUMNS_V2: usize = Self::CSV_COLUMNS_V1 + DWELL_BUCKETS.len() + 1;
     /// Columns of a line written before dwell times.
     pub const CSV_COLUMNS_V1: usize = 3 + BandTally::CSV_COLUMNS + 2;
 
@@ -204,6 +211,7 @@ impl IntervalRecord {
         cols.extend(["frames".to_string(), "dropped".into()]);
         cols.extend(DWELL_BUCKETS.iter().map(|(b, _)| format!("dwell_{b}")));
         cols.push("dwell_median_s".into());
+        cols.push("source".into());
         cols.join(",")
     }
 
@@ -213,17 +221,20 @@ impl IntervalRecord {
         cols.extend([self.frames.to_string(), self.dropped.to_string()]);
         cols.extend(self.dwell.dwell.iter().map(u32::to_string));
         cols.push(self.dwell.dwell_median_s.map(|m| m.to_string()).unwrap_or_default());
+        // Source names never hold a comma (`source::NamedSource`).
+        cols.push(self.source.clone().unwrap_or_default());
         cols.join(",")
     }
 
-    /// Reads a CSV line of either layout (with or without the dwell columns).
+    /// Reads a CSV line of any layout (with or without the dwell and source columns).
     pub fn from_csv_line(line: &str) -> Result<Self> {
-        let f: Vec<&str> = line.trim().split(',').collect();
-        if f.len() != Self::CSV_COLUMNS && f.len() != Self::CSV_COLUMNS_V1 {
+        let f: Vec<&str> = line.trim_end_matches(['\r', '\n']).split(',').collect();
+        if ![Self::CSV_COLUMNS, Self::CSV_COLUMNS_V2, Self::CSV_COLUMNS_V1].contains(&f.len()) {
             bail!(
-                "{} columns, expected {} (or {} before dwell times)",
+                "{} columns, expected {} (or {} before sources, {} before dwell times)",
                 f.len(),
                 Self::CSV_COLUMNS,
+                Self::CSV_COLUMNS_V2,
                 Self::CSV_COLUMNS_V1
             );
         }
@@ -231,7 +242,7 @@ impl IntervalRecord {
             f[i].parse().with_context(|| format!("column {} is not a number", i + 1))
         };
         let after_tally = 3 + BandTally::CSV_COLUMNS;
-        let (schema, dwell) = if f.len() == Self::CSV_COLUMNS {
+        let (schema, dwell) = if f.len() >= Self::CSV_COLUMNS_V2 {
             let first = Self::CSV_COLUMNS_V1;
             let mut dwell = DwellSummary::default();
             for (k, v) in dwell.dwell.iter_mut().enumerate() {
@@ -243,12 +254,14 @@ impl IntervalRecord {
             } else {
                 Some(median.parse().with_context(|| format!("column {} is not a number", f.len()))?)
             };
-            (Self::SCHEMA, dwell)
+            (if f.len() == Self::CSV_COLUMNS { Self::SCHEMA } else { 2 }, dwell)
         } else {
             (1, DwellSummary::default())
         };
+        let source = f.get(Self::CSV_COLUMNS_V2).filter(|s| !s.is_empty()).map(|s| s.to_string());
         Ok(Self {
             schema,
+            source,
             start: f[0].to_string(),
             end: f[1].to_string(),
             people: n(2)? as u32,
@@ -287,6 +300,7 @@ impl IntervalCounter {
     pub fn roll(&mut self, end: Zoned) -> IntervalRecord {
         let record = IntervalRecord {
             schema: IntervalRecord::SCHEMA,
+            source: None,
             start: format_time(&self.start),
             end: format_time(&end),
             people: self.people,
@@ -489,6 +503,7 @@ mod tests {
     fn record(people: u32) -> IntervalRecord {
         IntervalRecord {
             schema: IntervalRecord::SCHEMA,
+            source: Some("entrance".into()),
             start: "2026-11-29T10:00:00+01:00".into(),
             end: "2026-11-29T10:01:00+01:00".into(),
             people,
@@ -510,15 +525,28 @@ mod tests {
     }
 
     #[test]
-    fn lines_round_trip_and_lines_from_before_dwell_times_still_read() {
+    fn lines_round_trip_and_lines_from_before_dwell_times_and_sources_still_read() {
         let r = record(3);
         let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["schema"], 2);
+        assert_eq!(json["schema"], 3);
+        assert_eq!(json["source"], "entrance");
         assert_eq!(json["dwell"], serde_json::json!([1, 1, 1, 0]));
         assert_eq!(json["dwell_median_s"], 12.5);
         assert_eq!(serde_json::from_value::<IntervalRecord>(json).unwrap(), r);
         assert_eq!(IntervalRecord::from_csv_line(&r.csv_line()).unwrap(), r);
         assert_eq!(IntervalRecord::csv_header().split(',').count(), IntervalRecord::CSV_COLUMNS);
+        let unnamed = IntervalRecord { source: None, ..r.clone() };
+        assert!(serde_json::to_value(&unnamed).unwrap().get("source").is_none());
+        assert_eq!(IntervalRecord::from_csv_line(&unnamed.csv_line()).unwrap(), unnamed);
+
+        // Schema 2: dwell, no source.
+        let v2_csv =
+            "2026-11-29T10:00:00+01:00,2026-11-29T10:01:00+01:00,1,0,0,0,1,0,0,0,0,0,0,0,0,10,0,1,0,0,0,3.5";
+        let v2 = IntervalRecord::from_csv_line(v2_csv).unwrap();
+        assert_eq!(
+            (v2.schema, v2.dwell.visits(), v2.dwell.dwell_median_s, v2.source),
+            (2, 1, Some(3.5), None)
+        );
 
         // Schema 1: no schema key, no dwell.
         let old = r#"{"start":"2026-11-29T10:00:00+01:00","end":"2026-11-29T10:01:00+01:00","people":1,

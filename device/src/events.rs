@@ -63,6 +63,15 @@ pub struct TraceTrack {
     frame_female: f32,
 }
 
+/// An event line: the event, and the source it happened at when the run named its sources.
+#[derive(Serialize)]
+struct Line<'a> {
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+    #[serde(skip_serializing_if = "str::is_empty")]
+    source: &'a str,
+}
+
 fn round_tenth(v: f32) -> f32 {
     (v * 10.0).round() / 10.0
 }
@@ -80,42 +89,48 @@ impl<W: Write> EventWriter<W> {
         Self { out, events, trace }
     }
 
-    fn line(&mut self, event: &Event) -> Result<()> {
-        writeln!(self.out, "{}", serde_json::to_string(event)?).context("stdout")
+    fn line(&mut self, source: &str, event: &Event) -> Result<()> {
+        writeln!(self.out, "{}", serde_json::to_string(&Line { event, source })?).context("stdout")
     }
 
-    fn people(&mut self, frame: &Frame, report: &FrameReport) -> Result<()> {
+    fn people(&mut self, source: &str, frame: &Frame, report: &FrameReport) -> Result<()> {
         for t in &report.counted {
             let r = &t.reading;
-            self.line(&Event::Person {
-                frame: frame.index,
-                track: t.id,
-                age: r.age,
-                age_spread: r.age_spread,
-                gender: r.gender,
-                female: r.female,
-                band: age_band(r.age),
-                band_shares: r.bands.map(|v| (v * 1000.0).round() / 1000.0),
-                dwell_s: round_tenth(t.dwell_secs),
-            })?;
+            self.line(
+                source,
+                &Event::Person {
+                    frame: frame.index,
+                    track: t.id,
+                    age: r.age,
+                    age_spread: r.age_spread,
+                    gender: r.gender,
+                    female: r.female,
+                    band: age_band(r.age),
+                    band_shares: r.bands.map(|v| (v * 1000.0).round() / 1000.0),
+                    dwell_s: round_tenth(t.dwell_secs),
+                },
+            )?;
         }
         for t in &report.ended {
             let r = &t.reading;
-            self.line(&Event::TrackEnded {
-                frame: frame.index,
-                track: t.id,
-                confirmed: t.confirmed,
-                frames: r.frames,
-                dwell_s: round_tenth(t.dwell_secs),
-                age: r.age,
-                age_spread: r.age_spread,
-                gender: r.gender,
-            })?;
+            self.line(
+                source,
+                &Event::TrackEnded {
+                    frame: frame.index,
+                    track: t.id,
+                    confirmed: t.confirmed,
+                    frames: r.frames,
+                    dwell_s: round_tenth(t.dwell_secs),
+                    age: r.age,
+                    age_spread: r.age_spread,
+                    gender: r.gender,
+                },
+            )?;
         }
         Ok(())
     }
 
-    fn tracks(&mut self, frame: &Frame, report: &FrameReport) -> Result<()> {
+    fn tracks(&mut self, source: &str, frame: &Frame, report: &FrameReport) -> Result<()> {
         let tracks = report
             .tracks
             .iter()
@@ -129,17 +144,17 @@ impl<W: Write> EventWriter<W> {
                 frame_female: t.frame_estimate.female,
             })
             .collect();
-        self.line(&Event::Frame { frame: frame.index, tracks })
+        self.line(source, &Event::Frame { frame: frame.index, tracks })
     }
 }
 
 impl<W: Write> Observer for EventWriter<W> {
-    fn frame(&mut self, frame: &Frame, report: &FrameReport, _live: &Live, _elapsed: Duration) -> Result<()> {
+    fn frame(&mut self, frame: &Frame, report: &FrameReport, live: &Live, _elapsed: Duration) -> Result<()> {
         if self.events {
-            self.people(frame, report)?;
+            self.people(&live.source, frame, report)?;
         }
         if self.trace {
-            self.tracks(frame, report)?;
+            self.tracks(&live.source, frame, report)?;
         }
         if self.events || self.trace {
             self.out.flush().context("stdout")?;
@@ -149,7 +164,8 @@ impl<W: Write> Observer for EventWriter<W> {
 
     fn interval(&mut self, record: &IntervalRecord) -> Result<()> {
         if self.events {
-            self.line(&Event::Interval { record })?;
+            // The record names its source itself.
+            self.line("", &Event::Interval { record })?;
             self.out.flush().context("stdout")?;
         }
         Ok(())
@@ -200,9 +216,10 @@ mod tests {
             ..Default::default()
         };
         let mut writer = EventWriter::new(Vec::new(), true, false);
-        writer.people(&frame, &report).unwrap();
+        writer.people("door", &frame, &report).unwrap();
         let lines = lines(writer);
         assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l["source"] == "door"), "{lines:?}");
         let person = &lines[0];
         assert_eq!(person["event"], "person");
         assert_eq!((person["frame"].as_u64(), person["track"].as_u64()), (Some(42), Some(3)));
@@ -220,9 +237,10 @@ mod tests {
         let frame = Frame { image: RgbImage::new(1, 1), index: 5, time: Duration::ZERO };
         let report = FrameReport { tracks: vec![view(9, 40.0, true)], ..Default::default() };
         let mut writer = EventWriter::new(Vec::new(), false, true);
-        writer.tracks(&frame, &report).unwrap();
+        writer.tracks("", &frame, &report).unwrap();
         let line = &lines(writer)[0];
         assert_eq!(line["event"], "frame");
+        assert!(line.get("source").is_none(), "no source key for an unnamed source: {line}");
         let track = &line["tracks"][0];
         assert_eq!((track["age"].as_f64(), track["frame_age"].as_f64()), (Some(40.0), Some(41.0)));
     }

@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use jiff::ZonedDateTime as Zoned;
 use serde::Serialize;
 
-use crate::counts::{BandTally, CountsLog, IntervalCounter, IntervalRecord, next_boundary};
+use crate::counts::{BandTally, IntervalCounter, IntervalRecord, next_boundary};
 use crate::detect::Face;
 use crate::pipeline::{Pipeline, StageTimes};
 use crate::source::Frame;
@@ -64,12 +64,22 @@ pub struct DayCounts {
     pub tally: BandTally,
 }
 
+/// An interval closed: its record, and its start for the log's daily file.
+#[derive(Clone, Debug)]
+pub struct ClosedInterval {
+    pub record: IntervalRecord,
+    pub start: Zoned,
+}
+
+/// The counting state of one source (one camera): its tracker, its interval, its day. The
+/// model ([`Pipeline`]) is shared by every source and handed in for each frame; frames of two
+/// sources never meet in one tracker.
 pub struct Live {
-    pipeline: Pipeline,
+    /// The source's name, written into its counts-log lines (empty: none, one source).
+    pub source: String,
     tracker: Tracker,
     counter: IntervalCounter,
     next_roll: Zoned,
-    log: Option<CountsLog>,
     options: LiveOptions,
     dropped_seen: u64,
     /// Since the process started.
@@ -81,14 +91,13 @@ pub struct Live {
 }
 
 impl Live {
-    pub fn new(pipeline: Pipeline, options: LiveOptions, log: Option<CountsLog>) -> Self {
+    pub fn new(options: LiveOptions) -> Self {
         let now = Zoned::now();
         Self {
-            pipeline,
+            source: String::new(),
             tracker: Tracker::new(options.tracker.clone()),
             counter: IntervalCounter::new(now.clone()),
             next_roll: next_boundary(&now, options.interval_secs),
-            log,
             options,
             dropped_seen: 0,
             people_total: 0,
@@ -99,16 +108,23 @@ impl Live {
         }
     }
 
-    pub fn pipeline(&self) -> &Pipeline {
-        &self.pipeline
+    /// Names the source (see [`Live::source`]).
+    pub fn named(mut self, source: &str) -> Self {
+        self.source = source.to_string();
+        self
     }
 
     /// Runs one frame through detection, tracking and counting. `dropped_total` is how many
     /// frames the source has dropped so far.
-    pub fn process(&mut self, frame: &Frame, dropped_total: u64) -> Result<FrameReport> {
+    pub fn process(
+        &mut self,
+        pipeline: &mut Pipeline,
+        frame: &Frame,
+        dropped_total: u64,
+    ) -> Result<FrameReport> {
         let detect_now = self.frames_total.is_multiple_of(self.options.detect_every.max(1) as u64);
         let (faces, faces_read, update) = if detect_now {
-            self.detect_and_read(frame)?
+            self.detect_and_read(pipeline, frame)?
         } else {
             let started = Instant::now();
             self.tracker.coast();
@@ -135,25 +151,29 @@ impl Live {
             self.today.people += 1;
             self.today.tally.add_person(r.gender, &r.bands);
             if let Some(dir) = &self.options.save_crops {
-                self.save_crop(dir, frame, person, &faces)?;
+                save_crop(pipeline, dir, &self.source, frame, person, &faces)?;
             }
         }
         Ok(FrameReport { faces, faces_read, tracks, counted: update.confirmed, ended: update.ended })
     }
 
     /// Finds the faces of `frame`, reads those the read policy picks and moves the tracks on.
-    fn detect_and_read(&mut self, frame: &Frame) -> Result<(Vec<Face>, usize, TrackUpdate)> {
+    fn detect_and_read(
+        &mut self,
+        pipeline: &mut Pipeline,
+        frame: &Frame,
+    ) -> Result<(Vec<Face>, usize, TrackUpdate)> {
         // Faces are located in every detector frame (to follow people); only those the read
         // policy picks are refined (framing's second look) and read.
-        let faces = self.pipeline.locate_timed(&frame.image, &mut self.times)?;
+        let faces = pipeline.locate_timed(&frame.image, &mut self.times)?;
         let plan = self.tracker.plan(&faces);
         let to_read = plan.faces_to_read();
         let mut refined: Vec<Option<Face>> = vec![None; faces.len()];
         for &i in &to_read {
-            refined[i] = Some(self.pipeline.refine_timed(&frame.image, &faces[i], &mut self.times)?);
+            refined[i] = Some(pipeline.refine_timed(&frame.image, &faces[i], &mut self.times)?);
         }
         let chosen: Vec<&Face> = refined.iter().flatten().collect();
-        let read = self.pipeline.read_timed(&frame.image, &chosen, &mut self.times)?;
+        let read = pipeline.read_timed(&frame.image, &chosen, &mut self.times)?;
         let mut estimates = vec![None; faces.len()];
         for (&i, estimate) in to_read.iter().zip(read) {
             estimates[i] = Some(estimate);
@@ -166,24 +186,8 @@ impl Live {
         Ok((faces, to_read.len(), update))
     }
 
-    /// Written only with `--save-crops`: the model's crop of a newly counted person.
-    fn save_crop(
-        &self,
-        dir: &std::path::Path,
-        frame: &Frame,
-        person: &TrackView,
-        faces: &[Face],
-    ) -> Result<()> {
-        let Some(face) = faces.iter().find(|f| f.bbox == person.bbox) else { return Ok(()) };
-        std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
-        let crop = self.pipeline.model.crop(&frame.image, face);
-        let path = dir.join(format!("person-{:06}-frame-{:06}.png", person.id, frame.index));
-        crop.save(&path).with_context(|| format!("{}: cannot write", path.display()))
-    }
-
-    /// Closes the interval when its end has passed; returns the record and any error from
-    /// writing it (the record stays queued in the log then).
-    pub fn roll_if_due(&mut self, now: &Zoned) -> Option<(IntervalRecord, Result<()>)> {
+    /// Closes the interval when its end has passed.
+    pub fn roll_if_due(&mut self, now: &Zoned) -> Option<ClosedInterval> {
         if *now < self.next_roll {
             return None;
         }
@@ -194,29 +198,40 @@ impl Live {
 
     /// Writes the partial interval up to `now` (on SIGINT/SIGTERM or the end of a stream);
     /// the people still in view end their visit here.
-    pub fn finish(&mut self, now: &Zoned) -> (IntervalRecord, Result<()>) {
+    pub fn finish(&mut self, now: &Zoned) -> ClosedInterval {
         let in_view = self.tracker.tracks();
         self.counter.dwell.extend(in_view.iter().filter(|t| t.confirmed).map(|t| t.dwell_secs));
         self.close_interval(now.clone())
     }
 
-    fn close_interval(&mut self, end: Zoned) -> (IntervalRecord, Result<()>) {
+    fn close_interval(&mut self, end: Zoned) -> ClosedInterval {
         let start = self.counter.start.clone();
-        let record = self.counter.roll(end);
-        let written = match &mut self.log {
-            Some(log) => log.append(&record, &start),
-            None => Ok(()),
-        };
-        (record, written)
+        let mut record = self.counter.roll(end);
+        record.source = Some(self.source.clone()).filter(|s| !s.is_empty());
+        ClosedInterval { record, start }
     }
 
     /// Frames the source dropped since the start (the newest frame wins).
     pub fn dropped_total(&self) -> u64 {
         self.dropped_seen
     }
+}
 
-    /// Lines the log still holds in memory.
-    pub fn pending_lines(&self) -> usize {
-        self.log.as_ref().map_or(0, CountsLog::pending)
-    }
+/// Written only with `--save-crops`: the model's crop of a newly counted person.
+fn save_crop(
+    pipeline: &Pipeline,
+    dir: &std::path::Path,
+    source: &str,
+    frame: &Frame,
+    person: &TrackView,
+    faces: &[Face],
+) -> Result<()> {
+    let Some(face) = faces.iter().find(|f| f.bbox == person.bbox) else { return Ok(()) };
+    std::fs::create_dir_all(dir).with_context(|| format!("{}: cannot create", dir.display()))?;
+    let crop = pipeline.model.crop(&frame.image, face);
+    // Track ids are per source: with several, the source's name keeps the files apart.
+    let prefix: String = source.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let prefix = if prefix.is_empty() { String::new() } else { format!("{prefix}-") };
+    let path = dir.join(format!("{prefix}person-{:06}-frame-{:06}.png", person.id, frame.index));
+    crop.save(&path).with_context(|| format!("{}: cannot write", path.display()))
 }

@@ -82,6 +82,9 @@ pub struct Summary {
     pub dwell_median_s: Option<f32>,
     /// "YYYY-MM-DD HH:00" (the log's local time) -> people per gender and band.
     pub per_hour: BTreeMap<String, BandTally>,
+    /// Source (camera) name -> people, for lines that name their source (schema 3 on).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub per_source: BTreeMap<String, u32>,
 }
 
 /// Sums the lines starting in `[from, to)`.
@@ -107,6 +110,9 @@ pub fn summarize(lines: &[LogLine], from: Option<Timestamp>, to: Option<Timestam
         }
         let hour = line.local_start.strftime("%Y-%m-%d %H:00").to_string();
         s.per_hour.entry(hour).or_default().add(&r.tally);
+        if let Some(source) = &r.source {
+            *s.per_source.entry(source.clone()).or_default() += r.people;
+        }
     }
     s.dwell_median_s = weighted_median(&mut medians);
     s
@@ -155,6 +161,10 @@ impl Summary {
                 out.push_str(&format!("; median about {m:.0} s"));
             }
             out.push('\n');
+        }
+        if self.per_source.len() > 1 {
+            let parts: Vec<String> = self.per_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
+            out.push_str(&format!("\npeople per source: {}\n", parts.join(", ")));
         }
         if !self.per_hour.is_empty() {
             out.push_str(&format!("\n{:<16}{:>8}{:>8}{:>8}\n", "hour", "female", "male", "people"));
@@ -264,7 +274,34 @@ mod tests {
             dropped: 1,
             dwell: Default::default(),
             schema: 1,
+            source: None,
         }
+    }
+
+    #[test]
+    fn people_are_also_summed_per_source() {
+        let mut door = line("2026-11-29T10:05:00+01:00", 3, [0.0, 0.0, 0.0, 3.0, 0.0, 0.0], [0.0; 6]);
+        door.source = Some("door".into());
+        let mut till = line("2026-11-29T10:05:00+01:00", 1, [0.0; 6], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        till.source = Some("till".into());
+        let door_later = LogLine::new(door.clone()).unwrap();
+        let lines: Vec<LogLine> = [door, till].into_iter().map(|r| LogLine::new(r).unwrap()).collect();
+        let mut all = lines.clone();
+        all.push(door_later);
+        let s = summarize(&all, None, None);
+        assert_eq!(s.people, 7);
+        assert_eq!(
+            s.per_source.iter().map(|(k, v)| (k.as_str(), *v)).collect::<Vec<_>>(),
+            vec![("door", 6), ("till", 1)]
+        );
+        assert!(s.table().contains("people per source: door 6, till 1"), "{}", s.table());
+        let unnamed = summarize(
+            &[LogLine::new(line("2026-11-29T10:05:00+01:00", 1, [0.0; 6], [0.0; 6])).unwrap()],
+            None,
+            None,
+        );
+        assert!(unnamed.per_source.is_empty() && !unnamed.table().contains("per source"));
+        assert!(serde_json::to_value(&unnamed).unwrap().get("per_source").is_none());
     }
 
     #[test]

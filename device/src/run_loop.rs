@@ -1,7 +1,12 @@
-//! `faceage run`'s loop as a library: frames pulled from a source (paced; on a live source the
-//! newest frame wins), each run through [`Live`], intervals of the counts log closed on time,
-//! and whatever watches (event lines on stdout, the kiosk) told through an [`Observer`]. The
-//! command parses its arguments and wires these together; nothing here prints but warnings.
+//! `faceage run`'s loop as a library: frames pulled from each source (paced; on a live
+//! source the newest frame wins), each run through that source's [`Live`] with the one shared
+//! [`Pipeline`], intervals closed on time into the one counts log, and whatever watches (event
+//! lines on stdout, the kiosk) told through an [`Observer`]. The command parses its arguments
+//! and wires these together; nothing here prints but warnings.
+//!
+//! Several sources are served in turn on this one thread (a board has one core to spare for
+//! the model): a source with no new frame is passed over, and one that ends or gives up stops
+//! alone while the others go on.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -9,17 +14,21 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, bail};
 use jiff::ZonedDateTime as Zoned;
 
-use crate::counts::IntervalRecord;
-use crate::live::{FrameReport, Live};
+use crate::counts::{CountsLog, IntervalRecord};
+use crate::live::{ClosedInterval, FrameReport, Live};
+use crate::pipeline::Pipeline;
 use crate::source::{self, Frame, FrameSource, LatestFrame, Next, SourceOptions, SourceSpec};
 
 /// Unreadable frames in a row after which a file source is given up (a live source reopens
 /// itself with back-off instead: [`LatestFrame`]).
 pub const MAX_UNREADABLE_IN_A_ROW: u32 = 50;
 
-/// How long the loop waits for a live frame before it looks at the clock (so an interval
-/// closes on time when nobody walks past a camera that stopped sending).
+/// How long the loop waits for a live frame when it reads one source, before it looks at the
+/// clock (so an interval closes on time when nobody walks past a camera that stopped sending).
 const LIVE_WAIT: Duration = Duration::from_millis(250);
+
+/// With several sources none is waited on; a round in which none had a frame sleeps this long.
+const IDLE_ROUND: Duration = Duration::from_millis(5);
 
 /// Frames from a file read in order, every one, or from a live source read on its own thread.
 pub enum Frames {
@@ -41,28 +50,29 @@ pub enum Pulled {
 impl Frames {
     /// Opens `spec`: cameras and streams, and files read in real time, on their own thread
     /// (the newest frame wins, a failed device is reopened with back-off); files and image
-    /// folders in order.
-    pub fn open(spec: &str, options: &SourceOptions) -> Result<Frames> {
+    /// folders in order. `name` prefixes the reader's messages.
+    pub fn open(name: &str, spec: &str, options: &SourceOptions) -> Result<Frames> {
         let live = matches!(SourceSpec::parse(spec)?, SourceSpec::Camera(_) | SourceSpec::Stream(_))
             || options.realtime;
         if !live {
             return Ok(Frames::File(source::open(spec, options)?));
         }
-        let (spec, options) = (spec.to_string(), options.clone());
+        let (spec, options, name) = (spec.to_string(), options.clone(), name.to_string());
         Ok(Frames::Live(LatestFrame::spawn_checked(
             move || source::open(&spec, &options),
-            |msg| eprintln!("source: {msg}"),
+            move |msg| eprintln!("source {name}: {msg}"),
         )?))
     }
 
-    pub fn pull(&mut self) -> Pulled {
+    /// The next frame; a live source is waited on up to `wait`.
+    pub fn pull(&mut self, wait: Duration) -> Pulled {
         match self {
             Frames::File(source) => match source.next_frame() {
                 Ok(Some(frame)) => Pulled::Frame(frame, 0),
                 Ok(None) => Pulled::End,
                 Err(e) => Pulled::Unreadable(e),
             },
-            Frames::Live(latest) => match latest.next(LIVE_WAIT) {
+            Frames::Live(latest) => match latest.next(wait) {
                 Next::Frame(frame) => Pulled::Frame(frame, latest.dropped()),
                 Next::Timeout => Pulled::Idle,
                 Next::Closed => Pulled::End,
@@ -114,7 +124,8 @@ impl Pacing {
 /// What the loop tells whoever watches it. Every method has a default, so an observer
 /// implements only what it shows.
 pub trait Observer {
-    /// A frame was read: its report, the live state after it and the time since the start.
+    /// A frame of `live`'s source was read: its report, the source's state after it and the
+    /// time since the start.
     fn frame(
         &mut self,
         _frame: &Frame,
@@ -141,102 +152,216 @@ impl Observer for NoObserver {}
 /// Limits of one run.
 #[derive(Clone, Debug, Default)]
 pub struct RunSettings {
-    /// Frames per second at most (the newest frame wins on a live source).
+    /// Frames per second at most, per source (the newest frame wins on a live source).
     pub max_fps: Option<f32>,
-    /// Stop after this many frames.
+    /// Stop each source after this many frames.
     pub max_frames: Option<u64>,
+}
+
+/// One source of a run: its frames and its own counting state.
+pub struct SourceRun {
+    pub frames: Frames,
+    pub live: Live,
+    pacing: Pacing,
+    unreadable: u32,
+    running: bool,
+}
+
+impl SourceRun {
+    pub fn new(frames: Frames, live: Live) -> Self {
+        Self { frames, live, pacing: Pacing::default(), unreadable: 0, running: true }
+    }
 }
 
 /// How a run ended.
 #[derive(Debug)]
 pub struct RunSummary {
+    /// Over all sources.
     pub frames: u64,
     pub people: u64,
     pub seconds: f64,
-    /// The last interval could not be written: the error and the lines lost with the process.
+    /// The log could not be written at the end: the last error and the lines lost with the
+    /// process.
     pub unwritten: Option<(anyhow::Error, usize)>,
 }
 
-/// Runs frames through `live` until the source ends, `stop` is set or `max_frames` is
-/// reached, then writes the partial interval. Errors: a file source unreadable
-/// [`MAX_UNREADABLE_IN_A_ROW`] frames in a row, or an observer that failed (stdout closed);
-/// the partial interval is written first either way.
+/// The counts log (when there is one) and the watchers: where closed intervals go.
+struct Outlet<'a> {
+    log: Option<&'a mut CountsLog>,
+    observer: &'a mut dyn Observer,
+    last_error: Option<anyhow::Error>,
+}
+
+impl Outlet<'_> {
+    /// Writes the interval (a log that cannot be written keeps it queued) and tells the
+    /// watchers; only a watcher's failure is an error.
+    fn closed(&mut self, closed: ClosedInterval) -> Result<()> {
+        if let Some(log) = self.log.as_deref_mut() {
+            match log.append(&closed.record, &closed.start) {
+                Ok(()) => self.last_error = None,
+                Err(e) => {
+                    self.observer.warning(&format!("counts log: {e:#}"));
+                    self.last_error = Some(e);
+                }
+            }
+        }
+        self.observer.interval(&closed.record)
+    }
+}
+
+/// Runs frames of every source through its [`Live`] until every source has ended, `stop` is
+/// set or each has read `max_frames`; a source's partial interval is written when it ends.
+/// Errors: a file source unreadable [`MAX_UNREADABLE_IN_A_ROW`] frames in a row (the other
+/// sources go on first), or an observer that failed (stdout closed); what was counted is
+/// written first either way.
 pub fn run(
-    live: &mut Live,
-    frames: &mut Frames,
+    pipeline: &mut Pipeline,
+    sources: &mut [SourceRun],
+    log: Option<&mut CountsLog>,
     settings: &RunSettings,
     stop: &AtomicBool,
     observer: &mut dyn Observer,
 ) -> Result<RunSummary> {
-    let mut pacing = Pacing::new(settings.max_fps);
-    let mut unreadable = 0u32;
     let started = Instant::now();
+    for source in sources.iter_mut() {
+        source.pacing = Pacing::new(settings.max_fps);
+    }
+    let mut outlet = Outlet { log, observer, last_error: None };
+    let mut given_up: Vec<anyhow::Error> = Vec::new();
     let outcome = loop {
-        if stop.load(Ordering::Relaxed) || settings.max_frames.is_some_and(|m| live.frames_total >= m) {
+        let running: Vec<usize> = (0..sources.len()).filter(|&i| sources[i].running).collect();
+        if stop.load(Ordering::Relaxed) || running.is_empty() {
             break Ok(());
         }
-        let wait = pacing.wait_at(Instant::now());
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-        let (frame, dropped) = match frames.pull() {
-            Pulled::Frame(frame, dropped) => (frame, dropped),
-            Pulled::Idle => match roll(live, observer) {
-                Ok(()) => continue,
-                Err(e) => break Err(e),
-            },
-            Pulled::Unreadable(e) => {
-                observer.warning(&format!("frame skipped: {e:#}"));
-                unreadable += 1;
-                if unreadable >= MAX_UNREADABLE_IN_A_ROW {
-                    break Err(anyhow::anyhow!(
-                        "{}: {MAX_UNREADABLE_IN_A_ROW} unreadable frames in a row; giving up",
-                        frames.describe()
-                    ));
+        // One source: wait on it. Several: wait on none, serve whichever has a frame.
+        let alone = running.len() == 1;
+        let mut served = false;
+        let mut result = Ok(());
+        for &i in &running {
+            result = match serve(pipeline, &mut sources[i], alone, settings, &mut outlet, started) {
+                Ok(Served::Frame) => {
+                    served = true;
+                    Ok(())
                 }
-                continue;
+                Ok(Served::Nothing) => Ok(()),
+                Ok(Served::Ended) => end(&mut sources[i], &mut outlet),
+                Ok(Served::GaveUp(e)) => {
+                    if !alone {
+                        outlet.observer.warning(&format!("{e:#}; the other sources go on"));
+                    }
+                    given_up.push(e);
+                    end(&mut sources[i], &mut outlet)
+                }
+                Err(e) => Err(e),
+            };
+            if result.is_err() {
+                break;
             }
-            Pulled::End => break Ok(()),
-        };
-        unreadable = 0;
-        pacing.started(Instant::now());
-        let told = match live.process(&frame, dropped) {
-            Ok(report) => observer.frame(&frame, &report, live, started.elapsed()),
-            Err(e) => {
-                observer.warning(&format!("frame {}: {e:#}", frame.index));
-                Ok(())
-            }
-        };
-        if let Err(e) = told.and_then(|()| roll(live, observer)) {
+        }
+        if let Err(e) = result.and_then(|()| roll_due(sources, &mut outlet)) {
             break Err(e);
         }
-    };
-    frames.stop();
-    // What was counted is written even when the source gave up or a watcher failed.
-    let (record, written) = live.finish(&Zoned::now());
-    let told = observer.interval(&record);
-    if let Err(e) = outcome {
-        if let Err(w) = written {
-            observer.warning(&format!("counts log: {w:#}"));
+        if !served && !alone {
+            std::thread::sleep(IDLE_ROUND);
         }
-        bail!(e);
+    };
+    // What was counted is written even when a source gave up or a watcher failed.
+    let mut told = Ok(());
+    for source in sources.iter_mut().filter(|s| s.running) {
+        let result = end(source, &mut outlet);
+        told = told.and(result);
     }
+    outcome?;
     told?;
+    if !given_up.is_empty() {
+        let all: Vec<String> = given_up.iter().map(|e| format!("{e:#}")).collect();
+        bail!("{}", all.join("; "));
+    }
+    let pending = outlet.log.as_ref().map_or(0, |log| log.pending());
     Ok(RunSummary {
-        frames: live.frames_total,
-        people: live.people_total,
+        frames: sources.iter().map(|s| s.live.frames_total).sum(),
+        people: sources.iter().map(|s| s.live.people_total).sum(),
         seconds: started.elapsed().as_secs_f64(),
-        unwritten: written.err().map(|e| (e, live.pending_lines())),
+        unwritten: (pending > 0).then(|| {
+            let e = outlet.last_error.take().unwrap_or_else(|| anyhow::anyhow!("counts log not written"));
+            (e, pending)
+        }),
     })
 }
 
-/// Closes the interval when it is due; a log that cannot be written keeps the line queued.
-fn roll(live: &mut Live, observer: &mut dyn Observer) -> Result<()> {
-    if let Some((record, written)) = live.roll_if_due(&Zoned::now()) {
-        if let Err(e) = written {
-            observer.warning(&format!("counts log: {e:#}"));
+/// What serving a source once did.
+enum Served {
+    Frame,
+    Nothing,
+    /// The source ended (its stream, or `max_frames`).
+    Ended,
+    /// Too many unreadable frames in a row.
+    GaveUp(anyhow::Error),
+}
+
+/// Reads and processes at most one frame of `source`. Errors are a watcher's failure only.
+fn serve(
+    pipeline: &mut Pipeline,
+    source: &mut SourceRun,
+    alone: bool,
+    settings: &RunSettings,
+    outlet: &mut Outlet,
+    started: Instant,
+) -> Result<Served> {
+    if settings.max_frames.is_some_and(|m| source.live.frames_total >= m) {
+        return Ok(Served::Ended);
+    }
+    let wait = source.pacing.wait_at(Instant::now());
+    if !wait.is_zero() {
+        if !alone {
+            return Ok(Served::Nothing);
         }
-        observer.interval(&record)?;
+        std::thread::sleep(wait);
+    }
+    let (frame, dropped) = match source.frames.pull(if alone { LIVE_WAIT } else { Duration::ZERO }) {
+        Pulled::Frame(frame, dropped) => (frame, dropped),
+        Pulled::Idle => return Ok(Served::Nothing),
+        Pulled::End => return Ok(Served::Ended),
+        Pulled::Unreadable(e) => {
+            outlet.observer.warning(&format!("{}frame skipped: {e:#}", prefix(&source.live)));
+            source.unreadable += 1;
+            if source.unreadable < MAX_UNREADABLE_IN_A_ROW {
+                return Ok(Served::Nothing);
+            }
+            return Ok(Served::GaveUp(anyhow::anyhow!(
+                "{}: {MAX_UNREADABLE_IN_A_ROW} unreadable frames in a row; giving up",
+                source.frames.describe()
+            )));
+        }
+    };
+    source.unreadable = 0;
+    source.pacing.started(Instant::now());
+    match source.live.process(pipeline, &frame, dropped) {
+        Ok(report) => outlet.observer.frame(&frame, &report, &source.live, started.elapsed())?,
+        Err(e) => outlet.observer.warning(&format!("{}frame {}: {e:#}", prefix(&source.live), frame.index)),
+    }
+    Ok(Served::Frame)
+}
+
+/// `source NAME: ` before a message about a named source.
+fn prefix(live: &Live) -> String {
+    if live.source.is_empty() { String::new() } else { format!("source {}: ", live.source) }
+}
+
+/// A source is done: its reader stopped, its partial interval written.
+fn end(source: &mut SourceRun, outlet: &mut Outlet) -> Result<()> {
+    source.running = false;
+    source.frames.stop();
+    outlet.closed(source.live.finish(&Zoned::now()))
+}
+
+/// Closes the intervals that are due, each source's in turn.
+fn roll_due(sources: &mut [SourceRun], outlet: &mut Outlet) -> Result<()> {
+    let now = Zoned::now();
+    for source in sources.iter_mut().filter(|s| s.running) {
+        if let Some(closed) = source.live.roll_if_due(&now) {
+            outlet.closed(closed)?;
+        }
     }
     Ok(())
 }
@@ -284,26 +409,35 @@ mod tests {
         }
     }
 
-    fn live() -> Live {
+    fn pipeline() -> Pipeline {
         let model = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/faceage-int8.onnx");
-        let pipeline = Pipeline::new(Box::new(NoFaces), AgeGenderModel::load(&model).unwrap());
-        Live::new(pipeline, LiveOptions::default(), None)
+        Pipeline::new(Box::new(NoFaces), AgeGenderModel::load(&model).unwrap())
+    }
+
+    fn scripted(name: &str, script: Vec<bool>) -> SourceRun {
+        let frames = Frames::File(Box::new(Scripted { script, at: 0 }));
+        SourceRun::new(frames, Live::new(LiveOptions::default()).named(name))
     }
 
     #[derive(Default)]
     struct Recorder {
         frames: Vec<u64>,
+        /// (source, frame) of every frame.
+        seen: Vec<(String, u64)>,
         intervals: usize,
+        records: Vec<IntervalRecord>,
         warnings: Vec<String>,
     }
 
     impl Observer for Recorder {
-        fn frame(&mut self, frame: &Frame, _: &FrameReport, _: &Live, _: Duration) -> Result<()> {
+        fn frame(&mut self, frame: &Frame, _: &FrameReport, live: &Live, _: Duration) -> Result<()> {
             self.frames.push(frame.index);
+            self.seen.push((live.source.clone(), frame.index));
             Ok(())
         }
-        fn interval(&mut self, _: &IntervalRecord) -> Result<()> {
+        fn interval(&mut self, record: &IntervalRecord) -> Result<()> {
             self.intervals += 1;
+            self.records.push(record.clone());
             Ok(())
         }
         fn warning(&mut self, message: &str) {
@@ -312,9 +446,10 @@ mod tests {
     }
 
     fn run_script(script: Vec<bool>, settings: RunSettings) -> (Result<RunSummary>, Recorder) {
-        let mut frames = Frames::File(Box::new(Scripted { script, at: 0 }));
+        let mut sources = [scripted("", script)];
         let mut recorder = Recorder::default();
-        let result = run(&mut live(), &mut frames, &settings, &AtomicBool::new(false), &mut recorder);
+        let stop = AtomicBool::new(false);
+        let result = run(&mut pipeline(), &mut sources, None, &settings, &stop, &mut recorder);
         (result, recorder)
     }
 
@@ -346,9 +481,11 @@ mod tests {
         assert_eq!(result.unwrap().frames, 4);
         assert_eq!(seen.frames, vec![0, 1, 2, 3]);
 
-        let mut frames = Frames::File(Box::new(Scripted { script: vec![true; 10], at: 0 }));
+        let mut sources = [scripted("", vec![true; 10])];
         let stop = AtomicBool::new(true);
-        let summary = run(&mut live(), &mut frames, &RunSettings::default(), &stop, &mut NoObserver).unwrap();
+        let summary =
+            run(&mut pipeline(), &mut sources, None, &RunSettings::default(), &stop, &mut NoObserver)
+                .unwrap();
         assert_eq!(summary.frames, 0, "a stop asked for before the first frame reads none");
     }
 
@@ -364,17 +501,81 @@ mod tests {
                 Ok(())
             }
         }
-        let mut frames = Frames::File(Box::new(Scripted { script: vec![true; 5], at: 0 }));
+        let mut sources = [scripted("", vec![true; 5])];
         let mut watcher = ClosedStdout(0);
-        let mut live = live();
-        let result =
-            run(&mut live, &mut frames, &RunSettings::default(), &AtomicBool::new(false), &mut watcher);
+        let stop = AtomicBool::new(false);
+        let result = run(&mut pipeline(), &mut sources, None, &RunSettings::default(), &stop, &mut watcher);
         assert!(format!("{:#}", result.unwrap_err()).contains("broken pipe"));
         assert_eq!(
-            (live.frames_total, watcher.0),
+            (sources[0].live.frames_total, watcher.0),
             (1, 1),
             "stopped at the first frame, its interval written"
         );
+    }
+
+    #[test]
+    fn several_sources_are_served_in_turn_each_with_its_own_counts_in_one_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("counts.jsonl");
+        let mut log = CountsLog::new(&path, crate::counts::LogFormat::Jsonl, crate::counts::Rotation::None);
+        let mut sources = [scripted("door", vec![true; 3]), scripted("till", vec![true; 6])];
+        let mut seen = Recorder::default();
+        let stop = AtomicBool::new(false);
+        let summary =
+            run(&mut pipeline(), &mut sources, Some(&mut log), &RunSettings::default(), &stop, &mut seen)
+                .unwrap();
+        assert_eq!(summary.frames, 9);
+        // Taken in turn while both have frames, then the longer one alone.
+        let order: Vec<(&str, u64)> = seen.seen.iter().map(|(s, i)| (s.as_str(), *i)).collect();
+        assert_eq!(
+            order,
+            vec![
+                ("door", 0),
+                ("till", 0),
+                ("door", 1),
+                ("till", 1),
+                ("door", 2),
+                ("till", 2),
+                ("till", 3),
+                ("till", 4),
+                ("till", 5)
+            ]
+        );
+        // One line per source, each counting its own frames, in the one log.
+        let lines: Vec<serde_json::Value> = std::fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let per_source: Vec<(&str, u64)> =
+            lines.iter().map(|l| (l["source"].as_str().unwrap(), l["frames"].as_u64().unwrap())).collect();
+        assert_eq!(per_source, vec![("door", 3), ("till", 6)], "door's line is written when it ends");
+        assert_eq!(seen.records.len(), 2);
+    }
+
+    #[test]
+    fn a_source_that_gives_up_does_not_stop_the_others() {
+        let mut bad = vec![true];
+        bad.extend(std::iter::repeat_n(false, MAX_UNREADABLE_IN_A_ROW as usize));
+        let mut sources = [scripted("broken", bad), scripted("fine", vec![true; 80])];
+        let mut seen = Recorder::default();
+        let stop = AtomicBool::new(false);
+        let result = run(&mut pipeline(), &mut sources, None, &RunSettings::default(), &stop, &mut seen);
+        let error = format!("{:#}", result.unwrap_err());
+        assert!(error.contains("scripted.avi") && error.contains("giving up"), "{error}");
+        assert_eq!(sources[1].live.frames_total, 80, "the good source was read to its end");
+        assert!(seen.warnings.iter().any(|w| w.contains("the other sources go on")), "{:?}", seen.warnings);
+        assert!(seen.warnings.iter().any(|w| w.starts_with("source broken: frame skipped")));
+        assert_eq!(seen.records.len(), 2, "both sources' intervals are written");
+    }
+
+    #[test]
+    fn max_frames_counts_per_source() {
+        let mut sources = [scripted("a", vec![true; 10]), scripted("b", vec![true; 10])];
+        let settings = RunSettings { max_frames: Some(4), max_fps: None };
+        let stop = AtomicBool::new(false);
+        let summary = run(&mut pipeline(), &mut sources, None, &settings, &stop, &mut NoObserver).unwrap();
+        assert_eq!(summary.frames, 8);
     }
 
     #[test]

@@ -103,9 +103,10 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
     if args.read_every_frame {
         options.tracker.read = ReadPolicy::every_frame();
     }
-    let mut live = Live::new(models.load_pipeline()?, options, None);
+    let mut pipeline = models.load_pipeline()?;
+    let mut live = Live::new(options);
     let mut frames = faceage_device::source::open(source, &Default::default())?;
-    let figures = time_pipeline(&mut live, frames.as_mut(), args.frames, publish_to_kiosk)?;
+    let figures = time_pipeline(&mut pipeline, &mut live, frames.as_mut(), args.frames, publish_to_kiosk)?;
     anyhow::ensure!(figures.frames > 0, "{source}: no frames to time");
     let policy = if args.read_every_frame {
         "every face read in every frame"

@@ -14,7 +14,8 @@ pub struct KioskArgs {
     pub bind: String,
 }
 
-pub fn start(args: &KioskArgs) -> Result<Option<KioskPublisher>> {
+/// Starts the kiosk for the sources named `names` (one picture each on the page).
+pub fn start(args: &KioskArgs, names: &[String]) -> Result<Option<KioskPublisher>> {
     if !args.kiosk {
         return Ok(None);
     }
@@ -24,7 +25,7 @@ pub fn start(args: &KioskArgs) -> Result<Option<KioskPublisher>> {
             args.bind
         );
     }
-    let server = KioskServer::start(&args.bind)?;
+    let server = KioskServer::start(&args.bind, names)?;
     eprintln!("kiosk: http://{}/", server.address);
     Ok(Some(KioskPublisher::new(server)))
 }

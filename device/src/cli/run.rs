@@ -8,8 +8,8 @@ use anyhow::Result;
 use faceage_device::counts::{CountsLog, IntervalRecord, LogFormat, Rotation};
 use faceage_device::events::EventWriter;
 use faceage_device::live::{FrameReport, Live, LiveOptions};
-use faceage_device::run_loop::{self, Frames, Observer, RunSettings};
-use faceage_device::source::{Frame, SourceOptions};
+use faceage_device::run_loop::{self, Frames, Observer, RunSettings, SourceRun};
+use faceage_device::source::{self, Frame, SourceOptions};
 use faceage_device::track::{ReadPolicy, TrackerConfig};
 
 use super::ModelArgs;
@@ -29,9 +29,10 @@ pub enum RotateArg {
 #[derive(clap::Args)]
 pub struct Args {
     /// camera:N or /dev/videoN, rtsp://… or a video file (ffmpeg), a folder or glob of images,
-    /// an animated GIF/APNG, or an MJPEG AVI.
-    #[arg(long)]
-    source: String,
+    /// an animated GIF/APNG, or an MJPEG AVI. Give it once per camera (`NAME=SOURCE` names
+    /// it, e.g. `door=camera:0`): each has its own tracker and its own lines in the counts log.
+    #[arg(long, required = true)]
+    source: Vec<String>,
     /// The counts log (aggregates only). `-` for none.
     #[arg(long, default_value = "counts.jsonl")]
     counts_log: PathBuf,
@@ -43,7 +44,7 @@ pub struct Args {
     /// Seconds per counts-log line.
     #[arg(long, default_value_t = 60)]
     interval: u64,
-    /// Process at most this many frames per second (the newest frame wins).
+    /// Process at most this many frames per second, per source (the newest frame wins).
     #[arg(long)]
     max_fps: Option<f32>,
     /// Camera resolution, e.g. 640x480.
@@ -79,7 +80,7 @@ pub struct Args {
     /// Also print every frame's tracks, fused and per-frame readings side by side.
     #[arg(long)]
     trace: bool,
-    /// Stop after this many frames.
+    /// Stop each source after this many frames.
     #[arg(long)]
     max_frames: Option<u64>,
     /// Threads for tract's matrix products (more than 1 needs a build with `--features multithread`).
@@ -103,22 +104,33 @@ pub fn run(args: Args) -> Result<ExitCode> {
         // must not stop the counting service.
         eprintln!("warning: {e:#}; counting on one thread");
     }
-    let pipeline = args.models.load_pipeline()?;
+    // Every source is checked (no camera read twice) and opened before the model loads: a
+    // mistake in the set-up is reported at once.
+    let named = source::parse_sources(&args.source)?;
     let options = SourceOptions { resolution: args.resolution, fps: args.fps, realtime: args.realtime };
-    let mut frames = Frames::open(&args.source, &options)?;
+    let mut sources = Vec::with_capacity(named.len());
+    for source in &named {
+        let frames = Frames::open(&source.name, &source.spec, &options)?;
+        sources.push(SourceRun::new(frames, Live::new(live_options(&args)).named(&source.name)));
+    }
+    // One model for every source.
+    let mut pipeline = args.models.load_pipeline()?;
     if let Some(dir) = &args.save_crops {
         eprintln!("warning: saving face crops of counted people to {} (--save-crops)", dir.display());
     }
-    let mut live = Live::new(pipeline, live_options(&args), counts_log(&args));
+    let mut log = counts_log(&args);
+    let names: Vec<String> = named.iter().map(|s| s.name.clone()).collect();
+    #[cfg(not(feature = "kiosk"))]
+    let _ = &names;
     let mut observers = Observers {
         events: EventWriter::new(std::io::stdout().lock(), args.events, args.trace),
         #[cfg(feature = "kiosk")]
-        kiosk: super::kiosk::start(&args.kiosk)?,
+        kiosk: super::kiosk::start(&args.kiosk, &names)?,
     };
 
     let stop = faceage_device::signals::stop_flag()?;
     let settings = RunSettings { max_fps: args.max_fps, max_frames: args.max_frames };
-    let summary = run_loop::run(&mut live, &mut frames, &settings, &stop, &mut observers)?;
+    let summary = run_loop::run(&mut pipeline, &mut sources, log.as_mut(), &settings, &stop, &mut observers)?;
     eprintln!(
         "{} frames in {:.1} s ({:.1} fps), {} people counted",
         summary.frames,

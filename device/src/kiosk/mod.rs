@@ -24,48 +24,82 @@ const BOUNDARY: &str = "faceage-frame";
 /// Viewers streaming at once; more are turned away rather than costing memory and threads.
 const MAX_STREAMS: usize = 16;
 
-/// What the pipeline publishes and the server hands out.
-pub struct KioskState {
+/// One source's picture and readings.
+struct SourceView {
+    name: String,
     /// The newest JPEG; viewers remember the generation they sent last.
     frame: Newest<Arc<Vec<u8>>>,
     tracks_json: Mutex<String>,
-    counts_json: Mutex<String>,
     streams: AtomicUsize,
     /// Set when someone asked for a picture recently: encode frames only then.
     wanted: AtomicUsize,
 }
 
+/// What the pipeline publishes and the server hands out: a picture and the people in view
+/// per source (`?source=N` on the picture and tracks endpoints, 0 when absent), the counts of
+/// all of them.
+pub struct KioskState {
+    sources: Vec<SourceView>,
+    counts_json: Mutex<String>,
+    /// Streams open over all sources (capped at [`MAX_STREAMS`]).
+    streams: AtomicUsize,
+}
+
 impl KioskState {
-    fn new() -> Self {
-        Self {
-            frame: Newest::new(),
-            tracks_json: Mutex::new("{\"tracks\":[]}".into()),
-            counts_json: Mutex::new("{}".into()),
-            streams: AtomicUsize::new(0),
-            wanted: AtomicUsize::new(0),
+    fn new(names: &[String]) -> Self {
+        let sources = names
+            .iter()
+            .map(|name| SourceView {
+                name: name.clone(),
+                frame: Newest::new(),
+                tracks_json: Mutex::new("{\"tracks\":[]}".into()),
+                streams: AtomicUsize::new(0),
+                wanted: AtomicUsize::new(0),
+            })
+            .collect();
+        Self { sources, counts_json: Mutex::new("{}".into()), streams: AtomicUsize::new(0) }
+    }
+
+    /// Whether anyone is watching source `source` (a stream open, or a still asked for in
+    /// its last frames): the pipeline skips drawing and encoding otherwise.
+    pub fn has_viewers(&self, source: usize) -> bool {
+        self.sources
+            .get(source)
+            .is_some_and(|v| v.streams.load(Ordering::Relaxed) > 0 || v.wanted.load(Ordering::Relaxed) > 0)
+    }
+
+    pub fn publish_frame(&self, source: usize, jpeg: Vec<u8>) {
+        let Some(view) = self.sources.get(source) else { return };
+        view.frame.put(Arc::new(jpeg));
+        let _ = view.wanted.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(1)));
+    }
+
+    pub fn publish_tracks(&self, source: usize, tracks_json: String) {
+        if let Some(view) = self.sources.get(source) {
+            *lock(&view.tracks_json) = tracks_json;
         }
     }
 
-    /// Whether anyone is watching (a stream open, or a still asked for in the last frames):
-    /// the pipeline skips drawing and encoding otherwise.
-    pub fn has_viewers(&self) -> bool {
-        self.streams.load(Ordering::Relaxed) > 0 || self.wanted.load(Ordering::Relaxed) > 0
+    pub fn publish_counts(&self, counts_json: String) {
+        *lock(&self.counts_json) = counts_json;
     }
 
-    pub fn publish_frame(&self, jpeg: Vec<u8>) {
-        self.frame.put(Arc::new(jpeg));
-        let _ = self.wanted.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(1)));
+    /// The source names, in `--source` order.
+    pub fn names(&self) -> Vec<String> {
+        self.sources.iter().map(|v| v.name.clone()).collect()
     }
+}
 
-    pub fn publish_data(&self, tracks_json: String, counts_json: String) {
-        *self.tracks_json.lock().unwrap() = tracks_json;
-        *self.counts_json.lock().unwrap() = counts_json;
-    }
-
+impl SourceView {
     /// The newest frame newer than `seen`, waiting up to `timeout`.
     fn frame_after(&self, seen: u64, timeout: Duration) -> Option<(u64, Arc<Vec<u8>>)> {
         self.frame.newer_than(seen, timeout).filter(|(_, jpeg)| !jpeg.is_empty())
     }
+}
+
+/// A publisher that panicked left a string, not a broken invariant.
+fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 pub struct KioskServer {
@@ -74,12 +108,12 @@ pub struct KioskServer {
 }
 
 impl KioskServer {
-    /// Serves on `bind` (loopback unless the user says otherwise).
-    pub fn start(bind: &str) -> Result<KioskServer> {
+    /// Serves the sources named `names` on `bind` (loopback unless the user says otherwise).
+    pub fn start(bind: &str, names: &[String]) -> Result<KioskServer> {
         let server =
             Server::http(bind).map_err(|e| anyhow::anyhow!("kiosk: cannot listen on {bind}: {e}"))?;
         let address = server.server_addr().to_ip().context("kiosk: not an IP listener")?;
-        let state = Arc::new(KioskState::new());
+        let state = Arc::new(KioskState::new(names));
         let s = Arc::clone(&state);
         std::thread::Builder::new().name("kiosk".into()).spawn(move || {
             for request in server.incoming_requests() {
@@ -98,41 +132,48 @@ fn header(name: &str, value: &str) -> Header {
     Header::from_bytes(name.as_bytes(), value.as_bytes()).expect("valid header")
 }
 
+/// The source a request asks for: `?source=N`, 0 when absent; `None` when there is no such
+/// source.
+fn requested_source<'a>(state: &'a KioskState, url: &str) -> Option<&'a SourceView> {
+    let query = url.split_once('?').map_or("", |(_, q)| q);
+    let index = match query.split('&').find_map(|kv| kv.strip_prefix("source=")) {
+        Some(n) => n.parse::<usize>().ok()?,
+        None => 0,
+    };
+    state.sources.get(index)
+}
+
+fn json_response(body: String) -> Response<std::io::Cursor<Vec<u8>>> {
+    Response::from_string(body)
+        .with_header(header("Content-Type", "application/json"))
+        .with_header(header("Cache-Control", "no-store"))
+}
+
 fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
     if request.method() != &Method::Get {
         let _ = request.respond(Response::from_string("GET only").with_status_code(405));
         return;
     }
     let path = request.url().split('?').next().unwrap_or("/").to_string();
+    let source = requested_source(state, request.url());
     let no_store = header("Cache-Control", "no-store");
-    let result = match path.as_str() {
-        "/" | "/index.html" => request.respond(
+    let result = match (path.as_str(), source) {
+        ("/" | "/index.html", _) => request.respond(
             Response::from_string(PAGE).with_header(header("Content-Type", "text/html; charset=utf-8")),
         ),
-        "/api/tracks" => {
-            let body = state.tracks_json.lock().unwrap().clone();
-            request.respond(
-                Response::from_string(body)
-                    .with_header(header("Content-Type", "application/json"))
-                    .with_header(no_store),
-            )
+        ("/api/sources", _) => {
+            request.respond(json_response(serde_json::json!({ "sources": state.names() }).to_string()))
         }
-        "/api/counts" => {
-            let body = state.counts_json.lock().unwrap().clone();
-            request.respond(
-                Response::from_string(body)
-                    .with_header(header("Content-Type", "application/json"))
-                    .with_header(no_store),
-            )
-        }
-        "/frame.jpg" => {
+        ("/api/counts", _) => request.respond(json_response(lock(&state.counts_json).clone())),
+        ("/api/tracks", Some(view)) => request.respond(json_response(lock(&view.tracks_json).clone())),
+        ("/frame.jpg", Some(view)) => {
             // Frames are encoded only while someone watches: ask for a fresh one and wait for
             // it, falling back to the last one if the pipeline is stalled.
-            let current = state.frame.generation();
-            state.wanted.store(3, Ordering::Relaxed);
-            match state
+            let current = view.frame.generation();
+            view.wanted.store(3, Ordering::Relaxed);
+            match view
                 .frame_after(current, Duration::from_secs(2))
-                .or_else(|| state.frame_after(0, Duration::ZERO))
+                .or_else(|| view.frame_after(0, Duration::ZERO))
             {
                 Some((_, jpeg)) => request.respond(
                     Response::from_data(jpeg.as_slice())
@@ -142,15 +183,17 @@ fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
                 None => request.respond(Response::from_string("no frame yet").with_status_code(503)),
             }
         }
-        "/stream.mjpg" => {
+        ("/stream.mjpg", Some(view)) => {
             if state.streams.fetch_add(1, Ordering::Relaxed) >= MAX_STREAMS {
                 state.streams.fetch_sub(1, Ordering::Relaxed);
                 let _ = request.respond(Response::from_string("too many viewers").with_status_code(503));
                 return;
             }
+            view.streams.fetch_add(1, Ordering::Relaxed);
             // Written by hand on the raw connection so that every frame is flushed as soon as
             // it is written (tiny_http would buffer the body).
-            let result = stream_frames(state, request.into_writer());
+            let result = stream_frames(view, request.into_writer());
+            view.streams.fetch_sub(1, Ordering::Relaxed);
             state.streams.fetch_sub(1, Ordering::Relaxed);
             result
         }
@@ -162,7 +205,7 @@ fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
 /// Sends the newest frame each time there is one newer than the last sent, until the viewer
 /// goes away or no frame comes for 30 s (the page then reconnects). Frames that came and went
 /// meanwhile are never sent: a slow viewer skips frames and holds no queue.
-fn stream_frames(state: &KioskState, mut out: Box<dyn Write + Send>) -> std::io::Result<()> {
+fn stream_frames(view: &SourceView, mut out: Box<dyn Write + Send>) -> std::io::Result<()> {
     write!(
         out,
         "HTTP/1.1 200 OK\r\nContent-Type: multipart/x-mixed-replace; boundary={BOUNDARY}\r\n\
@@ -170,7 +213,7 @@ fn stream_frames(state: &KioskState, mut out: Box<dyn Write + Send>) -> std::io:
     )?;
     out.flush()?;
     let mut seen = 0;
-    while let Some((generation, jpeg)) = state.frame_after(seen, Duration::from_secs(30)) {
+    while let Some((generation, jpeg)) = view.frame_after(seen, Duration::from_secs(30)) {
         seen = generation;
         write!(out, "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", jpeg.len())?;
         out.write_all(&jpeg)?;
@@ -205,27 +248,35 @@ mod tests {
 
     #[test]
     fn serves_the_page_data_and_frames_and_streams_only_new_frames() {
-        let server = KioskServer::start("127.0.0.1:0").unwrap();
+        let server = KioskServer::start("127.0.0.1:0", &["door".into(), "till".into()]).unwrap();
         let (head, body) = get(server.address, "/");
         assert!(head.lines().next().is_some_and(|l| l.contains(" 200")), "{head}");
         assert!(String::from_utf8_lossy(&body).contains("stream.mjpg"));
         assert!(!String::from_utf8_lossy(&body).contains("http"), "no external assets");
 
-        server.state.publish_data("{\"tracks\":[1]}".into(), "{\"people\":2}".into());
-        assert_eq!(get(server.address, "/api/tracks").1, b"{\"tracks\":[1]}");
+        server.state.publish_tracks(0, "{\"tracks\":[1]}".into());
+        server.state.publish_tracks(1, "{\"tracks\":[2]}".into());
+        server.state.publish_counts("{\"people\":2}".into());
+        assert_eq!(get(server.address, "/api/tracks").1, b"{\"tracks\":[1]}", "source 0 by default");
+        assert_eq!(get(server.address, "/api/tracks?source=1").1, b"{\"tracks\":[2]}");
         assert_eq!(get(server.address, "/api/counts").1, b"{\"people\":2}");
+        assert_eq!(get(server.address, "/api/sources").1, br#"{"sources":["door","till"]}"#);
         assert!(get(server.address, "/nope").0.contains("404"));
+        assert!(get(server.address, "/api/tracks?source=2").0.contains("404"), "no third source");
+        assert!(get(server.address, "/frame.jpg?source=x").0.contains("404"));
 
         // A stream client sees parts as frames are published. (No wall-clock deadlines: this
         // also runs under qemu on a busy machine.)
         let mut stream = TcpStream::connect(server.address).unwrap();
         stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        write!(stream, "GET /stream.mjpg HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-        while !server.state.has_viewers() {
+        write!(stream, "GET /stream.mjpg?source=1 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        while !server.state.has_viewers(1) {
             std::thread::sleep(Duration::from_millis(10));
         }
-        server.state.publish_frame(b"JPEG-ONE".to_vec());
-        server.state.publish_frame(b"JPEG-TWO".to_vec());
+        assert!(!server.state.has_viewers(0), "nobody watches the other source: it is not encoded");
+        server.state.publish_frame(0, b"JPEG-DOOR".to_vec());
+        server.state.publish_frame(1, b"JPEG-ONE".to_vec());
+        server.state.publish_frame(1, b"JPEG-TWO".to_vec());
         let mut reader = BufReader::new(stream);
         let mut seen = String::new();
         while !seen.contains("JPEG-TWO") {
@@ -236,8 +287,9 @@ mod tests {
             seen.push_str(&line);
         }
         assert!(seen.contains("multipart/x-mixed-replace"), "{seen}");
-        assert!(seen.contains("JPEG-TWO"), "{seen}");
-        assert!(get(server.address, "/frame.jpg").1 == b"JPEG-TWO");
+        assert!(seen.contains("JPEG-TWO") && !seen.contains("JPEG-DOOR"), "{seen}");
+        assert!(get(server.address, "/frame.jpg?source=1").1 == b"JPEG-TWO");
+        assert!(get(server.address, "/frame.jpg").1 == b"JPEG-DOOR");
     }
 
     #[test]

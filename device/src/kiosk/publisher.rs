@@ -11,7 +11,7 @@ use super::KioskServer;
 use crate::age_gender::{Gender, gender_certainty};
 use crate::draw;
 use crate::geometry::BBox;
-use crate::live::{FrameReport, Live};
+use crate::live::{DayCounts, FrameReport, Live};
 use crate::run_loop::Observer;
 use crate::source::Frame;
 
@@ -92,35 +92,75 @@ pub fn overlay(image: &RgbImage, tracks: &[TrackJson]) -> RgbImage {
     picture
 }
 
-/// Publishes every frame to a running kiosk server.
+/// What the page shows of one source's counts.
+#[derive(Clone, Debug, Default, Serialize)]
+struct SourceCounts {
+    name: String,
+    today: DayCounts,
+    people_since_start: u64,
+    frames_since_start: u64,
+}
+
+/// The counts JSON: the day of every source together, and each source's own.
+fn counts_json(sources: &[SourceCounts]) -> serde_json::Value {
+    // At midnight one source may roll its day before another: the newest day is today.
+    let date = sources.iter().map(|s| s.today.date.as_str()).max().unwrap_or_default();
+    let mut today = DayCounts { date: date.to_string(), ..Default::default() };
+    for s in sources.iter().filter(|s| s.today.date == date) {
+        today.people += s.today.people;
+        today.tally.add(&s.today.tally);
+    }
+    serde_json::json!({
+        "today": today,
+        "since_start": {
+            "people": sources.iter().map(|s| s.people_since_start).sum::<u64>(),
+            "frames": sources.iter().map(|s| s.frames_since_start).sum::<u64>(),
+        },
+        "sources": sources.iter().map(|s| serde_json::json!({
+            "name": s.name,
+            "today": s.today,
+            "since_start": { "people": s.people_since_start, "frames": s.frames_since_start },
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// Publishes every frame of every source to a running kiosk server.
 pub struct KioskPublisher {
     pub server: KioskServer,
-    fps: FpsMeter,
+    fps: Vec<FpsMeter>,
+    counts: Vec<SourceCounts>,
 }
 
 impl KioskPublisher {
     pub fn new(server: KioskServer) -> Self {
-        Self { server, fps: FpsMeter::default() }
+        let names = server.state.names();
+        let counts =
+            names.iter().map(|name| SourceCounts { name: name.clone(), ..Default::default() }).collect();
+        Self { server, fps: vec![FpsMeter::default(); names.len()], counts }
     }
 
+    /// A frame of `live`'s source (found by name; a source the server was not started with
+    /// is not shown).
     pub fn publish(&mut self, frame: &Frame, report: &FrameReport, live: &Live, elapsed: Duration) {
+        let Some(index) = self.counts.iter().position(|c| c.name == live.source) else { return };
         let tracks = tracks_in_view(report);
         let tracks_json = serde_json::json!({
+            "source": live.source,
             "frame": frame.index,
-            "fps": self.fps.tick(elapsed),
+            "fps": self.fps[index].tick(elapsed),
             "dropped": live.dropped_total(),
             "tracks": tracks,
         });
-        let counts_json = serde_json::json!({
-            "today": live.today,
-            "since_start": { "people": live.people_total, "frames": live.frames_total },
-        });
+        self.counts[index].today = live.today.clone();
+        self.counts[index].people_since_start = live.people_total;
+        self.counts[index].frames_since_start = live.frames_total;
         let state = &self.server.state;
-        state.publish_data(tracks_json.to_string(), counts_json.to_string());
-        if state.has_viewers() {
+        state.publish_tracks(index, tracks_json.to_string());
+        state.publish_counts(counts_json(&self.counts).to_string());
+        if state.has_viewers(index) {
             // The same encoder `faceage bench` times (SIMD, several times the image crate's speed).
             match crate::imaging::encode_jpeg(&overlay(&frame.image, &tracks), 80) {
-                Ok(jpeg) => state.publish_frame(jpeg),
+                Ok(jpeg) => state.publish_frame(index, jpeg),
                 Err(e) => eprintln!("kiosk: frame {} not encoded: {e:#}", frame.index),
             }
         }
@@ -173,6 +213,46 @@ mod tests {
             seen_now,
             dwell_secs: 1.0,
         }
+    }
+
+    #[test]
+    fn the_day_is_summed_over_sources_and_each_source_kept() {
+        let day = |date: &str, people: u32, female: f64| {
+            let mut today = DayCounts { date: date.into(), people, ..Default::default() };
+            today.tally.female[3] = female;
+            today
+        };
+        let sources = [
+            SourceCounts {
+                name: "door".into(),
+                today: day("2026-12-03", 2, 2.0),
+                people_since_start: 5,
+                frames_since_start: 100,
+            },
+            SourceCounts {
+                name: "till".into(),
+                today: day("2026-12-03", 1, 0.5),
+                people_since_start: 1,
+                frames_since_start: 50,
+            },
+            // Not yet past midnight: its day is not today's.
+            SourceCounts {
+                name: "yard".into(),
+                today: day("2026-12-02", 9, 9.0),
+                people_since_start: 9,
+                frames_since_start: 10,
+            },
+        ];
+        let json = counts_json(&sources);
+        assert_eq!(json["today"]["date"], "2026-12-03");
+        assert_eq!(json["today"]["people"], 3);
+        assert_eq!(json["today"]["female"][3], 2.5);
+        assert_eq!(
+            (json["since_start"]["people"].as_u64(), json["since_start"]["frames"].as_u64()),
+            (Some(15), Some(160))
+        );
+        assert_eq!(json["sources"][1]["name"], "till");
+        assert_eq!(json["sources"][1]["today"]["people"], 1);
     }
 
     #[test]

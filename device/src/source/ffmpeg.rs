@@ -66,15 +66,13 @@ fn probe(url: &str) -> Result<(u32, u32, f64)> {
 
 impl FfmpegSource {
     /// Opens `url`; `live` streams are read as they come (RTSP over TCP), files as fast as
-    /// they decode unless `live` asks for real time.
+    /// they decode (`--realtime` paces them: `source::RealTime`).
     pub fn open(url: &str, live: bool) -> Result<Self> {
         let (width, height, fps) = probe(url)?;
         let mut cmd = Command::new("ffmpeg");
         cmd.args(["-nostdin", "-loglevel", "error"]);
         if url.starts_with("rtsp://") {
             cmd.args(["-rtsp_transport", "tcp"]);
-        } else if live && !url.contains("://") {
-            cmd.arg("-re"); // a file read like a camera
         }
         cmd.arg("-i").arg(url).args(["-an", "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         let mut child =
