@@ -1,7 +1,8 @@
-"""Reads faceage-host's crop cache (runs/cache/crops-*.bin) and its split, for the Python tools
+"""Reads faceage-host's crop cache (runs/cache/crops-*.safetensors, through the safetensors
+library) and its split, for the Python tools
 (scripts/gpu/pack-crops.py, scripts/ensemble-eval.py). The split is the one `faceage-host train`
 makes with its default --seed 1: data.rs `split_of`, reimplemented here."""
-import json, struct
+import json
 from pathlib import Path
 
 MAGIC = b'FACEAGE-CROPS-v3'
@@ -36,25 +37,33 @@ def utkface_labels(path):
     return int(parts[0]), parts[1] == '1'
 
 
+FORMAT = 'faceage-crops-v4'
+
+
 class CropCache:
-    """The header (settings, images) and pixels of one cache file. Each cached crop is
-    `side` x `side` RGB: the model's input_size crop plus `extra` pixels of margin on each side."""
+    """The header (settings, images) and pixels of one cache file, a safetensors file: tensor
+    `crops` (uint8, [crops, side, side, 3]) and the header as JSON in metadata `faceage.crops`.
+    Each cached crop is the model's input_size crop plus `extra` pixels of margin on each side."""
 
     def __init__(self, path):
-        with open(path, 'rb') as f:
-            if f.read(16) != MAGIC:
-                raise SystemExit(f'{path}: not a faceage crop cache ({MAGIC.decode()})')
-            self.header = json.loads(f.read(struct.unpack('<Q', f.read(8))[0]))
-            self.pixels = f.read()
+        try:
+            from safetensors import safe_open
+        except ImportError:
+            raise SystemExit('the safetensors package is missing: pip install safetensors numpy')
+        with safe_open(str(path), framework='np') as f:
+            meta = f.metadata() or {}
+            if meta.get('faceage.format') != FORMAT:
+                raise SystemExit(f'{path}: not a faceage crop cache ({FORMAT})')
+            self.header = json.loads(meta['faceage.crops'])
+            self.crops = f.get_tensor('crops')
         s = self.header['settings']
         self.input_size = s['input_size']
         self.crop_scale = s['geometry']['scale']
         self.extra = round(s['input_size'] * (s['margin'] - 1.0) / 2.0)
         self.side = s['input_size'] + 2 * self.extra
-        self.crop_len = self.side * self.side * 3
-        if len(self.pixels) != self.header['crops'] * self.crop_len:
-            raise SystemExit(f'{path}: truncated ({len(self.pixels)} bytes of pixels, '
-                             f'{self.header["crops"]} crops of {self.crop_len} expected)')
+        if self.crops.shape != (self.header['crops'], self.side, self.side, 3):
+            raise SystemExit(f'{path}: crops of shape {self.crops.shape}, '
+                             f'{self.header["crops"]} crops of {self.side}x{self.side} expected')
 
     def live_images(self):
         """Entries faceage-host can still look up: it keys images by canonical (absolute) path;
@@ -63,13 +72,16 @@ class CropCache:
 
     def crop(self, at):
         """Raw bytes of cached crop number `at` (side x side x 3, RGB)."""
-        return self.pixels[at * self.crop_len:(at + 1) * self.crop_len]
+        return self.crops[at].tobytes()
 
 
 def find_cache(cache_dir, input_size):
     """The cache under cache_dir whose crops serve a model of this input size, or None."""
-    for f in sorted(Path(cache_dir).glob('crops-*.bin')):
-        with open(f, 'rb') as h:
-            if h.read(16) == MAGIC and json.loads(h.read(struct.unpack('<Q', h.read(8))[0]))['settings']['input_size'] == input_size:
+    from safetensors import safe_open
+    for f in sorted(Path(cache_dir).glob('crops-*.safetensors')):
+        with safe_open(str(f), framework='np') as h:
+            meta = h.metadata() or {}
+            if meta.get('faceage.format') == FORMAT and \
+                    json.loads(meta['faceage.crops'])['settings']['input_size'] == input_size:
                 return f
     return None

@@ -45,7 +45,7 @@ fn a_student_learns_from_its_teacher_and_resumes_with_its_readings() {
     // run reads like the straight one.
     let resumed = work.path().join("resumed");
     ok(&train(&resumed, work.path(), &["--patience", "0", "--teacher", t]));
-    assert!(resumed.join("teacher-targets.bin").exists());
+    assert!(resumed.join("teacher-targets.safetensors").exists());
     let out = train(&resumed, work.path(), &["--resume", "--patience", "9"]);
     ok(&out);
     assert!(stderr(&out).contains("teachers' readings of"), "{}", stderr(&out));

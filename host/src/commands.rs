@@ -272,7 +272,7 @@ pub fn train(a: TrainArgs) -> Result<()> {
             let (detector, cache_dir) = (&a.data_args.detector, &a.data_args.cache_dir);
             let prepare_teacher = |c: &TrainConfig| prepare::prepare(c, detector, cache_dir, threads());
             TeacherTargets::load_or_compute(
-                &run.file("teacher-targets.bin"),
+                &run.file("teacher-targets.safetensors"),
                 d,
                 &config,
                 &data.train,

@@ -5,14 +5,13 @@
 //! out of picture. The central `input_size` pixels of a cached crop are exactly the crop the
 //! board makes (same sample points), which evaluation uses.
 
-use std::io::Read;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 use faceage_device::detect::{FramedDetector, load_board_detector};
-use faceage_device::files::write_atomically;
 use faceage_device::geometry::{BBox, Point};
 use faceage_device::imaging::load_rgb;
 use faceage_device::pipeline::{MIN_FACE_PX, find_faces, primary_face};
@@ -25,9 +24,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::data::{Rejected, Sample, fnv1a};
 use crate::progress::Progress;
+use crate::tensor_file::{self, RawTensor, TensorFile};
+use safetensors::Dtype;
 
-// v3: faces found by the board's framed detector (was: chips padded by the trainer alone).
-const MAGIC: &[u8; 16] = b"FACEAGE-CROPS-v3";
+/// The cache's layout, in its metadata and its key. v4: safetensors (the Python tools read it
+/// with the library; v3 was a magic, a JSON header and the pixels); v3: faces found by the
+/// board's framed detector (was: chips padded by the trainer alone).
+const CACHE_FORMAT: &str = "faceage-crops-v4";
+/// Metadata keys of a cache file: its layout, and the [`CacheHeader`] as JSON.
+const FORMAT_KEY: &str = "faceage.format";
+const HEADER_KEY: &str = "faceage.crops";
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CropSettings {
@@ -151,7 +157,7 @@ impl CropSet {
         cache_dir: &Path,
         threads: usize,
     ) -> Result<(CropSet, Vec<Rejected>)> {
-        let file = cache_dir.join(format!("crops-{:016x}.bin", cache_key(settings, detector_path)));
+        let file = cache_dir.join(format!("crops-{:016x}.safetensors", cache_key(settings, detector_path)));
         let (mut header, mut pixels) = match Self::read_cache(&file, settings) {
             Ok(cache) => cache,
             Err(e) => {
@@ -256,33 +262,28 @@ impl CropSet {
         Ok(results.into_iter().map(|r| r.into_inner().unwrap().expect("every sample processed")).collect())
     }
 
+    /// The pixels as one tensor `crops` (u8, `[crops, size, size, 3]`), the header as JSON in
+    /// the metadata; whole or not at all, so a killed run never leaves half a cache behind.
     fn write_cache(file: &Path, header: &CacheHeader, pixels: &[u8]) -> Result<()> {
-        let json = serde_json::to_vec(header)?;
-        // Whole or not at all, so a killed run never leaves a half-written cache behind.
-        write_atomically(file, |out| {
-            out.write_all(MAGIC)?;
-            out.write_all(&(json.len() as u64).to_le_bytes())?;
-            out.write_all(&json)?;
-            out.write_all(pixels)?;
-            Ok(())
-        })
+        let size = header.settings.cache_size() as usize;
+        let metadata = HashMap::from([
+            (FORMAT_KEY.to_string(), CACHE_FORMAT.to_string()),
+            (HEADER_KEY.to_string(), serde_json::to_string(header)?),
+        ]);
+        tensor_file::save(
+            file,
+            &[("crops", RawTensor::u8(vec![header.crops, size, size, 3], pixels))],
+            metadata,
+        )
     }
 
     fn read_cache(file: &Path, settings: &CropSettings) -> Result<(CacheHeader, Vec<u8>)> {
-        let mut input = std::io::BufReader::new(std::fs::File::open(file)?);
-        let mut magic = [0u8; 16];
-        input.read_exact(&mut magic)?;
-        ensure!(&magic == MAGIC, "not a crop cache");
-        let mut len = [0u8; 8];
-        input.read_exact(&mut len)?;
-        let mut json = vec![0u8; u64::from_le_bytes(len) as usize];
-        input.read_exact(&mut json)?;
-        let header: CacheHeader = serde_json::from_slice(&json)?;
+        let cache = TensorFile::open(file)?;
+        ensure!(cache.meta(FORMAT_KEY)? == CACHE_FORMAT, "not a crop cache of layout {CACHE_FORMAT}");
+        let header: CacheHeader = serde_json::from_str(cache.meta(HEADER_KEY)?)?;
         ensure!(header.settings == *settings, "made with other crop settings");
-        let mut pixels = Vec::new();
-        input.read_to_end(&mut pixels)?;
         let size = settings.cache_size() as usize;
-        ensure!(pixels.len() == header.crops * size * size * 3, "truncated cache");
+        let pixels = cache.into_bytes("crops", Dtype::U8, &[header.crops, size, size, 3])?;
         Ok((header, pixels))
     }
 }
@@ -319,7 +320,7 @@ fn whole_crop_face(size: u32) -> Face {
 /// Identifies a crop cache: the crop settings and the detector.
 fn cache_key(settings: &CropSettings, detector_path: &Path) -> u64 {
     let mut bytes = Vec::new();
-    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(CACHE_FORMAT.as_bytes());
     bytes.extend_from_slice(serde_json::to_string(settings).unwrap_or_default().as_bytes());
     let detector_len = std::fs::metadata(detector_path).map(|m| m.len()).unwrap_or(0);
     bytes.extend_from_slice(&detector_len.to_le_bytes());

@@ -14,7 +14,6 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
 use faceage_device::ModelContract;
-use faceage_device::files::write_atomically;
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb::ValueInfoProto;
 use tract_onnx::prelude::{TypedRunnableModel, tvec};
@@ -26,6 +25,7 @@ use crate::export::AGE_DISTRIBUTIONS;
 use crate::nn::loss::Teaching;
 use crate::prepare::{Prepared, bn_stats_crops};
 use crate::run_dir::RunDir;
+use crate::tensor_file::{self, RawTensor, TensorFile};
 use crate::trained::{Model, plain_batches};
 
 /// The teachers' averaged readings of every training crop, in the order of the student's
@@ -54,56 +54,8 @@ impl TeacherTargets {
         let mut sums: Option<(usize, Vec<f32>, Vec<f32>)> = None;
         for dir in &distil.teachers {
             let started = Instant::now();
-            let file = dir.is_file().then(|| FileTeacher::open(dir)).transpose()?;
-            let config = match &file {
-                Some(file) => TrainConfig { crop: file.crop(), seed: file.seed, ..student.clone() },
-                None => {
-                    RunDir(dir.clone()).read_config().with_context(|| format!("teacher {}", dir.display()))?
-                }
-            };
-            if config.seed != student.seed {
-                bail!(
-                    "teacher {}: trained with --seed {}, this run uses {}: its split differs, so it has \
-                     seen faces this run validates or tests on",
-                    dir.display(),
-                    config.seed,
-                    student.seed
-                );
-            }
-            let data = prepare(&config)
-                .with_context(|| format!("teacher {}: preparing its crops", dir.display()))?;
-            let row_of: HashMap<PathBuf, usize> =
-                data.train.samples.iter().enumerate().map(|(i, s)| (canonical(&s.path), i)).collect();
-            let rows = keys
-                .iter()
-                .map(|k| {
-                    row_of.get(k).copied().with_context(|| {
-                        format!("teacher {}: {} is not among its training crops", dir.display(), k.display())
-                    })
-                })
-                .collect::<Result<Vec<usize>>>()?;
-            let crops = data.train.subset(&rows);
-            let (probs, female) = match &file {
-                Some(file) => file.read(&crops)?,
-                None => {
-                    let run = RunDir(dir.clone());
-                    let (_, model) = Model::load_best(&run, device)
-                        .with_context(|| format!("teacher {}", dir.display()))?;
-                    if config.bn_stats == BnStats::Momentum {
-                        // As `export --recalibrate-bn` reads such a run.
-                        model.recalibrate_batch_norm(&bn_stats_crops(&data.train, config.seed), device)?;
-                    }
-                    read_distributions(&model, &crops, device)
-                        .with_context(|| format!("teacher {}", dir.display()))?
-                }
-            };
-            let bins = probs.len() / rows.len().max(1);
-            ensure!(
-                bins == student.net.age_bins(),
-                "teacher {}: reads ages into {bins} bins, this run's net into {}",
-                dir.display(),
-                student.net.age_bins()
-            );
+            let (probs, female) = read_teacher(dir, student, &keys, prepare, device)?;
+            let bins = probs.len() / keys.len().max(1);
             match &mut sums {
                 None => sums = Some((bins, probs, female)),
                 Some((b, p, f)) => {
@@ -119,7 +71,7 @@ impl TeacherTargets {
             eprintln!(
                 "teacher {} read {} training crops in {:.0} s",
                 dir.display(),
-                rows.len(),
+                keys.len(),
                 started.elapsed().as_secs_f64()
             );
         }
@@ -185,7 +137,73 @@ impl TeacherTargets {
     }
 }
 
-const TARGETS_MAGIC: &[u8; 16] = b"FACEAGE-TEACH-v1";
+/// One teacher's age distributions (row-major `[crops, bins]`) and p(female) of the student's
+/// training crops, whose canonical paths are `keys`: a run folder read through candle, or a
+/// model file through tract. The teacher must share the student's split and age bins.
+fn read_teacher(
+    dir: &Path,
+    student: &TrainConfig,
+    keys: &[PathBuf],
+    prepare: &dyn Fn(&TrainConfig) -> Result<Prepared>,
+    device: &Device,
+) -> Result<(Vec<f32>, Vec<f32>)> {
+    let file = dir.is_file().then(|| FileTeacher::open(dir)).transpose()?;
+    let config = match &file {
+        Some(file) => TrainConfig { crop: file.crop(), seed: file.seed, ..student.clone() },
+        None => {
+            RunDir(dir.to_path_buf()).read_config().with_context(|| format!("teacher {}", dir.display()))?
+        }
+    };
+    if config.seed != student.seed {
+        bail!(
+            "teacher {}: trained with --seed {}, this run uses {}: its split differs, so it has \
+             seen faces this run validates or tests on",
+            dir.display(),
+            config.seed,
+            student.seed
+        );
+    }
+    let data = prepare(&config).with_context(|| format!("teacher {}: preparing its crops", dir.display()))?;
+    let row_of: HashMap<PathBuf, usize> =
+        data.train.samples.iter().enumerate().map(|(i, s)| (canonical(&s.path), i)).collect();
+    let rows = keys
+        .iter()
+        .map(|k| {
+            row_of.get(k).copied().with_context(|| {
+                format!("teacher {}: {} is not among its training crops", dir.display(), k.display())
+            })
+        })
+        .collect::<Result<Vec<usize>>>()?;
+    let crops = data.train.subset(&rows);
+    let (probs, female) = match &file {
+        Some(file) => file.read(&crops)?,
+        None => {
+            let run = RunDir(dir.to_path_buf());
+            let (_, model) =
+                Model::load_best(&run, device).with_context(|| format!("teacher {}", dir.display()))?;
+            if config.bn_stats == BnStats::Momentum {
+                // As `export --recalibrate-bn` reads such a run.
+                model.recalibrate_batch_norm(&bn_stats_crops(&data.train, config.seed), device)?;
+            }
+            read_distributions(&model, &crops, device)
+                .with_context(|| format!("teacher {}", dir.display()))?
+        }
+    };
+    let bins = probs.len() / rows.len().max(1);
+    ensure!(
+        bins == student.net.age_bins(),
+        "teacher {}: reads ages into {bins} bins, this run's net into {}",
+        dir.display(),
+        student.net.age_bins()
+    );
+    Ok((probs, female))
+}
+
+/// A teacher-targets file's layout, in its metadata (v2: safetensors; v1 was a magic, a JSON
+/// header and the floats).
+const TARGETS_FORMAT: &str = "faceage-teacher-targets-v2";
+const FORMAT_KEY: &str = "faceage.format";
+const HEADER_KEY: &str = "faceage.targets";
 
 /// What a teacher-targets file was made from; `bins` is read back, the rest must match.
 #[derive(Serialize, Deserialize, PartialEq)]
@@ -206,35 +224,31 @@ fn crops_hash(train: &CropSet) -> u64 {
     fnv1a(0, &names)
 }
 
+/// Tensors `age_probs` (f32, `[crops, bins]`) and `female` (f32, `[crops]`), the header as
+/// JSON in the metadata; whole or not at all, so a killed run never leaves half a file to be
+/// trusted later.
 fn write_targets(file: &Path, header: &TargetsHeader, targets: &TeacherTargets) -> Result<()> {
-    let json = serde_json::to_vec(header)?;
-    let mut bytes =
-        Vec::with_capacity(24 + json.len() + 4 * (targets.age_probs.len() + targets.female.len()));
-    bytes.extend_from_slice(TARGETS_MAGIC);
-    bytes.extend_from_slice(&(json.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&json);
-    for v in targets.age_probs.iter().chain(&targets.female) {
-        bytes.extend_from_slice(&v.to_le_bytes());
-    }
-    // Whole or not at all, so a killed run never leaves half a file to be trusted later.
-    write_atomically(file, |out| Ok(out.write_all(&bytes)?))
+    let crops = targets.female.len();
+    let metadata = HashMap::from([
+        (FORMAT_KEY.to_string(), TARGETS_FORMAT.to_string()),
+        (HEADER_KEY.to_string(), serde_json::to_string(header)?),
+    ]);
+    let tensors = [
+        ("age_probs", RawTensor::f32(vec![crops, targets.bins], &targets.age_probs)),
+        ("female", RawTensor::f32(vec![crops], &targets.female)),
+    ];
+    tensor_file::save(file, &tensors, metadata)
 }
 
 /// `(bins, age_probs, female)` of a teacher-targets file whose header matches `want`.
 fn read_targets(file: &Path, want: &TargetsHeader) -> Result<(usize, Vec<f32>, Vec<f32>)> {
-    let bytes = std::fs::read(file)?;
-    ensure!(bytes.len() >= 24 && &bytes[..16] == TARGETS_MAGIC, "not a teacher-targets file");
-    let len = u64::from_le_bytes(bytes[16..24].try_into()?) as usize;
-    let json = bytes.get(24..24 + len).context("truncated")?;
-    let header: TargetsHeader = serde_json::from_slice(json)?;
+    let targets = TensorFile::open(file)?;
+    ensure!(targets.meta(FORMAT_KEY).ok() == Some(TARGETS_FORMAT), "not a teacher-targets file");
+    let header: TargetsHeader = serde_json::from_str(targets.meta(HEADER_KEY)?)?;
     ensure!(TargetsHeader { bins: 0, ..header } == *want, "made for other teachers or other crops");
-    let values: Vec<f32> = bytes[24 + len..]
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-        .collect();
-    ensure!(values.len() == want.crops * (header.bins + 1), "truncated");
-    let (probs, female) = values.split_at(want.crops * header.bins);
-    Ok((header.bins, probs.to_vec(), female.to_vec()))
+    let probs = targets.f32s("age_probs", &[want.crops, header.bins])?;
+    let female = targets.f32s("female", &[want.crops])?;
+    Ok((header.bins, probs, female))
 }
 
 /// A teacher given as a model file: read through tract as the board reads faces, with the
@@ -339,7 +353,7 @@ mod tests {
     #[test]
     fn a_targets_file_is_read_back_only_for_the_same_teachers_and_crops() {
         let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("teacher-targets.bin");
+        let file = dir.path().join("teacher-targets.safetensors");
         let targets = TeacherTargets {
             bins: 3,
             age_probs: vec![0.2, 0.5, 0.3, 1.0, 0.0, 0.0],
@@ -359,8 +373,10 @@ mod tests {
 
         let bytes = std::fs::read(&file).unwrap();
         std::fs::write(&file, &bytes[..bytes.len() - 4]).unwrap();
-        assert!(format!("{:#}", read_targets(&file, &want).unwrap_err()).contains("truncated"));
-        std::fs::write(&file, b"FACEAGE-CROPS-v2 something else").unwrap();
+        let error = format!("{:#}", read_targets(&file, &want).unwrap_err());
+        assert!(error.contains("not a whole safetensors file"), "{error}");
+        // Another safetensors file (a checkpoint, say) is not taken for one.
+        tensor_file::save(&file, &[("w", RawTensor::f32(vec![1], &[1.0]))], HashMap::new()).unwrap();
         assert!(
             format!("{:#}", read_targets(&file, &want).unwrap_err()).contains("not a teacher-targets file")
         );

@@ -17,6 +17,7 @@
 //! config, run_dir        TrainConfig (Default = the shipped recipe); a run folder and its records
 //! augment, nn, metrics, age_map
 //! crops, progress        board crops, cached
+//! tensor_file            safetensors files of the trainer's numbers (crop cache, teacher targets)
 //! data                   labels and the split (the device library's)
 //! ```
 
@@ -35,6 +36,7 @@ pub mod plots;
 pub mod prepare;
 pub mod progress;
 pub mod run_dir;
+pub mod tensor_file;
 pub mod train;
 pub mod trained;
 

@@ -3,7 +3,7 @@
 # here (scripts/build-cuda.sh, no GPU needed), and puts in .gpu/ (git-ignored) what has to
 # travel: the binary (stripped, xz), the training and validation crops of the 64 px crop cache
 # packed as JPEGs (scripts/gpu/pack-crops.py), and the detector (its length is part of the
-# cache's name). About 55 MB in all. Then, on the GPU machine, in a checkout carrying .gpu/:
+# cache's name), and the safetensors wheel unpacking needs there. About 56 MB in all. Then, on the GPU machine, in a checkout carrying .gpu/:
 #   bash scripts/gpu/session.sh      (DEADLINE=seconds bounds it; results land in $OUT)
 #
 #   scripts/gpu/prepare.sh [CROP_CACHE]   # default: the 64 px cache under runs/cache
@@ -11,11 +11,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 cache="${1:-}"
+# The crop cache is a safetensors file: the Python tools read it with numpy and safetensors.
+python3 -c 'import numpy, safetensors, PIL' 2>/dev/null || python3 -m pip install -q numpy safetensors pillow
 if [ -z "$cache" ]; then
   # The cache whose crops serve the default 64 px input (80 px crops with the margin).
-  for f in runs/cache/crops-*.bin; do
-    if head -c 4000 "$f" | grep -aq '"input_size":64,'; then cache="$f"; break; fi
-  done
+  cache=$(python3 -c 'import sys; sys.path.insert(0, "scripts"); from crop_cache import find_cache; print(find_cache("runs/cache", 64) or "")')
 fi
 [ -n "$cache" ] && [ -f "$cache" ] || {
   echo "no 64 px crop cache under runs/cache: run faceage-host train --data DIR once (a --limit run does not cover every image)" >&2
@@ -26,5 +26,7 @@ mkdir -p .gpu
 strip -o .gpu/faceage-host target/cuda/release/faceage-host
 xz -T0 -6 -f .gpu/faceage-host
 python3 scripts/gpu/pack-crops.py "$cache" .gpu/crops.pack
+# The GPU machine cannot reach PyPI: the safetensors wheel (abi3, any CPython 3.8+) travels.
+rm -rf .gpu/wheels && python3 -m pip download -q --no-deps --only-binary=:all: safetensors -d .gpu/wheels
 cp models/face_detection_back_256x256_barracuda.onnx .gpu/detector.onnx
 du -ch .gpu/* | tail -1

@@ -24,6 +24,7 @@ LIBS=$(find $NV /usr/local/nvidia /usr/lib/x86_64-linux-gnu /usr/local/cuda* \
 export LD_LIBRARY_PATH="$LIBS${LD_LIBRARY_PATH:-}"
 xz -dc .gpu/faceage-host.xz > /tmp/fh && chmod +x /tmp/fh
 ldd /tmp/fh | grep -E 'cuda|cublas|curand' | tee -a "$OUT/log.txt"
+python3 -c 'import safetensors' 2>/dev/null || python3 -m pip install -q --no-index --no-deps .gpu/wheels/safetensors-*.whl 2>&1 | tee -a "$OUT/log.txt"
 python3 scripts/gpu/unpack-crops.py .gpu/crops.pack runs/cache 2>&1 | tee -a "$OUT/log.txt"
 cp .gpu/detector.onnx models/face_detection_back_256x256_barracuda.onnx
 mkdir -p runs

@@ -6,6 +6,11 @@ image). An existing file is never touched: it must already have the listed lengt
 Usage: unpack-crops.py PACK CACHE_DIR   (scripts/gpu/session.sh calls it on the GPU machine)"""
 import io, json, os, struct, sys, zlib
 from PIL import Image
+try:
+    import numpy as np
+    from safetensors.numpy import save_file
+except ImportError:
+    sys.exit('numpy and safetensors are missing: scripts/gpu/session.sh installs them from .gpu/wheels')
 
 pack_path, cache_dir = sys.argv[1], sys.argv[2]
 f = open(pack_path, 'rb')
@@ -33,11 +38,8 @@ for img in header['images']:
     with open(img['path'], 'xb') as p:
         p.truncate(img['len'])
 os.makedirs(cache_dir, exist_ok=True)
-meta = json.dumps(header).encode()
-with open(os.path.join(cache_dir, pack['cache_name']), 'wb') as o:
-    o.write(b'FACEAGE-CROPS-v3')
-    o.write(struct.pack('<Q', len(meta)))
-    o.write(meta)
-    o.write(pixels)
+crops = np.frombuffer(bytes(pixels), np.uint8).reshape(header['crops'], side, side, 3)
+save_file({'crops': crops}, os.path.join(cache_dir, pack['cache_name']),
+          metadata={'faceage.format': 'faceage-crops-v4', 'faceage.crops': json.dumps(header)})
 print('unpacked', header['crops'], 'crops of', len(header['images']), 'images into',
       os.path.join(cache_dir, pack['cache_name']))

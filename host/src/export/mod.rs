@@ -381,98 +381,26 @@ impl Encoding for PlainF32 {
     }
 }
 
-/// Writes the network into an ONNX graph with the given encoding.
+/// Writes the network into an ONNX graph with the given encoding: the input (mirrored when the
+/// net reads both views), the trunk, then the age and gender heads and their outputs.
 pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Encoding) -> Result<ModelProto> {
     let mut g = Graph::default();
     let s = net.input_size as i64;
     g.inputs
         .push(Graph::value_info(INPUT_NAME, &[Dim::Named("N"), Dim::Fixed(3), Dim::Fixed(s), Dim::Fixed(s)]));
-    // With mirroring, the batch is the faces then their mirror images: [2N, 3, S, S].
-    let input = if net.mirror {
-        let starts = g.init_i64("mirror.starts", &[1], &[-1]);
-        let ends = g.init_i64("mirror.ends", &[1], &[i64::MIN]);
-        let axes = g.init_i64("mirror.axes", &[1], &[3]);
-        let steps = g.init_i64("mirror.steps", &[1], &[-1]);
-        let flipped = g.node(
-            "Slice",
-            "mirror",
-            &[INPUT_NAME, &starts, &ends, &axes, &steps],
-            &["faces.mirrored"],
-            vec![],
-        );
-        g.node("Concat", "faces.both", &[INPUT_NAME, &flipped], &["faces.both"], vec![attr_int("axis", 0)])
-    } else {
-        INPUT_NAME.to_string()
-    };
+    let input = if net.mirror { mirrored_input(&mut g) } else { INPUT_NAME.to_string() };
     let features = encoding.trunk(&mut g, net, &input)?;
     let flat = g.init_i64("shape.flat", &[1], &[-1]);
-    // [2N, ...] -> [N, ...]: the mean of each face's two readings.
-    let average_views = |g: &mut Graph, tensor: &str, width: Option<usize>| -> String {
-        if !net.mirror {
-            return tensor.to_string();
-        }
-        let shape: Vec<i64> = match width {
-            Some(w) => vec![2, -1, w as i64],
-            None => vec![2, -1],
-        };
-        let shape_name = g.init_i64(&format!("{tensor}.views_shape"), &[shape.len()], &shape);
-        let views = g.node(
-            "Reshape",
-            &format!("{tensor}.views"),
-            &[tensor, &shape_name],
-            &[&format!("{tensor}.views")],
-            vec![],
-        );
-        g.node(
-            "ReduceMean",
-            &format!("{tensor}.averaged"),
-            &[&views],
-            &[&format!("{tensor}.averaged")],
-            vec![attr_ints("axes", &[0]), attr_int("keepdims", 0)],
-        )
-    };
-
     let age_out = encoding.dense(&mut g, &net.age_head, &features)?;
     if net.age_distribution {
-        let bins = net.age_head.outputs;
-        let ages: Vec<f32> = (0..bins).map(|a| a as f32).collect();
-        let squares: Vec<f32> = ages.iter().map(|a| a * a).collect();
-        g.init_f32("age.bins", &[bins, 1], &ages);
-        g.init_f32("age.bins_squared", &[bins, 1], &squares);
-        let p = g.node("Softmax", "age.softmax", &[&age_out], &["age.probs"], vec![attr_int("axis", -1)]);
-        let p = average_views(&mut g, &p, Some(bins));
-        let mean = g.node("MatMul", "age.mean", &[&p, "age.bins"], &["age.mean"], vec![]);
-        let second =
-            g.node("MatMul", "age.second_moment", &[&p, "age.bins_squared"], &["age.second_moment"], vec![]);
-        let square = g.node("Mul", "age.mean_squared", &[&mean, &mean], &["age.mean_squared"], vec![]);
-        let var = g.node("Sub", "age.variance", &[&second, &square], &["age.variance"], vec![]);
-        let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
-        let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
-        band_shares(&mut g, &p, bins);
-        let median = median_age(&mut g, &p, bins);
-        let age = match &net.age_map {
-            Some(map) => mapped_age(&mut g, map, &median),
-            None => median,
-        };
-        g.node("Reshape", OUTPUT_AGE, &[&age, &flat], &[OUTPUT_AGE], vec![]);
-        g.node("Reshape", OUTPUT_AGE_STD, &[&std, &flat], &[OUTPUT_AGE_STD], vec![]);
+        age_distribution_outputs(&mut g, net, &age_out, &flat);
     } else {
-        let age = g.node("Reshape", "age.flat", &[&age_out, &flat], &["age.flat"], vec![]);
-        let age = average_views(&mut g, &age, None);
-        let age = match &net.age_map {
-            Some(map) => {
-                let column = g.init_i64("shape.column", &[2], &[-1, 1]);
-                let age = g.node("Reshape", "age.column", &[&age, &column], &["age.column"], vec![]);
-                mapped_age(&mut g, map, &age)
-            }
-            None => age,
-        };
-        g.node("Reshape", OUTPUT_AGE, &[&age, &flat], &[OUTPUT_AGE], vec![]);
+        age_regression_output(&mut g, net, &age_out, &flat);
     }
     let gender = encoding.dense(&mut g, &net.gender_head, &features)?;
     let p = g.node("Sigmoid", "female.sigmoid", &[&gender], &["female.probability"], vec![]);
     let p = g.node("Reshape", "female.flat", &[&p, &flat], &["female.flat"], vec![]);
-    let p = average_views(&mut g, &p, None);
+    let p = average_views(&mut g, net.mirror, &p, None);
     g.node("Identity", OUTPUT_FEMALE, &[&p], &[OUTPUT_FEMALE], vec![]);
 
     g.outputs.push(Graph::value_info(OUTPUT_AGE, &[Dim::Named("N")]));
@@ -485,6 +413,86 @@ pub fn build_model(net: &FoldedNet, contract: &ModelContract, encoding: &dyn Enc
         ));
     }
     Ok(g.into_model(&contract.name, contract.to_metadata()))
+}
+
+/// The batch of faces followed by their mirror images: `[N, 3, S, S]` -> `[2N, 3, S, S]`.
+fn mirrored_input(g: &mut Graph) -> String {
+    let starts = g.init_i64("mirror.starts", &[1], &[-1]);
+    let ends = g.init_i64("mirror.ends", &[1], &[i64::MIN]);
+    let axes = g.init_i64("mirror.axes", &[1], &[3]);
+    let steps = g.init_i64("mirror.steps", &[1], &[-1]);
+    let flipped =
+        g.node("Slice", "mirror", &[INPUT_NAME, &starts, &ends, &axes, &steps], &["faces.mirrored"], vec![]);
+    g.node("Concat", "faces.both", &[INPUT_NAME, &flipped], &["faces.both"], vec![attr_int("axis", 0)])
+}
+
+/// `[2N, ...]` -> `[N, ...]`: the mean of each face's two readings (`tensor` as it is when the
+/// net does not mirror). `width`: the size of a row, for `[2N, width]` tensors.
+fn average_views(g: &mut Graph, mirror: bool, tensor: &str, width: Option<usize>) -> String {
+    if !mirror {
+        return tensor.to_string();
+    }
+    let shape: Vec<i64> = match width {
+        Some(w) => vec![2, -1, w as i64],
+        None => vec![2, -1],
+    };
+    let shape_name = g.init_i64(&format!("{tensor}.views_shape"), &[shape.len()], &shape);
+    let views = g.node(
+        "Reshape",
+        &format!("{tensor}.views"),
+        &[tensor, &shape_name],
+        &[&format!("{tensor}.views")],
+        vec![],
+    );
+    g.node(
+        "ReduceMean",
+        &format!("{tensor}.averaged"),
+        &[&views],
+        &[&format!("{tensor}.averaged")],
+        vec![attr_ints("axes", &[0]), attr_int("keepdims", 0)],
+    )
+}
+
+/// A distribution head: the softmax over ages, averaged over views, gives the age (its median,
+/// through the age map when there is one), its spread, and the shares per age band.
+fn age_distribution_outputs(g: &mut Graph, net: &FoldedNet, logits: &str, flat: &str) {
+    let bins = net.age_head.outputs;
+    let ages: Vec<f32> = (0..bins).map(|a| a as f32).collect();
+    let squares: Vec<f32> = ages.iter().map(|a| a * a).collect();
+    g.init_f32("age.bins", &[bins, 1], &ages);
+    g.init_f32("age.bins_squared", &[bins, 1], &squares);
+    let p = g.node("Softmax", "age.softmax", &[logits], &["age.probs"], vec![attr_int("axis", -1)]);
+    let p = average_views(g, net.mirror, &p, Some(bins));
+    let mean = g.node("MatMul", "age.mean", &[&p, "age.bins"], &["age.mean"], vec![]);
+    let second =
+        g.node("MatMul", "age.second_moment", &[&p, "age.bins_squared"], &["age.second_moment"], vec![]);
+    let square = g.node("Mul", "age.mean_squared", &[&mean, &mean], &["age.mean_squared"], vec![]);
+    let var = g.node("Sub", "age.variance", &[&second, &square], &["age.variance"], vec![]);
+    let var = g.node("Relu", "age.variance_clamped", &[&var], &["age.variance_clamped"], vec![]);
+    let std = g.node("Sqrt", "age.std", &[&var], &["age.std"], vec![]);
+    band_shares(g, &p, bins);
+    let median = median_age(g, &p, bins);
+    let age = match &net.age_map {
+        Some(map) => mapped_age(g, map, &median),
+        None => median,
+    };
+    g.node("Reshape", OUTPUT_AGE, &[&age, flat], &[OUTPUT_AGE], vec![]);
+    g.node("Reshape", OUTPUT_AGE_STD, &[&std, flat], &[OUTPUT_AGE_STD], vec![]);
+}
+
+/// A regression head: the age, averaged over views, through the age map when there is one.
+fn age_regression_output(g: &mut Graph, net: &FoldedNet, age_out: &str, flat: &str) {
+    let age = g.node("Reshape", "age.flat", &[age_out, flat], &["age.flat"], vec![]);
+    let age = average_views(g, net.mirror, &age, None);
+    let age = match &net.age_map {
+        Some(map) => {
+            let column = g.init_i64("shape.column", &[2], &[-1, 1]);
+            let age = g.node("Reshape", "age.column", &[&age, &column], &["age.column"], vec![]);
+            mapped_age(g, map, &age)
+        }
+        None => age,
+    };
+    g.node("Reshape", OUTPUT_AGE, &[&age, flat], &[OUTPUT_AGE], vec![]);
 }
 
 /// Writes the model file; returns its bytes.
