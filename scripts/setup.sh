@@ -27,6 +27,7 @@ PACKAGES=(build-essential pkg-config curl ca-certificates git
           libclang-dev clang      # nokhwa's V4L2 bindings are generated with bindgen
           ffmpeg                  # video files and RTSP streams as frame sources
           chromium                # the kiosk page's browser test
+          mosquitto mosquitto-clients  # the MQTT broker the fleet tests start on loopback, mosquitto_sub
          )
 missing=()
 for p in "${PACKAGES[@]}"; do

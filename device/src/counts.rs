@@ -137,6 +137,11 @@ pub struct IntervalRecord {
     /// schema 3.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// The board's site and device name, in lines gathered from a fleet (`faceage collect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// RFC 3339 with the local offset.
     pub start: String,
     pub end: String,
@@ -262,6 +267,8 @@ impl IntervalRecord {
         Ok(Self {
             schema,
             source,
+            site: None,
+            device: None,
             start: f[0].to_string(),
             end: f[1].to_string(),
             people: n(2)? as u32,
@@ -301,6 +308,8 @@ impl IntervalCounter {
         let record = IntervalRecord {
             schema: IntervalRecord::SCHEMA,
             source: None,
+            site: None,
+            device: None,
             start: format_time(&self.start),
             end: format_time(&end),
             people: self.people,
@@ -504,6 +513,8 @@ mod tests {
         IntervalRecord {
             schema: IntervalRecord::SCHEMA,
             source: Some("entrance".into()),
+            site: None,
+            device: None,
             start: "2026-11-29T10:00:00+01:00".into(),
             end: "2026-11-29T10:01:00+01:00".into(),
             people,

@@ -19,6 +19,7 @@ pub mod draw;
 pub mod eval;
 pub mod events;
 pub mod files;
+pub mod fleet;
 pub mod geometry;
 pub mod imaging;
 #[cfg(feature = "kiosk")]

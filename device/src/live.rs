@@ -84,6 +84,8 @@ pub struct Live {
     dropped_seen: u64,
     /// Since the process started.
     pub people_total: u64,
+    /// People per gender and age band since the process started (`/metrics`).
+    pub tally_total: BandTally,
     pub frames_total: u64,
     pub today: DayCounts,
     pub times: StageTimes,
@@ -101,6 +103,7 @@ impl Live {
             options,
             dropped_seen: 0,
             people_total: 0,
+            tally_total: BandTally::default(),
             frames_total: 0,
             today: DayCounts { date: now.strftime("%Y-%m-%d").to_string(), ..Default::default() },
             times: StageTimes::default(),
@@ -148,6 +151,7 @@ impl Live {
             // The kiosk's day and the log's interval count by one rule (counts::BandCounts).
             self.counter.add_person(r.gender, &r.bands);
             self.people_total += 1;
+            self.tally_total.add_person(r.gender, &r.bands);
             self.today.people += 1;
             self.today.tally.add_person(r.gender, &r.bands);
             if let Some(dir) = &self.options.save_crops {

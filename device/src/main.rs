@@ -29,6 +29,9 @@ enum Command {
     Report(cli::report::Args),
     /// Time models (per-face latency, throughput) or the whole pipeline on this machine.
     Bench(cli::bench::Args),
+    /// Keep every board's counts from an MQTT broker, one counts log per board.
+    #[cfg(feature = "mqtt")]
+    Collect(cli::collect::Args),
 }
 
 fn main() -> ExitCode {
@@ -42,6 +45,8 @@ fn main() -> ExitCode {
         Command::Eval(a) => cli::eval::run(a),
         Command::Report(a) => cli::report::run(a),
         Command::Bench(a) => cli::bench::run(a),
+        #[cfg(feature = "mqtt")]
+        Command::Collect(a) => cli::collect::run(a),
     };
     match result {
         Ok(code) => code,

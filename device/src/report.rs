@@ -85,6 +85,51 @@ pub struct Summary {
     /// Source (camera) name -> people, for lines that name their source (schema 3 on).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     pub per_source: BTreeMap<String, u32>,
+    /// People per gender and age band of each group `--by` asks for (site, `site/device`, or
+    /// source), when it does.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub groups: BTreeMap<String, BandTally>,
+}
+
+/// How `faceage report --by` splits the totals.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
+pub enum GroupBy {
+    /// Per site (lines gathered by `faceage collect`).
+    Site,
+    /// Per board, as `site/device`.
+    Device,
+    /// Per camera (`--source` name).
+    Source,
+}
+
+impl GroupBy {
+    /// The group of a line; lines without the field make the group `-`.
+    fn of(self, r: &IntervalRecord) -> String {
+        let or_dash = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
+        match self {
+            GroupBy::Site => or_dash(&r.site),
+            GroupBy::Device => format!("{}/{}", or_dash(&r.site), or_dash(&r.device)),
+            GroupBy::Source => or_dash(&r.source),
+        }
+    }
+}
+
+/// [`summarize`], with the totals also split by `by`.
+pub fn summarize_by(
+    lines: &[LogLine],
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+    by: GroupBy,
+) -> Summary {
+    let mut s = summarize(lines, from, to);
+    for line in lines {
+        if from.is_some_and(|f| line.start < f) || to.is_some_and(|t| line.start >= t) {
+            continue;
+        }
+        s.groups.entry(by.of(&line.record)).or_default().add(&line.record.tally);
+    }
+    s
 }
 
 /// Sums the lines starting in `[from, to)`.
@@ -162,7 +207,18 @@ impl Summary {
             }
             out.push('\n');
         }
-        if self.per_source.len() > 1 {
+        if !self.groups.is_empty() {
+            out.push_str(&format!("\n{:<24}{:>8}{:>8}{:>8}\n", "group", "female", "male", "people"));
+            for (group, tally) in &self.groups {
+                let (f, m) = (tally.people(Gender::Female), tally.people(Gender::Male));
+                out.push_str(&format!(
+                    "{group:<24}{:>8}{:>8}{:>8}\n",
+                    count_text(f),
+                    count_text(m),
+                    count_text(f + m)
+                ));
+            }
+        } else if self.per_source.len() > 1 {
             let parts: Vec<String> = self.per_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("\npeople per source: {}\n", parts.join(", ")));
         }
@@ -275,7 +331,33 @@ mod tests {
             dwell: Default::default(),
             schema: 1,
             source: None,
+            site: None,
+            device: None,
         }
+    }
+
+    #[test]
+    fn totals_split_by_site_and_device() {
+        let tagged = |site: &str, device: &str, female: f64| {
+            let mut r = line("2026-11-29T10:05:00+01:00", 1, [0.0, 0.0, 0.0, female, 0.0, 0.0], [0.0; 6]);
+            r.site = Some(site.into());
+            r.device = Some(device.into());
+            LogLine::new(r).unwrap()
+        };
+        let lines = [tagged("paris", "pi1", 1.0), tagged("paris", "pi2", 2.0), tagged("lyon", "pi1", 4.0)];
+        let by_site = summarize_by(&lines, None, None, GroupBy::Site);
+        assert_eq!(by_site.groups["paris"].female[3], 3.0);
+        assert_eq!(by_site.groups["lyon"].female[3], 4.0);
+        let by_device = summarize_by(&lines, None, None, GroupBy::Device);
+        assert_eq!(by_device.groups.keys().collect::<Vec<_>>(), vec!["lyon/pi1", "paris/pi1", "paris/pi2"]);
+        assert!(by_device.table().contains("paris/pi2"), "{}", by_device.table());
+        let untagged = summarize_by(
+            &[LogLine::new(line("2026-11-29T10:05:00+01:00", 1, [0.0; 6], [0.0; 6])).unwrap()],
+            None,
+            None,
+            GroupBy::Site,
+        );
+        assert!(untagged.groups.contains_key("-"));
     }
 
     #[test]

@@ -2,7 +2,11 @@
 
 pub mod bench;
 pub mod classify;
+#[cfg(feature = "mqtt")]
+pub mod collect;
 pub mod eval;
+#[cfg(feature = "mqtt")]
+pub mod fleet;
 #[cfg(feature = "kiosk")]
 pub mod kiosk;
 pub mod report;

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use faceage_device::report::{read_logs, summarize};
+use faceage_device::report::{GroupBy, read_logs, summarize, summarize_by};
 use jiff::Timestamp;
 
 #[derive(clap::Args)]
@@ -24,6 +24,9 @@ pub struct Args {
     /// Also draw people per hour (by gender and age band) into this PNG.
     #[arg(long)]
     plot: Option<PathBuf>,
+    /// Split the totals per site or board (logs from `faceage collect`), or per camera.
+    #[arg(long, value_enum)]
+    by: Option<GroupBy>,
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
@@ -31,7 +34,10 @@ pub fn run(args: Args) -> Result<ExitCode> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    let summary = summarize(&records, args.from, args.to);
+    let summary = match args.by {
+        Some(by) => summarize_by(&records, args.from, args.to, by),
+        None => summarize(&records, args.from, args.to),
+    };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {

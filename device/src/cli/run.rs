@@ -89,6 +89,9 @@ pub struct Args {
     #[cfg(feature = "kiosk")]
     #[command(flatten)]
     kiosk: super::kiosk::KioskArgs,
+    #[cfg(feature = "mqtt")]
+    #[command(flatten)]
+    fleet: super::fleet::FleetArgs,
     #[command(flatten)]
     models: ModelArgs,
 }
@@ -126,11 +129,23 @@ pub fn run(args: Args) -> Result<ExitCode> {
         events: EventWriter::new(std::io::stdout().lock(), args.events, args.trace),
         #[cfg(feature = "kiosk")]
         kiosk: super::kiosk::start(&args.kiosk, &names)?,
+        #[cfg(feature = "mqtt")]
+        fleet: super::fleet::Fleet::start(
+            &args.fleet,
+            log.is_some().then_some((args.counts_log.as_path(), rotation(args.rotate))),
+            &names,
+            &args.models.model_path(),
+            &pipeline.model.contract().name,
+        )?,
     };
 
     let stop = faceage_device::signals::stop_flag()?;
     let settings = RunSettings { max_fps: args.max_fps, max_frames: args.max_frames };
-    let summary = run_loop::run(&mut pipeline, &mut sources, log.as_mut(), &settings, &stop, &mut observers)?;
+    let outcome = run_loop::run(&mut pipeline, &mut sources, log.as_mut(), &settings, &stop, &mut observers);
+    // The run's last line goes to the broker too (a few seconds at most).
+    #[cfg(feature = "mqtt")]
+    observers.fleet.finish();
+    let summary = outcome?;
     eprintln!(
         "{} frames in {:.1} s ({:.1} fps), {} people counted",
         summary.frames,
@@ -168,11 +183,14 @@ fn counts_log(args: &Args) -> Option<CountsLog> {
         FormatArg::Jsonl => LogFormat::Jsonl,
         FormatArg::Csv => LogFormat::Csv,
     };
-    let rotation = match args.rotate {
+    Some(CountsLog::new(&args.counts_log, format, rotation(args.rotate)))
+}
+
+fn rotation(arg: RotateArg) -> Rotation {
+    match arg {
         RotateArg::None => Rotation::None,
         RotateArg::Daily => Rotation::Daily,
-    };
-    Some(CountsLog::new(&args.counts_log, format, rotation))
+    }
 }
 
 /// Everything that watches the run: event lines on stdout, and the kiosk when it is on.
@@ -180,6 +198,8 @@ struct Observers<W: std::io::Write> {
     events: EventWriter<W>,
     #[cfg(feature = "kiosk")]
     kiosk: Option<faceage_device::kiosk::KioskPublisher>,
+    #[cfg(feature = "mqtt")]
+    fleet: super::fleet::Fleet,
 }
 
 impl<W: std::io::Write> Observer for Observers<W> {
@@ -189,6 +209,8 @@ impl<W: std::io::Write> Observer for Observers<W> {
         if let Some(kiosk) = &mut self.kiosk {
             kiosk.frame(frame, report, live, elapsed)?;
         }
+        #[cfg(feature = "mqtt")]
+        self.fleet.frame(frame, report, live, elapsed)?;
         Ok(())
     }
 

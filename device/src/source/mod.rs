@@ -30,7 +30,7 @@ pub use animation::AnimationSource;
 pub use camera::CameraSource;
 pub use ffmpeg::FfmpegSource;
 pub use images::ImageSequence;
-pub use latest::{LatestFrame, Next};
+pub use latest::{LatestFrame, Next, backoff};
 pub use mjpeg_avi::{MjpegAviSource, write_mjpeg_avi};
 
 /// One frame and where it sits in its stream.
