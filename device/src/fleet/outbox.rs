@@ -106,8 +106,10 @@ pub struct Outbox {
     next: Position,
 }
 
-/// How much of a file is read at a time.
-const READ_CHUNK: u64 = 256 * 1024;
+/// Bytes read per line wanted (a counts line is about 250); a longer line makes the read grow.
+const BYTES_PER_LINE: u64 = 1024;
+/// At most this much of a file is read at a time.
+const MAX_READ: u64 = 4 << 20;
 
 impl Outbox {
     pub fn new(files: LogFiles, device: &str, site: &str) -> Self {
@@ -159,11 +161,21 @@ impl Outbox {
     ) -> Result<u64> {
         let mut file =
             std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-        file.seek(SeekFrom::Start(self.next.offset))?;
-        let mut chunk = Vec::new();
-        file.take(READ_CHUNK)
-            .read_to_end(&mut chunk)
-            .with_context(|| format!("{}: cannot read", path.display()))?;
+        // Enough for the lines wanted; more when not even one line fits (a line still being
+        // written, or an unusually long one).
+        let mut want = (max as u64 * BYTES_PER_LINE).min(MAX_READ);
+        let chunk = loop {
+            file.seek(SeekFrom::Start(self.next.offset))?;
+            let mut chunk = Vec::new();
+            (&mut file)
+                .take(want)
+                .read_to_end(&mut chunk)
+                .with_context(|| format!("{}: cannot read", path.display()))?;
+            if chunk.contains(&b'\n') || (chunk.len() as u64) < want || want >= MAX_READ {
+                break chunk;
+            }
+            want *= 4;
+        };
         let mut moved = 0u64;
         for raw in chunk.split_inclusive(|b| *b == b'\n') {
             if out.len() >= max || raw.last() != Some(&b'\n') {
