@@ -68,7 +68,10 @@ fn main() -> anyhow::Result<()> {
     // Idle: one line a minute (one at the start of the window), the publisher polling the log.
     let cpu_before = cpu_seconds();
     let window = Instant::now();
-    std::fs::OpenOptions::new().append(true).open(&log)?.write_all(format!("{}\n", line(lines)).as_bytes())?;
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)?
+        .write_all(format!("{}\n", line(lines)).as_bytes())?;
     std::thread::sleep(Duration::from_secs(idle_secs));
     let cpu = cpu_seconds() - cpu_before;
     let wall = window.elapsed().as_secs_f64();

@@ -354,6 +354,11 @@ fn a_backlog_left_by_a_killed_run_arrives_once_when_the_broker_comes() {
 /// not the broker's answers, and cuts every connection when `cut` is set: the broker has the
 /// lines, the board never hears that it has.
 fn proxy(broker_port: u16, swallow: Arc<AtomicBool>, cut: Arc<AtomicBool>) -> u16 {
+    slow_proxy(broker_port, swallow, cut, Duration::ZERO)
+}
+
+/// [`proxy`], each chunk held `delay` on its way (a broker far away).
+fn slow_proxy(broker_port: u16, swallow: Arc<AtomicBool>, cut: Arc<AtomicBool>, delay: Duration) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
@@ -375,6 +380,7 @@ fn proxy(broker_port: u16, swallow: Arc<AtomicBool>, cut: Arc<AtomicBool>) -> u1
                         match from.read(&mut buf) {
                             Ok(0) => return,
                             Ok(n) => {
+                                std::thread::sleep(delay);
                                 if !gate.as_ref().is_some_and(|g| g.load(Ordering::Relaxed))
                                     && to.write_all(&buf[..n]).is_err()
                                 {
@@ -496,6 +502,24 @@ fn a_wrong_password_is_a_clear_error_and_counting_goes_on() {
     let right = format!("mqtt://board:right-one@127.0.0.1:{}", broker.port);
     let collect = collector(&right, &out);
     let (status, text) = board(&clip, &log, &right, &["--max-frames", "5"]).finish();
+    assert!(status.success() && text.contains("mqtt: connected"), "{text}");
+    assert_collected_once(&log, &out);
+    collect.stop();
+}
+
+#[test]
+fn a_broker_several_round_trips_away_is_reached() {
+    // 250 ms each way: connecting takes longer than the client's polling step.
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(work.path(), "allow_anonymous true");
+    let out = work.path().join("fleet");
+    let collect = collector(&broker.url(), &out);
+    let off = || Arc::new(AtomicBool::new(false));
+    let far = slow_proxy(broker.port, off(), off(), Duration::from_millis(250));
+    let log = work.path().join("counts.jsonl");
+    let (status, text) =
+        board(&clip(work.path(), 60), &log, &format!("mqtt://127.0.0.1:{far}"), &["--max-fps", "15"])
+            .finish();
     assert!(status.success() && text.contains("mqtt: connected"), "{text}");
     assert_collected_once(&log, &out);
     collect.stop();

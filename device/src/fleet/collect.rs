@@ -14,6 +14,7 @@ use anyhow::{Context, Result, bail};
 use rumqttc::{Client, Event, Packet, Publish, QoS, RecvTimeoutError};
 
 use super::broker::{Broker, explain};
+use super::publisher::CONNECTING;
 use super::{ALL_COUNTS, check_name};
 
 /// What a collection did.
@@ -121,10 +122,14 @@ pub fn collect(broker: &Broker, client_id: &str, dir: &Path, stop: &AtomicBool) 
     let mut store = Store::new(dir);
     let mut stats = CollectStats::default();
     let mut attempt = 0;
+    let mut connected = false;
     while !stop.load(Ordering::Relaxed) {
-        match connection.recv_timeout(Duration::from_millis(200)) {
+        // While connecting, the client's own timeout (see `publisher::CONNECTING`).
+        let wait = if connected { Duration::from_millis(200) } else { CONNECTING };
+        match connection.recv_timeout(wait) {
             Ok(Ok(Event::Incoming(Packet::ConnAck(_)))) => {
                 attempt = 0;
+                connected = true;
                 eprintln!("collect: connected to {broker}; subscribed to {ALL_COUNTS}");
                 client.try_subscribe(ALL_COUNTS, QoS::AtLeastOnce)?;
             }
@@ -135,6 +140,7 @@ pub fn collect(broker: &Broker, client_id: &str, dir: &Path, stop: &AtomicBool) 
             }
             Ok(Ok(_)) | Err(RecvTimeoutError::Timeout) => {}
             Ok(Err(e)) => {
+                connected = false;
                 let wait = crate::source::backoff(attempt);
                 attempt += 1;
                 eprintln!("collect: {}; retrying in {:.1} s", explain(broker, &e), wait.as_secs_f32());

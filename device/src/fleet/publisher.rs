@@ -19,6 +19,8 @@ use super::{counts_topic, status_topic};
 const WINDOW: usize = 64;
 /// How often the thread looks at the log for new lines (and at the stop flag).
 const TICK: Duration = Duration::from_millis(200);
+/// Longer than the client's connection timeout (5 s): see [`Session::wait`].
+pub const CONNECTING: Duration = Duration::from_secs(6);
 
 #[derive(Clone, Debug)]
 pub struct PublisherConfig {
@@ -205,7 +207,7 @@ impl Session {
             } else if drain.load(Ordering::Relaxed) && self.attempt > 0 {
                 break; // no broker: the next run sends the backlog
             }
-            match self.connection.recv_timeout(TICK) {
+            match self.connection.recv_timeout(self.wait()) {
                 Ok(Ok(event)) => self.event(event),
                 Ok(Err(e)) => self.lost(&explain(&self.config.broker, &e), stop),
                 Err(RecvTimeoutError::Timeout) => {}
@@ -215,6 +217,14 @@ impl Session {
             self.report();
         }
         self.goodbye();
+    }
+
+    /// How long to wait for the next event. A wait that runs out cancels what the client is
+    /// doing, which is harmless between packets but starts a connection attempt over: while
+    /// connecting, wait out the client's own connection timeout (5 s), or a broker more than a
+    /// few round trips away would never be reached.
+    fn wait(&self) -> Duration {
+        if self.connected { TICK } else { CONNECTING }
     }
 
     fn event(&mut self, event: Event) {
@@ -293,9 +303,10 @@ impl Session {
         self.outbox.rewind(self.acked.clone());
     }
 
-    /// Publishes the lines that fit the window; returns whether there were any.
+    /// Publishes the lines that fit the window; returns whether there were any. The log is
+    /// read when half the window is free (a read per line would cost more than the sending).
     fn send_lines(&mut self) -> bool {
-        if self.sent.len() >= WINDOW {
+        if self.sent.len() > WINDOW / 2 {
             return true;
         }
         let mut warn = |w: String| eprintln!("mqtt: {w}");
