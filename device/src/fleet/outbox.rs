@@ -202,9 +202,13 @@ impl Outbox {
     pub fn lines_after(&self, from: &Position) -> u64 {
         let mut count = 0;
         for name in self.files.names().into_iter().filter(|n| *n >= from.file) {
-            let Ok(bytes) = std::fs::read(self.files.path(&name)) else { continue };
-            let start = if name == from.file { (from.offset as usize).min(bytes.len()) } else { 0 };
-            count += bytes[start..].iter().filter(|b| **b == b'\n').count() as u64;
+            let start = if name == from.file { from.offset } else { 0 };
+            let Ok(mut file) = std::fs::File::open(self.files.path(&name)) else { continue };
+            let mut bytes = Vec::new();
+            // Only the part after the cursor: at the end of a long log, nothing.
+            if file.seek(SeekFrom::Start(start)).is_ok() && file.read_to_end(&mut bytes).is_ok() {
+                count += bytes.iter().filter(|b| **b == b'\n').count() as u64;
+            }
         }
         count
     }

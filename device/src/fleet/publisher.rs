@@ -19,6 +19,8 @@ use super::{counts_topic, status_topic};
 const WINDOW: usize = 64;
 /// How often the thread looks at the log for new lines (and at the stop flag).
 const TICK: Duration = Duration::from_millis(200);
+/// The cursor is written at most this often while lines are in flight.
+const CURSOR_EVERY: Duration = Duration::from_millis(250);
 /// Longer than the client's connection timeout (5 s): see [`Session::wait`].
 pub const CONNECTING: Duration = Duration::from_secs(6);
 
@@ -141,6 +143,7 @@ struct Session {
     last_state: Option<LiveState>,
     /// The last cursor-write error reported (each distinct one once).
     cursor_error: Option<String>,
+    cursor_saved: Option<Instant>,
     backlog_checked: Option<Instant>,
 }
 
@@ -188,6 +191,7 @@ impl Session {
             state,
             last_state: None,
             cursor_error: None,
+            cursor_saved: None,
             backlog_checked: None,
         }
     }
@@ -381,10 +385,15 @@ impl Session {
         }
     }
 
+    /// Writes the cursor when it moved: at once when nothing is in flight, else at most every
+    /// [`CURSOR_EVERY`] (each write is two fsyncs; a crash in between only sends a few
+    /// acknowledged lines again).
     fn save_cursor(&mut self) {
-        if !self.cursor_dirty {
+        let due = self.sent.is_empty() || self.cursor_saved.is_none_or(|t| t.elapsed() >= CURSOR_EVERY);
+        if !self.cursor_dirty || !due {
             return;
         }
+        self.cursor_saved = Some(Instant::now());
         match self.cursor.save(&self.acked) {
             Ok(()) => {
                 self.cursor_dirty = false;
