@@ -524,3 +524,101 @@ fn a_broker_several_round_trips_away_is_reached() {
     assert_collected_once(&log, &out);
     collect.stop();
 }
+
+/// A CA and a server certificate for `localhost` (openssl), in `dir`.
+fn certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let openssl = |args: &[&str]| {
+        let out =
+            Command::new("openssl").args(args).current_dir(dir).output().expect("openssl (Debian's openssl)");
+        assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=faceage test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=DNS:localhost\n").unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "san.ext",
+    ]);
+    (dir.join("ca.pem"), dir.join("server.pem"), dir.join("server.key"))
+}
+
+/// The binaries of scripts/test.sh are built with `--features faceage-device/mqtt-tls`.
+#[test]
+fn tls_checks_the_brokers_name_and_counting_goes_on_when_it_is_wrong() {
+    let work = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = certificates(work.path());
+    let tls = format!(
+        "cafile {}\ncertfile {}\nkeyfile {}\nallow_anonymous true",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
+    let broker = Broker::start(work.path(), &tls);
+    let log = work.path().join("counts.jsonl");
+    let clip = clip(work.path(), 60);
+    let ca_arg = ["--mqtt-ca", ca.to_str().unwrap()];
+    // The certificate names localhost, not 127.0.0.1: refused, the broker named, counting on.
+    let by_address = format!("mqtts://127.0.0.1:{}", broker.port);
+    let (status, text) =
+        board(&clip, &log, &by_address, &[&ca_arg[..], &["--max-fps", "30"]].concat()).finish();
+    assert!(status.success(), "{text}");
+    assert!(text.contains(&format!("broker {by_address}: TLS")), "{text}");
+    assert!(text.contains("NotValidForName") || text.contains("not valid for name"), "{text}");
+    assert!(json_lines(&log).len() >= 2, "the lines are in the log");
+
+    // By its name, through TLS, to a collector that also speaks TLS.
+    let by_name = format!("mqtts://localhost:{}", broker.port);
+    let out = work.path().join("fleet");
+    let collect = Running::spawn(&[
+        "collect",
+        "--mqtt",
+        &by_name,
+        "--mqtt-ca",
+        ca.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (status, text) =
+        board(&clip, &log, &by_name, &[&ca_arg[..], &["--max-frames", "5"]].concat()).finish();
+    assert!(status.success() && text.contains(&format!("mqtt: connected to {by_name}")), "{text}");
+    assert_collected_once(&log, &out);
+    collect.stop();
+}

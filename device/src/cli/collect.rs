@@ -12,6 +12,9 @@ pub struct Args {
     /// The broker: mqtt://[USER[:PASSWORD]@]HOST[:PORT].
     #[arg(long, env = "FACEAGE_MQTT")]
     mqtt: String,
+    /// CA certificates (PEM) for an mqtts:// broker [default: the system's roots].
+    #[arg(long, env = "FACEAGE_MQTT_CA")]
+    mqtt_ca: Option<PathBuf>,
     /// Where the logs go: OUT/<site>/<device>.jsonl.
     #[arg(long)]
     out: PathBuf,
@@ -22,7 +25,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<ExitCode> {
-    let broker = Broker::parse(&args.mqtt)?;
+    let broker = Broker::parse(&args.mqtt)?.with_ca(args.mqtt_ca)?;
     let stop = faceage_device::signals::stop_flag()?;
     let stats = collect(&broker, &args.client_id, &args.out, &stop)?;
     eprintln!(

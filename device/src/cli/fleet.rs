@@ -23,6 +23,10 @@ pub struct FleetArgs {
     /// a store keyed by the line's key): mqtt://[USER[:PASSWORD]@]HOST[:PORT].
     #[arg(long, env = "FACEAGE_MQTT")]
     pub mqtt: Option<String>,
+    /// CA certificates (PEM) an mqtts:// broker's certificate must chain to [default: the
+    /// system's roots].
+    #[arg(long, env = "FACEAGE_MQTT_CA")]
+    pub mqtt_ca: Option<std::path::PathBuf>,
     /// The site (shop, venue) this board belongs to: a topic level.
     #[arg(long, env = "FACEAGE_SITE", default_value = "default")]
     pub site: String,
@@ -57,7 +61,7 @@ impl Fleet {
         let publisher = match &args.mqtt {
             None => None,
             Some(url) => {
-                let broker = Broker::parse(url)?;
+                let broker = Broker::parse(url)?.with_ca(args.mqtt_ca.clone())?;
                 let Some((log, rotation)) = log else {
                     bail!("--mqtt sends the counts log: give --counts-log a file, not -");
                 };

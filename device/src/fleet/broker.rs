@@ -1,5 +1,6 @@
-//! Where the broker is: `mqtt://[USER[:PASSWORD]@]HOST[:PORT]` (port 1883 by default), and the
-//! client options every faceage client uses.
+//! Where the broker is: `mqtt://[USER[:PASSWORD]@]HOST[:PORT]` (port 1883 by default), or
+//! `mqtts://` (TLS, port 8883; feature `mqtt-tls`), and the client options every faceage client
+//! uses.
 
 use std::time::Duration;
 
@@ -12,6 +13,10 @@ pub struct Broker {
     pub port: u16,
     pub username: Option<String>,
     pub password: Option<String>,
+    /// `mqtts://`: the broker's certificate is checked against `ca` (PEM), or against the
+    /// system's roots without one, and must name `host`.
+    pub tls: bool,
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -23,17 +28,20 @@ impl std::fmt::Debug for Broker {
 /// The broker as messages name it: never with its password.
 impl std::fmt::Display for Broker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "mqtt://{}:{}", self.host, self.port)
+        let scheme = if self.tls { "mqtts" } else { "mqtt" };
+        write!(f, "{scheme}://{}:{}", self.host, self.port)
     }
 }
 
 impl Broker {
     pub fn parse(url: &str) -> Result<Broker> {
-        let Some(rest) = url.strip_prefix("mqtt://") else {
-            if url.starts_with("mqtts://") {
-                bail!("{url}: TLS (mqtts://) is not in this build; use mqtt:// on a trusted network");
-            }
-            bail!("{url}: expected mqtt://[USER[:PASSWORD]@]HOST[:PORT]");
+        let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(_)) if !cfg!(feature = "mqtt-tls") => bail!(
+                "{url}: TLS (mqtts://) is not in this build (feature mqtt-tls); use mqtt:// on a trusted network"
+            ),
+            (_, Some(rest)) => (rest, true),
+            _ => bail!("{url}: expected mqtt://[USER[:PASSWORD]@]HOST[:PORT] or mqtts://"),
         };
         let rest = rest.trim_end_matches('/');
         let (credentials, address) = match rest.rsplit_once('@') {
@@ -44,7 +52,7 @@ impl Broker {
             Some((h, p)) if !h.ends_with(']') || address.starts_with('[') => {
                 (h, p.parse::<u16>().with_context(|| format!("{url}: port {p:?} is not a number"))?)
             }
-            _ => (address, 1883),
+            _ => (address, if tls { 8883 } else { 1883 }),
         };
         if host.is_empty() {
             bail!("{url}: no host");
@@ -56,19 +64,59 @@ impl Broker {
             },
             None => (None, None),
         };
-        Ok(Broker { host: host.trim_matches(['[', ']']).to_string(), port, username, password })
+        Ok(Broker {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port,
+            username,
+            password,
+            tls,
+            ca: None,
+        })
+    }
+
+    /// Checks the broker's certificate against the CA certificates in `ca` (PEM).
+    pub fn with_ca(mut self, ca: Option<std::path::PathBuf>) -> Result<Broker> {
+        if ca.is_some() && !self.tls {
+            bail!("--mqtt-ca is for mqtts:// brokers; {self} is plain MQTT");
+        }
+        self.ca = ca;
+        Ok(self)
     }
 
     /// A persistent session under `client_id`: the broker keeps what was sent to it (and, for a
     /// collector, what it has not yet delivered) across reconnects.
-    pub fn options(&self, client_id: &str) -> MqttOptions {
+    pub fn options(&self, client_id: &str) -> Result<MqttOptions> {
         let mut options = MqttOptions::new(client_id, &self.host, self.port);
         options.set_keep_alive(Duration::from_secs(15));
         options.set_clean_session(false);
         if let Some(user) = &self.username {
             options.set_credentials(user, self.password.clone().unwrap_or_default());
         }
-        options
+        #[cfg(feature = "mqtt-tls")]
+        if self.tls {
+            options.set_transport(self.tls_transport()?);
+        }
+        Ok(options)
+    }
+
+    #[cfg(feature = "mqtt-tls")]
+    fn tls_transport(&self) -> Result<rumqttc::Transport> {
+        // One crypto provider for the process (ring: pure Rust and assembly, no C library).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config = match &self.ca {
+            Some(path) => {
+                let ca = std::fs::read(path)
+                    .with_context(|| format!("{}: cannot read the CA certificates", path.display()))?;
+                anyhow::ensure!(
+                    String::from_utf8_lossy(&ca).contains("-----BEGIN CERTIFICATE-----"),
+                    "{}: no PEM certificate in it",
+                    path.display()
+                );
+                rumqttc::TlsConfiguration::Simple { ca, alpn: None, client_auth: None }
+            }
+            None => rumqttc::TlsConfiguration::default(),
+        };
+        Ok(rumqttc::Transport::tls_with_config(config))
     }
 }
 
@@ -86,6 +134,8 @@ pub fn explain(broker: &Broker, error: &rumqttc::ConnectionError) -> String {
         ConnectionError::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             "nothing listens there (connection refused)".to_string()
         }
+        #[cfg(feature = "mqtt-tls")]
+        ConnectionError::Tls(e) => format!("TLS: {e}"),
         other => other.to_string(),
     };
     format!("broker {broker}: {why}")
@@ -104,7 +154,13 @@ mod tests {
         assert!(!format!("{b:?}").contains("s3cret"));
         assert_eq!(Broker::parse("mqtt://10.0.0.2").unwrap().port, 1883);
         assert!(Broker::parse("http://x").unwrap_err().to_string().contains("expected mqtt://"));
-        assert!(Broker::parse("mqtts://x").unwrap_err().to_string().contains("TLS"));
+        if cfg!(feature = "mqtt-tls") {
+            let tls = Broker::parse("mqtts://broker.example").unwrap();
+            assert_eq!((tls.port, tls.to_string().as_str()), (8883, "mqtts://broker.example:8883"));
+        } else {
+            assert!(Broker::parse("mqtts://x").unwrap_err().to_string().contains("not in this build"));
+        }
+        assert!(Broker::parse("mqtt://x").unwrap().with_ca(Some("ca.pem".into())).is_err());
         assert!(Broker::parse("mqtt://x:port").unwrap_err().to_string().contains("not a number"));
     }
 }

@@ -116,7 +116,7 @@ fn site_and_device(topic: &str) -> Option<(&str, &str)> {
 
 /// Collects until `stop` is set. `client_id` names the persistent session (one per collector).
 pub fn collect(broker: &Broker, client_id: &str, dir: &Path, stop: &AtomicBool) -> Result<CollectStats> {
-    let mut options = broker.options(client_id);
+    let mut options = broker.options(client_id)?;
     options.set_manual_acks(true);
     let (client, mut connection) = Client::new(options, 64);
     let mut store = Store::new(dir);

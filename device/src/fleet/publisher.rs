@@ -72,9 +72,10 @@ impl Publisher {
         let status = Arc::new(Mutex::new(PublisherStatus::default()));
         let state = Arc::new(Mutex::new(None));
         let (s, d, st, ls) = (Arc::clone(&stop), Arc::clone(&drain), Arc::clone(&status), Arc::clone(&state));
-        let thread = std::thread::Builder::new()
-            .name("mqtt-publisher".into())
-            .spawn(move || Session::new(config, st, ls).run(&s, &d))?;
+        // Made here, so a broker URL or CA file that cannot be used is an error at start.
+        let session = Session::new(config, st, ls)?;
+        let thread =
+            std::thread::Builder::new().name("mqtt-publisher".into()).spawn(move || session.run(&s, &d))?;
         Ok(Publisher { stop, drain, status, state, thread: Some(thread) })
     }
 
@@ -152,8 +153,8 @@ impl Session {
         config: PublisherConfig,
         status: Arc<Mutex<PublisherStatus>>,
         state: Arc<Mutex<Option<LiveState>>>,
-    ) -> Session {
-        let mut options = config.broker.options(&format!("faceage-{}-{}", config.site, config.device));
+    ) -> Result<Session> {
+        let mut options = config.broker.options(&format!("faceage-{}-{}", config.site, config.device))?;
         options.set_inflight(WINDOW as u16);
         options.set_last_will(LastWill::new(
             status_topic(&config.site, &config.device),
@@ -173,7 +174,7 @@ impl Session {
         };
         let mut outbox = Outbox::new(config.files.clone(), &config.device, &config.site);
         outbox.rewind(acked.clone());
-        Session {
+        Ok(Session {
             config,
             client,
             connection,
@@ -193,7 +194,7 @@ impl Session {
             cursor_error: None,
             cursor_saved: None,
             backlog_checked: None,
-        }
+        })
     }
 
     fn run(mut self, stop: &AtomicBool, drain: &AtomicBool) {
