@@ -303,6 +303,8 @@ fn every_line_arrives_once_though_the_broker_is_killed_and_stopped_mid_run() {
     broker.up();
     let (status, text) = run.finish();
     assert!(status.success(), "{text}");
+    // The log says what waits and when the broker last acknowledged a line.
+    assert!(text.contains("line(s) waiting, last acknowledgement"), "{text}");
     assert_collected_once(&log, &out);
 
     // Home Assistant's discovery configs and the board's status are retained at the broker.

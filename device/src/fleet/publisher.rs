@@ -288,12 +288,18 @@ impl Session {
         let wait = crate::source::backoff(self.attempt);
         self.attempt += 1;
         let backlog = self.outbox.lines_after(&self.acked);
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let last_ack = match status.last_ack {
+            Some(at) => format!("last acknowledgement {:.0} s ago", at.elapsed().as_secs_f64()),
+            None => "nothing acknowledged yet".into(),
+        };
         eprintln!(
-            "mqtt: {why}{}; {backlog} line(s) waiting; retrying in {:.1} s",
+            "mqtt: {why}{}; {backlog} line(s) waiting, {last_ack}; retrying in {:.1} s",
             if was { " (connection lost)" } else { "" },
             wait.as_secs_f32()
         );
-        self.status.lock().unwrap_or_else(|p| p.into_inner()).last_error = Some(why.to_string());
+        status.last_error = Some(why.to_string());
+        drop(status);
         let until = Instant::now() + wait;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
