@@ -63,6 +63,22 @@ fn headless(profile: &std::path::Path) -> Command {
     cmd
 }
 
+/// `faceage run ARGS` with the kiosk on, and the address it serves on (from its stderr, which
+/// is drained from then on).
+fn start_kiosk(args: &[&str]) -> (Running, String) {
+    let mut child = spawn_device(args, tiny_model());
+    let child_err = child.stderr.take().unwrap();
+    let running = Running(child);
+    let mut lines = BufReader::new(child_err).lines();
+    let address = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("kiosk: http://").map(|a| a.trim_end_matches('/').to_string()))
+        .expect("kiosk address on stderr");
+    std::thread::spawn(move || lines.for_each(drop));
+    (running, address)
+}
+
 #[test]
 fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
     let work = tempfile::tempdir().unwrap();
@@ -95,16 +111,7 @@ fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
         "--max-fps",
         "10",
     ];
-    let mut child = spawn_device(&args, tiny_model());
-    let child_err = child.stderr.take().unwrap();
-    let running = Running(child);
-    let mut lines = BufReader::new(child_err).lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("kiosk: http://").map(|a| a.trim_end_matches('/').to_string()))
-        .expect("kiosk address on stderr");
-    std::thread::spawn(move || lines.for_each(drop)); // keep draining stderr
+    let (running, address) = start_kiosk(&args);
 
     // The tracks endpoint: three confirmed people with "F 27"-style labels on the known faces.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -252,16 +259,7 @@ fn one_page_shows_every_source_with_its_own_picture_and_people() {
         "--max-fps",
         "8",
     ];
-    let mut child = spawn_device(&args, tiny_model());
-    let child_err = child.stderr.take().unwrap();
-    let running = Running(child);
-    let mut lines = BufReader::new(child_err).lines();
-    let address = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("kiosk: http://").map(|a| a.trim_end_matches('/').to_string()))
-        .expect("kiosk address on stderr");
-    std::thread::spawn(move || lines.for_each(drop));
+    let (running, address) = start_kiosk(&args);
 
     assert_eq!(json(&address, "/api/sources")["sources"], serde_json::json!(["door", "till"]));
     let confirmed = |source: usize| -> usize {

@@ -177,6 +177,21 @@ fn weighted_median(values: &mut [(f32, u32)]) -> Option<f32> {
     None
 }
 
+/// Rows of people per gender under a `key` column `width` wide (hours, groups).
+fn people_table(key: &str, width: usize, rows: &BTreeMap<String, BandTally>) -> String {
+    let mut out = format!("\n{key:<width$}{:>8}{:>8}{:>8}\n", "female", "male", "people");
+    for (name, tally) in rows {
+        let (f, m) = (tally.people(Gender::Female), tally.people(Gender::Male));
+        out.push_str(&format!(
+            "{name:<width$}{:>8}{:>8}{:>8}\n",
+            count_text(f),
+            count_text(m),
+            count_text(f + m)
+        ));
+    }
+    out
+}
+
 impl Summary {
     /// A plain-text table: totals by gender and age band, then people per hour.
     pub fn table(&self) -> String {
@@ -208,31 +223,13 @@ impl Summary {
             out.push('\n');
         }
         if !self.groups.is_empty() {
-            out.push_str(&format!("\n{:<24}{:>8}{:>8}{:>8}\n", "group", "female", "male", "people"));
-            for (group, tally) in &self.groups {
-                let (f, m) = (tally.people(Gender::Female), tally.people(Gender::Male));
-                out.push_str(&format!(
-                    "{group:<24}{:>8}{:>8}{:>8}\n",
-                    count_text(f),
-                    count_text(m),
-                    count_text(f + m)
-                ));
-            }
+            out.push_str(&people_table("group", 24, &self.groups));
         } else if self.per_source.len() > 1 {
             let parts: Vec<String> = self.per_source.iter().map(|(s, n)| format!("{s} {n}")).collect();
             out.push_str(&format!("\npeople per source: {}\n", parts.join(", ")));
         }
         if !self.per_hour.is_empty() {
-            out.push_str(&format!("\n{:<16}{:>8}{:>8}{:>8}\n", "hour", "female", "male", "people"));
-            for (hour, tally) in &self.per_hour {
-                let (f, m) = (tally.people(Gender::Female), tally.people(Gender::Male));
-                out.push_str(&format!(
-                    "{hour:<16}{:>8}{:>8}{:>8}\n",
-                    count_text(f),
-                    count_text(m),
-                    count_text(f + m)
-                ));
-            }
+            out.push_str(&people_table("hour", 16, &self.per_hour));
         }
         out
     }

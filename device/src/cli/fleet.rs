@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
-use faceage_device::counts::{IntervalRecord, Rotation};
+use faceage_device::counts::Rotation;
 use faceage_device::fleet::broker::Broker;
 use faceage_device::fleet::metrics::{MetricsServer, Snapshot, SourceFigures};
 use faceage_device::fleet::outbox::LogFiles;
@@ -132,10 +132,6 @@ impl Observer for Fleet {
                 s.publisher = publisher;
             });
         }
-        Ok(())
-    }
-
-    fn interval(&mut self, _record: &IntervalRecord) -> Result<()> {
         Ok(())
     }
 }

@@ -183,7 +183,6 @@ mod tests {
                 backlog: 7,
                 last_ack: now.checked_sub(std::time::Duration::from_secs(3)),
                 acknowledged: 40,
-                last_error: None,
             }),
             model_file: "/opt/faceage/models/faceage-int8.onnx".into(),
             model_name: "faceage-cnn64".into(),

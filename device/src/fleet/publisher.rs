@@ -45,7 +45,6 @@ pub struct PublisherStatus {
     pub backlog: u64,
     pub last_ack: Option<Instant>,
     pub acknowledged: u64,
-    pub last_error: Option<String>,
 }
 
 /// Numbers the publisher sends as Home Assistant sensor states.
@@ -288,8 +287,7 @@ impl Session {
         let wait = crate::source::backoff(self.attempt);
         self.attempt += 1;
         let backlog = self.outbox.lines_after(&self.acked);
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        let last_ack = match status.last_ack {
+        let last_ack = match self.status.lock().unwrap_or_else(|p| p.into_inner()).last_ack {
             Some(at) => format!("last acknowledgement {:.0} s ago", at.elapsed().as_secs_f64()),
             None => "nothing acknowledged yet".into(),
         };
@@ -298,8 +296,6 @@ impl Session {
             if was { " (connection lost)" } else { "" },
             wait.as_secs_f32()
         );
-        status.last_error = Some(why.to_string());
-        drop(status);
         let until = Instant::now() + wait;
         while Instant::now() < until && !stop.load(Ordering::Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
