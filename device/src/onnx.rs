@@ -50,11 +50,7 @@ pub fn check_initializers(proto: &ModelProto, label: &str) -> Result<()> {
         if t.data_type != DataType::Float as i32 {
             continue;
         }
-        let values: Vec<f32> = if t.raw_data.is_empty() {
-            t.float_data.clone()
-        } else {
-            t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
-        };
+        let values = f32_values(t);
         if values.iter().any(|v| !v.is_finite()) {
             bail!(
                 "{label}: tensor {} holds non-finite values: corrupt weights or quantization scales?",
@@ -69,6 +65,15 @@ pub fn check_initializers(proto: &ModelProto, label: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The values of an f32 initializer, stored as raw little-endian bytes or as `float_data`.
+pub fn f32_values(t: &tract_onnx::pb::TensorProto) -> Vec<f32> {
+    if t.raw_data.is_empty() {
+        t.float_data.clone()
+    } else {
+        t.raw_data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+    }
 }
 
 /// Reads and decodes an ONNX file.

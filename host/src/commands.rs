@@ -200,6 +200,11 @@ pub struct TrainArgs {
     /// With --teacher: the teachers' share of each target (0 to 1), the labels' the rest.
     #[arg(long, default_value_t = 0.5)]
     distil_weight: f64,
+    /// Start from this f32 model file's weights instead of random ones (fine-tuning: pair it
+    /// with a lower --lr and fewer --epochs). It must have been trained with this run's --seed
+    /// and be a file of this net (--net, --pooling, --size).
+    #[arg(long, value_name = "FILE.onnx")]
+    init: Option<PathBuf>,
     #[command(flatten)]
     device: DeviceArg,
     #[command(flatten)]
@@ -231,6 +236,7 @@ fn config_from_args(a: &TrainArgs) -> TrainConfig {
         bn_stats: a.bn_stats,
         distil: (!a.teachers.is_empty())
             .then(|| Distil { teachers: a.teachers.clone(), weight: a.distil_weight }),
+        init: a.init.clone(),
         ..recipe
     }
 }

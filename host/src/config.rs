@@ -50,6 +50,10 @@ pub struct TrainConfig {
     /// Teachers to learn from besides the labels (`--teacher`); none by default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub distil: Option<Distil>,
+    /// A model file whose weights the run starts from (`--init`, fine-tuning); none by default:
+    /// random weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 /// Where a model's batch-norm running statistics come from.
@@ -88,6 +92,7 @@ impl Default for TrainConfig {
             ema_decay: None,
             bn_stats: BnStats::Precise,
             distil: None,
+            init: None,
         }
     }
 }

@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! train, bench           the loop over a TrainConfig; the step benchmark
-//! distil                 teachers' readings of the training crops
+//! distil, warm_start     teachers' readings of the training crops; a model file's weights as a run's start
 //! export (quantize, upgrade)  ONNX files from a trained model, checked with the device library
 //! trained, plots         a trained model in memory and its evaluation passes; curves, galleries
 //! prepare, checkpoint    a run's crops split by its seed; weights + optimiser + TrainState
@@ -39,6 +39,7 @@ pub mod run_dir;
 pub mod tensor_file;
 pub mod train;
 pub mod trained;
+pub mod warm_start;
 
 /// The licence line every model trained on UTKFace carries.
 pub const UTKFACE_LICENSE: &str =

@@ -26,6 +26,7 @@ use crate::prepare::{Prepared, bn_stats_crops};
 use crate::progress::Progress;
 use crate::run_dir::{EpochRecord, RunDir};
 use crate::trained::{Model, score, validation_loss};
+use crate::warm_start;
 
 /// How a call to [`train`] ended.
 #[derive(Debug, PartialEq, Eq)]
@@ -156,6 +157,25 @@ impl<'a> Trainer<'a> {
 
     /// A new run: its configuration written, its record empty.
     pub fn start(&mut self) -> Result<()> {
+        if let Some(file) = &self.config.init {
+            let bn_crops = bn_stats_crops(&self.data.train, self.config.seed);
+            let started =
+                warm_start::start_from_file(&self.model, file, self.config, &bn_crops, self.device)?;
+            eprintln!(
+                "starting from {}: {} tensors, reading as the file does on {} crops (max |age diff| {:.1e}, max |p(female) diff| {:.1e})",
+                file.display(),
+                started.tensors,
+                started.faces,
+                started.max_age_diff,
+                started.max_female_diff
+            );
+            // The weight average starts from the weights the run starts from.
+            self.average = self
+                .config
+                .ema_decay
+                .map(|decay| WeightAverage::new(decay, &self.model.params))
+                .transpose()?;
+        }
         std::fs::write(self.run.config(), serde_json::to_string_pretty(self.config)?)?;
         std::fs::write(self.run.metrics(), "")?;
         Ok(())

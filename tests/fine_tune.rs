@@ -1,0 +1,83 @@
+//! Fine-tuning (`train --init FILE.onnx`): a run starts from a model file's weights, its batch
+//! norms unfolded so that it reads exactly as the file does, and a file that does not fit the
+//! run (another split, another net, not a model) is refused by name before any training.
+
+use std::path::Path;
+
+use faceage_e2e::*;
+use serde_json::Value;
+
+/// `(val_age_mae, val_gender_accuracy)` of an epoch's metrics line.
+fn figures(line: &Value) -> (f64, f64) {
+    (line["val_age_mae"].as_f64().unwrap(), line["val_gender_accuracy"].as_f64().unwrap())
+}
+
+/// The figures of the run's kept epoch: the best validation score, which export writes out.
+fn best_figures(run: &Path) -> (f64, f64) {
+    let lines = run_metrics(run);
+    let best = lines
+        .iter()
+        .min_by(|a, b| a["val_score"].as_f64().unwrap().total_cmp(&b["val_score"].as_f64().unwrap()))
+        .unwrap();
+    figures(best)
+}
+
+#[test]
+fn a_run_started_from_a_file_reads_as_the_file_does() {
+    let tiny = tiny_run();
+    let model = tiny.f32_model.to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+
+    // A learning rate too small to move a weight: the first validation must be the one of the
+    // epoch the file was exported from. Were --init ignored, it would be a fresh net's.
+    let still = out.path().join("still");
+    let trained = train_small_with("standard", 1, &still, &tiny.dir, &["--init", model, "--lr", "1e-12"]);
+    ok(&trained);
+    assert!(stderr(&trained).contains("reading as the file does"), "{}", stderr(&trained));
+    let (source, first) = (best_figures(&tiny.dir.join("run")), figures(&run_metrics(&still)[0]));
+    assert!(
+        (first.0 - source.0).abs() < 0.02 && (first.1 - source.1).abs() < 0.01,
+        "started from the file {first:?}, the file's own run {source:?}"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(still.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["init"], model, "train.json names the file the run started from");
+
+    // Fine-tuning proper moves the weights away from the file.
+    let tuned = out.path().join("tuned");
+    ok(&train_small_with("standard", 1, &tuned, &tiny.dir, &["--init", model, "--lr", "3e-3"]));
+    assert_ne!(figures(&run_metrics(&tuned)[0]), first, "a real learning rate changes the readings");
+}
+
+#[test]
+fn a_file_that_does_not_fit_the_run_is_refused_by_name() {
+    let tiny = tiny_run();
+    let out = tempfile::tempdir().unwrap();
+    let refused = |file: &Path, extra: &[&str], why: &str| {
+        let name = file.file_name().unwrap().to_str().unwrap().to_string();
+        let args = [&["--init", file.to_str().unwrap()][..], extra].concat();
+        let result =
+            train_small_with("standard", 1, &out.path().join(format!("run-{name}")), &tiny.dir, &args);
+        assert!(!result.status.success(), "{name} was accepted");
+        let err = stderr(&result);
+        assert!(err.contains(&name) && err.contains(why), "{name}: {err}");
+        assert!(
+            !out.path().join(format!("run-{name}")).join("metrics.jsonl").exists(),
+            "{name}: no training"
+        );
+    };
+
+    let seed2 = out.path().join("seed2.onnx");
+    edit_model(&tiny.f32_model, &seed2, |p| set_metadata(p, "faceage.train.split_seed", "2"));
+    refused(&seed2, &[], "split differs");
+
+    // The file's net pools by average; a run with learned pooling has weights it lacks.
+    let plain = out.path().join("average-pooled.onnx");
+    std::fs::copy(&tiny.f32_model, &plain).unwrap();
+    refused(&plain, &["--pooling", "learned"], "pool.weight");
+
+    let truncated = out.path().join("truncated.onnx");
+    let bytes = std::fs::read(&tiny.f32_model).unwrap();
+    std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
+    refused(&truncated, &[], "not a readable ONNX model");
+}
