@@ -81,3 +81,39 @@ fn a_file_that_does_not_fit_the_run_is_refused_by_name() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 3]).unwrap();
     refused(&truncated, &[], "not a readable ONNX model");
 }
+
+/// Training for the camera (`--scene-views`): a share of the training faces is read from the
+/// same photo placed small on a 640x480 frame and found there by the board's detector, as
+/// `faceage eval --scene` reads it.
+#[test]
+fn scene_views_train_on_faces_found_in_a_camera_sized_frame() {
+    let tiny = tiny_run();
+    let model = tiny.f32_model.to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let plain = out.path().join("plain");
+    ok(&train_small_with("standard", 1, &plain, &tiny.dir, &["--init", model]));
+    let framed = out.path().join("framed");
+    let trained =
+        train_small_with("standard", 1, &framed, &tiny.dir, &["--init", model, "--scene-views", "0.5"]);
+    ok(&trained);
+    let err = stderr(&trained);
+    let line = err.lines().find(|l| l.starts_with("scene views: ")).unwrap_or_else(|| panic!("{err}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (found, of): (usize, usize) = (words[2].parse().unwrap(), words[4].parse().unwrap());
+    assert!(of > 200 && found * 10 >= of * 9, "most faces are found in the frame too: {line}");
+    assert_ne!(
+        figures(&run_metrics(&framed)[0]),
+        figures(&run_metrics(&plain)[0]),
+        "the framed crops change what is learnt"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(framed.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["scene_views"], 0.5);
+
+    let refused = train_small_with("standard", 1, &out.path().join("r"), &tiny.dir, &["--scene-views", "2"]);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("--scene-views 2"),
+        "{}",
+        stderr(&refused)
+    );
+}

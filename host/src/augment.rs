@@ -373,7 +373,8 @@ mod tests {
     use rand::SeedableRng;
 
     fn set_of_one() -> CropSet {
-        let settings = CropSettings { input_size: 8, margin: 1.5, geometry: CropGeometry::default() };
+        let settings =
+            CropSettings { input_size: 8, margin: 1.5, geometry: CropGeometry::default(), in_scene: false };
         let size = settings.cache_size() as usize;
         let pixels: Vec<u8> = (0..size * size * 3).map(|i| (i * 7 % 256) as u8).collect();
         CropSet::from_parts(

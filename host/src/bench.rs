@@ -33,7 +33,12 @@ impl TrainBench {
 /// Times forward + backward + optimiser step on synthetic batches.
 pub fn bench_steps(net: NetConfig, batch: usize, steps: usize, device: &Device) -> Result<TrainBench> {
     let config = TrainConfig {
-        crop: CropSettings { input_size: net.input_size, margin: 1.0, geometry: Default::default() },
+        crop: CropSettings {
+            input_size: net.input_size,
+            margin: 1.0,
+            geometry: Default::default(),
+            in_scene: false,
+        },
         net: net.clone(),
         epochs: 1,
         batch_size: batch,

@@ -205,6 +205,11 @@ pub struct TrainArgs {
     /// and be a file of this net (--net, --pooling, --size).
     #[arg(long, value_name = "FILE.onnx")]
     init: Option<PathBuf>,
+    /// Share of training faces read, at each step, from the same photo placed small on a
+    /// 640x480 frame (as `faceage eval --scene` places it) and found there by the board's
+    /// detector: the crops a kiosk camera gives. Those crops are made once and cached.
+    #[arg(long, default_value_t = 0.0)]
+    scene_views: f64,
     #[command(flatten)]
     device: DeviceArg,
     #[command(flatten)]
@@ -237,6 +242,7 @@ fn config_from_args(a: &TrainArgs) -> TrainConfig {
         distil: (!a.teachers.is_empty())
             .then(|| Distil { teachers: a.teachers.clone(), weight: a.distil_weight }),
         init: a.init.clone(),
+        scene_views: a.scene_views,
         ..recipe
     }
 }
@@ -245,6 +251,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
     if let Some(decay) = a.ema {
         ensure!(decay > 0.0 && decay < 1.0, "--ema {decay}: the decay must lie between 0 and 1");
     }
+    ensure!(
+        (0.0..=1.0).contains(&a.scene_views),
+        "--scene-views {}: a share, between 0 and 1",
+        a.scene_views
+    );
     let device = a.device.open()?;
     let config = config_from_args(&a);
     let run = RunDir(a.out.clone());

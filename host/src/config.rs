@@ -54,6 +54,14 @@ pub struct TrainConfig {
     /// random weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Share of training faces read, at each step, from their crop in a camera-sized frame
+    /// (`CropSettings::in_scene`) instead of the plain one; 0 by default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scene_views: f64,
+}
+
+fn is_zero(v: &f64) -> bool {
+    *v == 0.0
 }
 
 /// Where a model's batch-norm running statistics come from.
@@ -93,6 +101,7 @@ impl Default for TrainConfig {
             bn_stats: BnStats::Precise,
             distil: None,
             init: None,
+            scene_views: 0.0,
         }
     }
 }

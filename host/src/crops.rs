@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use anyhow::{Context, Result, bail, ensure};
 use faceage_device::detect::{FramedDetector, load_board_detector};
+use faceage_device::eval::Scene;
 use faceage_device::geometry::{BBox, Point};
 use faceage_device::imaging::load_rgb;
 use faceage_device::pipeline::{MIN_FACE_PX, find_faces, primary_face};
@@ -42,6 +43,12 @@ pub struct CropSettings {
     /// Cached crops cover `margin` times the model crop (at the same pixel scale).
     pub margin: f32,
     pub geometry: CropGeometry,
+    /// Each photo placed small on a camera-sized frame first ([`Scene`], as `faceage eval
+    /// --scene` places it) and its face found there: the crops a kiosk camera gives, with the
+    /// detector's jitter on a small face. Off for the plain crops (and absent from their
+    /// caches' keys, which stay as they were).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub in_scene: bool,
 }
 
 impl CropSettings {
@@ -49,7 +56,7 @@ impl CropSettings {
     /// is training's own, not in the model file), so crops made to measure or read a model
     /// file match the ones its run trained on.
     pub fn for_model(input_size: u32, geometry: CropGeometry) -> Self {
-        Self { input_size, margin: 1.25, geometry }
+        Self { input_size, margin: 1.25, geometry, in_scene: false }
     }
 
     /// Side of a cached crop: the input plus an even margin on both sides.
@@ -124,6 +131,40 @@ impl CropSet {
         (0..self.len())
             .step_by(size)
             .map(move |start| (start..(start + size).min(self.len())).map(|i| self.model_crop(i)).collect())
+    }
+
+    /// Two views of every face of `self`: its own crops, then in the same order the crops
+    /// `other` holds of the same images (another crop path of the same photos), or its own
+    /// again where `other` has none. Crop `i + len()` is the second view of crop `i`. Returns
+    /// the set and how many second views came from `other`.
+    pub fn with_second_views(&self, other: &CropSet) -> Result<(CropSet, usize)> {
+        ensure!(
+            self.settings.cache_size() == other.settings.cache_size(),
+            "second views of {} px crops for crops of {} px",
+            other.settings.cache_size(),
+            self.settings.cache_size()
+        );
+        let in_other: HashMap<&Path, usize> =
+            other.samples.iter().enumerate().map(|(i, s)| (s.path.as_path(), i)).collect();
+        let mut views = CropSet {
+            settings: self.settings.clone(),
+            samples: [self.samples.clone(), self.samples.clone()].concat(),
+            faces: self.faces.clone(),
+            pixels: self.pixels.clone(),
+        };
+        let mut found = 0;
+        for (i, sample) in self.samples.iter().enumerate() {
+            let (set, at) = match in_other.get(sample.path.as_path()) {
+                Some(&j) => {
+                    found += 1;
+                    (other, j)
+                }
+                None => (self, i),
+            };
+            views.faces.push(set.faces[at].clone());
+            views.pixels.extend_from_slice(set.pixels(at));
+        }
+        Ok((views, found))
     }
 
     /// A set from already made crops (tests, tools).
@@ -294,7 +335,13 @@ fn crop_sample(
     settings: &CropSettings,
     detector: &mut dyn FaceDetector,
 ) -> Result<(Face, Vec<u8>), String> {
-    let image = load_rgb(path).map_err(|e| format!("{:#}", e.root_cause()))?;
+    let mut image = load_rgb(path).map_err(|e| format!("{:#}", e.root_cause()))?;
+    if settings.in_scene {
+        // Placed by the file name, as `faceage eval --scene` places a photo, with a key of its
+        // own: where a face sits should not be the same for training and measuring.
+        let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        image = Scene::default().frame(&image, fnv1a(0x7a1e5ce7e, name.as_bytes()));
+    }
     let face = board_face(&image, detector)?;
     let size = settings.cache_size();
     let wide = settings.geometry.widened(size as f32 / settings.input_size as f32);
@@ -337,4 +384,47 @@ pub fn ensure_some(set: &CropSet, what: &str) -> Result<()> {
         bail!("no usable {what} images: every image was rejected (see the messages above)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A set of one-colour crops, crop `k` filled with `values[k]`, for the images `names`.
+    fn set(names: &[&str], values: &[u8]) -> CropSet {
+        let settings = CropSettings::for_model(8, CropGeometry::default());
+        let side = settings.cache_size() as usize;
+        let samples = names
+            .iter()
+            .map(|n| Sample { path: PathBuf::from(n), age: 30.0, female: true, race: None })
+            .collect();
+        let pixels = values.iter().flat_map(|&v| vec![v; side * side * 3]).collect();
+        CropSet::from_parts(settings, samples, pixels)
+    }
+
+    #[test]
+    fn second_views_follow_the_first_in_order_and_fall_back_to_the_plain_crop() {
+        let plain = set(&["a.jpg", "b.jpg", "c.jpg"], &[1, 2, 3]);
+        // The frame path lost "b" (no face found) and holds them in another order.
+        let scene = set(&["c.jpg", "a.jpg"], &[30, 10]);
+        let (views, found) = plain.with_second_views(&scene).unwrap();
+        assert_eq!(found, 2);
+        assert_eq!(views.len(), 6);
+        let firsts: Vec<u8> = (0..6).map(|i| views.pixels(i)[0]).collect();
+        assert_eq!(firsts, [1, 2, 3, 10, 2, 30]);
+        for i in 0..3 {
+            assert_eq!(views.samples[i + 3].path, plain.samples[i].path, "view {i} keeps its label");
+        }
+        let other_size =
+            CropSet::from_parts(CropSettings::for_model(16, CropGeometry::default()), Vec::new(), Vec::new());
+        assert!(plain.with_second_views(&other_size).is_err());
+    }
+
+    #[test]
+    fn plain_crop_settings_keep_the_cache_key_they_had() {
+        let plain = CropSettings::for_model(64, CropGeometry::default());
+        assert!(!serde_json::to_string(&plain).unwrap().contains("in_scene"), "old caches stay valid");
+        let scene = CropSettings { in_scene: true, ..plain.clone() };
+        assert_ne!(cache_key(&plain, Path::new("d")), cache_key(&scene, Path::new("d")));
+    }
 }

@@ -10,12 +10,15 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 
 use crate::config::{DataSpec, TrainConfig};
-use crate::crops::{CropSet, ensure_some};
+use crate::crops::{CropSet, CropSettings, ensure_some};
 use crate::data::{Rejected, Sample, Split, fnv1a, load_dataset, mix_seed, split_of};
 
 /// Crops of the three splits, and every input that could not be used.
 pub struct Prepared {
     pub train: Arc<CropSet>,
+    /// With `--scene-views`: each training face twice, its plain crop and then, in the same
+    /// order, its crop in a camera-sized frame ([`CropSet::with_second_views`]).
+    pub train_views: Option<Arc<CropSet>>,
     pub val: CropSet,
     pub test: CropSet,
     pub rejected: Vec<Rejected>,
@@ -33,7 +36,19 @@ impl Prepared {
 
 /// Loads the labels, builds (or loads) the crops and splits them as `config`'s run did.
 pub fn prepare(config: &TrainConfig, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
-    prepare_data(&config.data_spec(), detector, cache_dir, threads)
+    let mut prepared = prepare_data(&config.data_spec(), detector, cache_dir, threads)?;
+    if config.scene_views > 0.0 {
+        let settings = CropSettings { in_scene: true, ..config.crop.clone() };
+        let (scene, _) =
+            CropSet::build_or_load(&prepared.train.samples, &settings, detector, cache_dir, threads)?;
+        let (views, found) = prepared.train.with_second_views(&scene)?;
+        eprintln!(
+            "scene views: {found} of {} training faces found in a camera-sized frame (the rest read plain)",
+            prepared.train.len()
+        );
+        prepared.train_views = Some(Arc::new(views));
+    }
+    Ok(prepared)
 }
 
 /// Loads the labels, builds (or loads) the crops and splits them.
@@ -55,6 +70,7 @@ pub fn prepare_data(spec: &DataSpec, detector: &Path, cache_dir: &Path, threads:
     };
     let prepared = Prepared {
         train: Arc::new(crops.subset(&pick(Split::Train))),
+        train_views: None,
         val: crops.subset(&pick(Split::Val)),
         test: crops.subset(&pick(Split::Test)),
         rejected,

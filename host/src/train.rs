@@ -9,8 +9,8 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::augment::{Batch, make_batch};
@@ -250,11 +250,26 @@ impl<'a> Trainer<'a> {
         let (tx, rx) = sync_channel(2);
         let (set, aug, seed, start) =
             (Arc::clone(&self.data.train), config.augment.clone(), config.seed, self.state.batch);
+        let views = self.data.train_views.clone().map(|views| (views, config.scene_views));
         let batch_size = self.schedule.batch_size;
         let producer = std::thread::spawn(move || {
             for (b, chunk) in order.chunks_exact(batch_size).enumerate().skip(start) {
                 let mut rng = ChaCha8Rng::seed_from_u64(mix_seed(seed, epoch as u64, b as u64));
-                if tx.send(make_batch(&set, chunk, Some((&aug, &mut rng)))).is_err() {
+                let batch = match &views {
+                    // Crop `i + n` is face `i` in a camera-sized frame; labels and teacher
+                    // rows stay those of face `i`.
+                    Some((views, share)) => {
+                        let n = set.len();
+                        let picked: Vec<usize> =
+                            chunk.iter().map(|&i| if rng.random_bool(*share) { i + n } else { i }).collect();
+                        Batch {
+                            indices: chunk.to_vec(),
+                            ..make_batch(views, &picked, Some((&aug, &mut rng)))
+                        }
+                    }
+                    None => make_batch(&set, chunk, Some((&aug, &mut rng))),
+                };
+                if tx.send(batch).is_err() {
                     break;
                 }
             }
