@@ -141,8 +141,8 @@ fn a_model_file_teaches_as_its_run_does() {
 }
 
 /// `scripts/train-distilled.sh`, the documented way to retrain the shipped model, on small
-/// settings: seven teachers, the student taught by all of them, its two files; run again, it
-/// keeps what is finished.
+/// settings: seven teachers, the student taught by all of them, the student fine-tuned for the
+/// camera, its two files; run again, it keeps what is finished.
 #[test]
 fn the_retraining_script_trains_seven_teachers_then_the_student() {
     let work = tempfile::tempdir().unwrap();
@@ -177,8 +177,13 @@ fn the_retraining_script_trains_seven_teachers_then_the_student() {
     for file in ["faceage-f32.onnx", "faceage-int8.onnx"] {
         assert!(out.join(file).exists(), "{file}");
     }
+    let camera: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("camera/train.json")).unwrap()).unwrap();
+    assert_eq!(camera["init"], out.join("student.onnx").to_str().unwrap(), "fine-tuned from the student");
+    assert_eq!(camera["scene_views"], 0.5);
+    assert_eq!(camera["epochs"], 1, "the caller's options override the script's");
 
     let again = script();
     ok(&again);
-    assert_eq!(stdout(&again).matches(": done").count(), 8, "{}", stdout(&again));
+    assert_eq!(stdout(&again).matches(": done").count(), 9, "{}", stdout(&again));
 }

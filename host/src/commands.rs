@@ -273,7 +273,8 @@ pub fn train(a: TrainArgs) -> Result<()> {
         }
         config
     };
-    let data = prepare::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    let mut data = prepare::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
+    prepare::add_scene_views(&mut data, &config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
     std::fs::create_dir_all(&run.0).with_context(|| format!("{}: cannot create", run.0.display()))?;
     prepare::report_rejected(&data.rejected, Some(&run.rejected()))?;
     if !a.resume {

@@ -42,7 +42,14 @@ static ALLOCATOR: TrainingAllocator = TrainingAllocator;
 pub static malloc_conf: &[u8] = b"thp:always,oversize_threshold:0,dirty_decay_ms:-1,muzzy_decay_ms:-1\0";
 
 #[derive(Parser)]
-#[command(name = "faceage-host", version, about = "Train, evaluate and export the faceage age/gender model")]
+// A later option overrides an earlier one, so a script's settings can be overridden by the
+// options it passes on (scripts/train-distilled.sh and its FACEAGE_TRAIN_ARGS).
+#[command(
+    name = "faceage-host",
+    version,
+    about = "Train, evaluate and export the faceage age/gender model",
+    args_override_self = true
+)]
 struct Args {
     /// Worker threads for training maths and crop building [default: all cores].
     #[arg(long, global = true, env = "FACEAGE_THREADS")]

@@ -36,19 +36,31 @@ impl Prepared {
 
 /// Loads the labels, builds (or loads) the crops and splits them as `config`'s run did.
 pub fn prepare(config: &TrainConfig, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
-    let mut prepared = prepare_data(&config.data_spec(), detector, cache_dir, threads)?;
-    if config.scene_views > 0.0 {
-        let settings = CropSettings { in_scene: true, ..config.crop.clone() };
-        let (scene, _) =
-            CropSet::build_or_load(&prepared.train.samples, &settings, detector, cache_dir, threads)?;
-        let (views, found) = prepared.train.with_second_views(&scene)?;
-        eprintln!(
-            "scene views: {found} of {} training faces found in a camera-sized frame (the rest read plain)",
-            prepared.train.len()
-        );
-        prepared.train_views = Some(Arc::new(views));
+    prepare_data(&config.data_spec(), detector, cache_dir, threads)
+}
+
+/// What training adds with `--scene-views`: each training face's crop in a camera-sized frame
+/// as its second view (made once and cached). Evaluation and export read the plain crops only.
+pub fn add_scene_views(
+    prepared: &mut Prepared,
+    config: &TrainConfig,
+    detector: &Path,
+    cache_dir: &Path,
+    threads: usize,
+) -> Result<()> {
+    if config.scene_views <= 0.0 {
+        return Ok(());
     }
-    Ok(prepared)
+    let settings = CropSettings { in_scene: true, ..config.crop.clone() };
+    let (scene, _) =
+        CropSet::build_or_load(&prepared.train.samples, &settings, detector, cache_dir, threads)?;
+    let (views, found) = prepared.train.with_second_views(&scene)?;
+    eprintln!(
+        "scene views: {found} of {} training faces found in a camera-sized frame (the rest read plain)",
+        prepared.train.len()
+    );
+    prepared.train_views = Some(Arc::new(views));
+    Ok(())
 }
 
 /// Loads the labels, builds (or loads) the crops and splits them.
