@@ -125,6 +125,12 @@ impl<'a> Trainer<'a> {
             config.distil.is_some() == teacher.is_some(),
             "the run's teachers and the targets handed to training disagree"
         );
+        ensure!(
+            (config.scene_views > 0.0) == data.train_views.is_some(),
+            "--scene-views {} but the training crops {} second views (prepare::add_scene_views)",
+            config.scene_views,
+            if data.train_views.is_some() { "have" } else { "have no" }
+        );
         if let Some(t) = teacher {
             ensure!(
                 t.len() == data.train.len(),
