@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use faceage_device::CropGeometry;
 use serde::{Deserialize, Serialize};
 
@@ -134,6 +134,26 @@ pub struct DataSpec<'a> {
     pub crop: &'a CropSettings,
     pub seed: u64,
     pub limit: Option<usize>,
+}
+
+/// The split seed a model file records (`--teacher FILE`, `--init FILE`); `label` names it.
+pub fn file_split_seed(contract: &faceage_device::ModelContract, label: &str) -> Result<u64> {
+    contract.split_seed.with_context(|| {
+        format!(
+            "{label}: its metadata does not record the split seed of its training \
+             (faceage.train.split_seed), so it may have seen faces this run validates or tests on"
+        )
+    })
+}
+
+/// Refuses a model or run trained on another split than this run's (`run_seed`).
+pub fn ensure_same_split(label: &str, trained_seed: u64, run_seed: u64) -> Result<()> {
+    ensure!(
+        trained_seed == run_seed,
+        "{label}: trained with --seed {trained_seed}, this run uses {run_seed}: its split differs, so it \
+         has seen faces this run validates or tests on"
+    );
+    Ok(())
 }
 
 impl TrainConfig {

@@ -11,14 +11,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use candle_core::{Device, Tensor};
 use faceage_device::ModelContract;
 use serde::{Deserialize, Serialize};
 use tract_onnx::pb::ValueInfoProto;
 use tract_onnx::prelude::{TypedRunnableModel, tvec};
 
-use crate::config::{BnStats, Distil, TrainConfig};
+use crate::config::{BnStats, Distil, TrainConfig, ensure_same_split, file_split_seed};
 use crate::crops::{CropSet, CropSettings};
 use crate::data::fnv1a;
 use crate::export::AGE_DISTRIBUTIONS;
@@ -154,15 +154,7 @@ fn read_teacher(
             RunDir(dir.to_path_buf()).read_config().with_context(|| format!("teacher {}", dir.display()))?
         }
     };
-    if config.seed != student.seed {
-        bail!(
-            "teacher {}: trained with --seed {}, this run uses {}: its split differs, so it has \
-             seen faces this run validates or tests on",
-            dir.display(),
-            config.seed,
-            student.seed
-        );
-    }
+    ensure_same_split(&format!("teacher {}", dir.display()), config.seed, student.seed)?;
     let data = prepare(&config).with_context(|| format!("teacher {}: preparing its crops", dir.display()))?;
     let row_of: HashMap<PathBuf, usize> =
         data.train.samples.iter().enumerate().map(|(i, s)| (canonical(&s.path), i)).collect();
@@ -268,12 +260,7 @@ impl FileTeacher {
         let label = format!("teacher {}", path.display());
         let mut proto = faceage_device::onnx::read_model(path).with_context(|| label.clone())?;
         let contract = ModelContract::from_metadata(&faceage_device::onnx::metadata(&proto), &label)?;
-        let seed = contract.split_seed.with_context(|| {
-            format!(
-                "{label}: its metadata does not record the split seed of its training \
-                 (faceage.train.split_seed), so it may have seen faces this run validates or tests on"
-            )
-        })?;
+        let seed = file_split_seed(&contract, &label)?;
         let graph = proto.graph.as_mut().with_context(|| format!("{label}: the file holds no graph"))?;
         let produced: HashSet<String> = graph.node.iter().flat_map(|n| n.output.iter().cloned()).collect();
         let distribution = AGE_DISTRIBUTIONS.iter().find(|d| produced.contains(**d)).with_context(|| {

@@ -18,7 +18,7 @@ use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor, Var};
 use faceage_device::{AgeGenderModel, ModelContract};
 
-use crate::config::TrainConfig;
+use crate::config::{TrainConfig, ensure_same_split, file_split_seed};
 use crate::crops::CropSet;
 use crate::export::{compare, predict_with_device};
 use crate::nn::fused::BN_EPS;
@@ -52,18 +52,7 @@ pub fn start_from_file(
     let bytes = std::fs::read(path).with_context(|| format!("{label}: cannot read"))?;
     let proto = faceage_device::onnx::decode_model(&bytes, &label)?;
     let contract = ModelContract::from_metadata(&faceage_device::onnx::metadata(&proto), &label)?;
-    match contract.split_seed {
-        Some(seed) if seed == config.seed => {}
-        Some(seed) => bail!(
-            "{label}: trained with --seed {seed}, this run uses {}: its split differs, so it has seen \
-             faces this run validates or tests on",
-            config.seed
-        ),
-        None => bail!(
-            "{label}: its metadata does not record the split seed of its training \
-             (faceage.train.split_seed), so it may have seen faces this run validates or tests on"
-        ),
-    }
+    ensure_same_split(&label, file_split_seed(&contract, &label)?, config.seed)?;
     ensure!(
         contract.input_size == config.net.input_size,
         "{label}: reads {0}x{0} faces, this run's net {1}x{1} (--size)",
