@@ -28,6 +28,7 @@ PACKAGES=(build-essential pkg-config curl ca-certificates git
           ffmpeg                  # video files and RTSP streams as frame sources
           chromium                # the kiosk page's browser test
           mosquitto mosquitto-clients  # the MQTT broker the fleet tests start on loopback, mosquitto_sub
+          util-linux mount        # unshare and mount: the fleet tests' full and read-only disks
          )
 missing=()
 for p in "${PACKAGES[@]}"; do

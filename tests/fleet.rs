@@ -114,12 +114,13 @@ struct Running {
 
 impl Running {
     fn spawn(args: &[&str]) -> Running {
-        let mut child = Command::new(bin("faceage"))
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start faceage");
+        let mut faceage = Command::new(bin("faceage"));
+        faceage.args(args);
+        Self::spawn_command(faceage)
+    }
+
+    fn spawn_command(mut command: Command) -> Running {
+        let mut child = command.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("start faceage");
         let stderr = Arc::new(Mutex::new(String::new()));
         let (pipe, sink) = (child.stderr.take().unwrap(), Arc::clone(&stderr));
         std::thread::spawn(move || {
@@ -181,6 +182,10 @@ fn model_args() -> Vec<String> {
 
 /// `faceage run` on `clip` into `log`, one line a second, published to `broker`.
 fn board(clip: &Path, log: &Path, broker: &str, extra: &[&str]) -> Running {
+    Running::spawn(&board_args(clip, log, broker, extra).iter().map(String::as_str).collect::<Vec<_>>())
+}
+
+fn board_args(clip: &Path, log: &Path, broker: &str, extra: &[&str]) -> Vec<String> {
     let mut args: Vec<String> = [
         "run",
         "--source",
@@ -200,7 +205,7 @@ fn board(clip: &Path, log: &Path, broker: &str, extra: &[&str]) -> Running {
     .to_vec();
     args.extend(extra.iter().map(|s| s.to_string()));
     args.extend(model_args());
-    Running::spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    args
 }
 
 /// A clip of `frames` frames (10 fps, 320x240) with a person walking through now and then.
@@ -473,6 +478,75 @@ fn an_unwritable_or_corrupt_cursor_is_reported_and_nothing_is_lost() {
         !collect_text.contains(" 0 duplicate(s)"),
         "the resent lines were dropped as duplicates:\n{collect_text}"
     );
+}
+
+/// `faceage run` as [`board`] runs it, in a mount namespace of its own (`unshare`, as an
+/// unprivileged user too) where `setup` (shell, `$DIR` the log's folder, `$LOG` the real log
+/// file) first changes what the folder is: the board's log stays a real file on disk, bound
+/// into the folder, while the cursor beside it meets whatever `setup` made of the folder.
+fn board_on(setup: &str, dir: &Path, real_log: &Path, clip: &Path, broker: &str, extra: &[&str]) -> Running {
+    let mut unshare = Command::new(tool("unshare"));
+    unshare
+        .args(["--map-root-user", "--mount", "sh", "-c"])
+        .arg(format!("set -e\n{setup}\nexec \"$@\""))
+        .arg("sh")
+        .arg(bin("faceage"))
+        .args(board_args(clip, &dir.join("counts.jsonl"), broker, extra))
+        .env("DIR", dir)
+        .env("LOG", real_log);
+    Running::spawn_command(unshare)
+}
+
+#[test]
+fn a_full_or_read_only_disk_under_the_cursor_is_reported_and_retried() {
+    let work = tempfile::tempdir().unwrap();
+    let broker = Broker::start(work.path(), "allow_anonymous true");
+    let out = work.path().join("fleet");
+    let collect = collector(&broker.url(), &out);
+    let log = work.path().join("counts.jsonl");
+    std::fs::write(&log, b"").unwrap();
+    let dir = work.path().join("board");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::write(dir.join("counts.jsonl"), b"").unwrap(); // where the real log is bound
+    let clip = clip(work.path(), 200);
+    let unshare_failed = |text: &str| {
+        assert!(
+            !text.contains("unshare:") && !text.contains("mount:"),
+            "this test needs mount namespaces (util-linux's unshare; unprivileged user namespaces \
+             enabled, as Debian has them by default):\n{text}"
+        );
+    };
+
+    // A full disk: a 256 KiB tmpfs filled up, emptied 5 s into the run. Counting and publishing
+    // go on; the cursor's failure is reported once, and the cursor is written once there is room.
+    let full = "mount -t tmpfs -o size=256k faceage-test \"$DIR\"\n\
+                : > \"$DIR/counts.jsonl\"\n\
+                mount --bind \"$LOG\" \"$DIR/counts.jsonl\"\n\
+                dd if=/dev/zero of=\"$DIR/filler\" bs=4096 2>/dev/null || true\n\
+                (sleep 5; rm \"$DIR/filler\") &";
+    let (status, text) = board_on(full, &dir, &log, &clip, &broker.url(), &["--max-fps", "20"]).finish();
+    unshare_failed(&text);
+    assert!(status.success(), "{text}");
+    assert_eq!(text.matches("mqtt: cursor:").count(), 1, "reported once, retried quietly:\n{text}");
+    assert!(text.contains("No space left on device"), "{text}");
+    assert!(text.contains("written again"), "the cursor is written once there is room:\n{text}");
+    assert_collected_once(&log, &out);
+
+    // A read-only file system: the folder bound onto itself read-only, the log still writable.
+    // (The tmpfs, and the cursor on it, went with the namespace: everything is sent again, and
+    // the collector keeps one copy.)
+    let read_only = "mount --bind \"$DIR\" \"$DIR\"\n\
+                     mount -o remount,bind,ro \"$DIR\"\n\
+                     mount --bind \"$LOG\" \"$DIR/counts.jsonl\"";
+    let (status, text) =
+        board_on(read_only, &dir, &log, &clip, &broker.url(), &["--max-frames", "40"]).finish();
+    unshare_failed(&text);
+    assert!(status.success(), "{text}");
+    assert_eq!(text.matches("mqtt: cursor:").count(), 1, "reported once, retried quietly:\n{text}");
+    assert!(text.contains("Read-only file system"), "{text}");
+    assert_collected_once(&log, &out);
+    assert!(!dir.join("counts.jsonl.cursor").exists());
+    collect.stop();
 }
 
 #[test]

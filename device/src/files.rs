@@ -20,6 +20,7 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result
         .prefix(&format!(".{name}."))
         .suffix(".partial")
         .tempfile_in(dir)
+        .map_err(without_temporary_name)
         .with_context(|| format!("{}: cannot create a file", dir.display()))?;
     let written = (|| -> Result<()> {
         let mut out = BufWriter::new(tmp.as_file_mut());
@@ -36,6 +37,17 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result
         let _ = folder.sync_all();
     }
     Ok(())
+}
+
+/// tempfile's errors name the random temporary file (`... at path "..."`), so the same
+/// failure reads differently every time, and a caller that reports each distinct error once
+/// would report it on every retry. The caller names the folder; only the cause is kept (the
+/// unit test below notices if tempfile words its errors otherwise).
+fn without_temporary_name(e: std::io::Error) -> std::io::Error {
+    match e.to_string().split_once(" at path ") {
+        Some((cause, _)) => std::io::Error::new(e.kind(), cause.to_string()),
+        None => e,
+    }
 }
 
 #[cfg(test)]
@@ -67,5 +79,9 @@ mod tests {
         let path = dir.path().join("missing").join("model.onnx");
         let message = format!("{:#}", write_atomically(&path, |_| Ok(())).unwrap_err());
         assert!(message.contains("missing"), "{message}");
+        // The same failure reads the same every time: the random temporary name is left out.
+        let again = format!("{:#}", write_atomically(&path, |_| Ok(())).unwrap_err());
+        assert_eq!(message, again);
+        assert!(!message.contains(".partial") && message.contains("os error 2"), "{message}");
     }
 }
