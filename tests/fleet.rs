@@ -517,13 +517,15 @@ fn a_full_or_read_only_disk_under_the_cursor_is_reported_and_retried() {
         );
     };
 
-    // A full disk: a 256 KiB tmpfs filled up, emptied 5 s into the run. Counting and publishing
-    // go on; the cursor's failure is reported once, and the cursor is written once there is room.
+    // A full disk: a 256 KiB tmpfs filled up, emptied once the log has three lines (each
+    // published and acknowledged by then, so the cursor has failed at least once). Counting and
+    // publishing go on; the failure is reported once, and the cursor written once there is room.
     let full = "mount -t tmpfs -o size=256k faceage-test \"$DIR\"\n\
                 : > \"$DIR/counts.jsonl\"\n\
                 mount --bind \"$LOG\" \"$DIR/counts.jsonl\"\n\
                 dd if=/dev/zero of=\"$DIR/filler\" bs=4096 2>/dev/null || true\n\
-                (sleep 5; rm \"$DIR/filler\") &";
+                (i=0; while [ \"$(wc -l < \"$LOG\")\" -lt 3 ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done\n\
+                 rm \"$DIR/filler\") &";
     let (status, text) = board_on(full, &dir, &log, &clip, &broker.url(), &["--max-fps", "20"]).finish();
     unshare_failed(&text);
     assert!(status.success(), "{text}");
