@@ -117,3 +117,32 @@ fn scene_views_train_on_faces_found_in_a_camera_sized_frame() {
         stderr(&refused)
     );
 }
+
+/// `--band-balance`: each epoch draws its faces weighted toward the rarer age bands.
+#[test]
+fn band_balance_changes_what_an_epoch_reads_and_is_recorded() {
+    let tiny = tiny_run();
+    let model = tiny.f32_model.to_str().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let plain = out.path().join("plain");
+    ok(&train_small_with("standard", 1, &plain, &tiny.dir, &["--init", model]));
+    let balanced = out.path().join("balanced");
+    ok(&train_small_with("standard", 1, &balanced, &tiny.dir, &["--init", model, "--band-balance", "1"]));
+    assert_ne!(
+        figures(&run_metrics(&balanced)[0]),
+        figures(&run_metrics(&plain)[0]),
+        "another choice of faces, another epoch"
+    );
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(balanced.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["band_balance"], 1.0);
+    let plain_saved = std::fs::read_to_string(plain.join("train.json")).unwrap();
+    assert!(!plain_saved.contains("band_balance"), "runs without it keep the train.json they had");
+
+    let refused = train_small_with("standard", 1, &out.path().join("r"), &tiny.dir, &["--band-balance", "2"]);
+    assert!(
+        !refused.status.success() && stderr(&refused).contains("--band-balance 2"),
+        "{}",
+        stderr(&refused)
+    );
+}

@@ -210,6 +210,11 @@ pub struct TrainArgs {
     /// detector: the crops a kiosk camera gives. Those crops are made once and cached.
     #[arg(long, default_value_t = 0.0)]
     scene_views: f64,
+    /// Even out the age bands in each epoch: faces drawn with weight (their band's share of
+    /// the training faces)^-B, with replacement; 0 reads every face once, 1 every band as
+    /// often, 0.5 between.
+    #[arg(long, default_value_t = 0.0, value_name = "B")]
+    band_balance: f64,
     #[command(flatten)]
     device: DeviceArg,
     #[command(flatten)]
@@ -243,6 +248,7 @@ fn config_from_args(a: &TrainArgs) -> TrainConfig {
             .then(|| Distil { teachers: a.teachers.clone(), weight: a.distil_weight }),
         init: a.init.clone(),
         scene_views: a.scene_views,
+        band_balance: a.band_balance,
         ..recipe
     }
 }
@@ -255,6 +261,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         (0.0..=1.0).contains(&a.scene_views),
         "--scene-views {}: a share, between 0 and 1",
         a.scene_views
+    );
+    ensure!(
+        (0.0..=1.0).contains(&a.band_balance),
+        "--band-balance {}: between 0 (as the data is) and 1 (every age band as often)",
+        a.band_balance
     );
     let device = a.device.open()?;
     let config = config_from_args(&a);

@@ -58,6 +58,11 @@ pub struct TrainConfig {
     /// (`CropSettings::in_scene`) instead of the plain one; 0 by default.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub scene_views: f64,
+    /// How far each epoch evens out the age bands (`--band-balance`, 0 to 1): faces are drawn
+    /// with replacement, each with weight (its band's share of the training faces) to the
+    /// power `-band_balance`; 0 (the default) reads every face once, shuffled.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub band_balance: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -102,6 +107,7 @@ impl Default for TrainConfig {
             distil: None,
             init: None,
             scene_views: 0.0,
+            band_balance: 0.0,
         }
     }
 }

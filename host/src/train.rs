@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use candle_core::{Device, Tensor};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
@@ -17,7 +16,7 @@ use crate::augment::{Batch, make_batch};
 use crate::checkpoint::{self, TrainState};
 use crate::config::{BnStats, TrainConfig};
 use crate::crops::CropSet;
-use crate::data::mix_seed;
+use crate::data::{epoch_order, mix_seed};
 use crate::distil::TeacherTargets;
 use crate::nn::average::WeightAverage;
 use crate::nn::optim::{AdamW, warmup_cosine};
@@ -251,8 +250,11 @@ impl<'a> Trainer<'a> {
     /// `None` when `stop` was set.
     fn train_epoch(&mut self, stop: &AtomicBool) -> Result<Option<Running>> {
         let (config, epoch) = (self.config, self.state.epoch);
-        let mut order: Vec<usize> = (0..self.data.train.len()).collect();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(mix_seed(config.seed, epoch as u64, u64::MAX)));
+        let order = epoch_order(
+            &self.data.train.samples,
+            config.band_balance,
+            &mut ChaCha8Rng::seed_from_u64(mix_seed(config.seed, epoch as u64, u64::MAX)),
+        );
         let (tx, rx) = sync_channel(2);
         let (set, aug, seed, start) =
             (Arc::clone(&self.data.train), config.augment.clone(), config.seed, self.state.batch);
