@@ -35,7 +35,7 @@ fn a_scripted_clip_gives_exactly_its_number_of_people() {
             log.to_str().unwrap(),
             "--events",
             "--interval",
-            "3600",
+            ONE_INTERVAL,
         ],
         tiny_model(),
     );
@@ -256,7 +256,7 @@ fn sigterm_writes_the_partial_interval() {
         "--log-format",
         "csv",
         "--interval",
-        "3600",
+        ONE_INTERVAL,
         "--max-fps",
         "15",
         "--events",

@@ -333,13 +333,15 @@ pub fn format_time(t: &Zoned) -> String {
 
 /// The first boundary after `now` on a grid of `interval` seconds (so minutes start on the
 /// minute and days on midnight UTC multiples).
+/// An interval too long for the calendar ends at its last instant, never at `now` (which
+/// would close an interval on every frame).
 pub fn next_boundary(now: &Zoned, interval_secs: u64) -> Zoned {
     let secs = now.timestamp().as_second();
-    let step = interval_secs.max(1) as i64;
-    let next = (secs.div_euclid(step) + 1) * step;
+    let step = i64::try_from(interval_secs.max(1)).unwrap_or(i64::MAX);
+    let next = (secs.div_euclid(step) + 1).saturating_mul(step);
     jiff::Timestamp::from_second(next)
-        .map(|t| t.to_zoned_datetime(now.time_zone().clone()))
-        .unwrap_or_else(|_| now.clone())
+        .unwrap_or(jiff::Timestamp::MAX)
+        .to_zoned_datetime(now.time_zone().clone())
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -638,6 +640,8 @@ mod tests {
     fn intervals_roll_on_the_grid() {
         let t: Zoned = "2026-11-29T10:00:42+01:00[Europe/Paris]".parse().unwrap();
         assert_eq!(format_time(&next_boundary(&t, 60)), "2026-11-29T10:01:00+01:00");
+        assert_eq!(next_boundary(&t, 1 << 32).year(), 2106, "the tests' one-interval grid");
+        assert!(next_boundary(&t, u64::MAX) > t, "an interval too long for the calendar never ends now");
         let mut c = IntervalCounter::new(t.clone());
         c.add_person(Gender::Female, &one_band(27.0));
         c.add_person(Gender::Male, &one_band(70.0));

@@ -68,8 +68,8 @@ log "sweep: $N runs of $E epochs"
 CONFIGS=(
   "recipe|"
   "aug15|--augment 1.5"
+  "camera15|--camera 1.5"
   "wd1e-3|--weight-decay 1e-3"
-  "sigma3|--sigma 3"
 )
 for c in "${CONFIGS[@]:0:$N}"; do
   name=${c%%|*}; flags=${c#*|}
