@@ -8,6 +8,8 @@
 # Measured on an H200 (driver 580): the machine's CUDA libraries are found in PyTorch's wheels
 # and the driver's folder; /usr/local/cuda-*/compat holds a libcuda that the driver refuses
 # (CUDA_ERROR_SYSTEM_DRIVER_MISMATCH), so it is skipped. Unpacking takes 7 s.
+# A whole epoch of the recipe there takes 9.8 s (26 epochs in 255 s); runs side by side slow
+# each other in proportion, so the sweep below picks one run unless that changes.
 set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
@@ -30,6 +32,7 @@ cp .gpu/detector.onnx models/face_detection_back_256x256_barracuda.onnx
 mkdir -p runs
 log "ready"
 nvidia-smi --query-gpu=memory.used --format=csv,noheader -l 2 > runs/gpu-memory.txt 2>&1 &
+SMI=$!
 /tmp/fh bench-train --device cuda --steps 30 2>&1 | tail -3 | tee -a "$OUT/log.txt"
 S=$(el)
 timeout 200 /tmp/fh train --device cuda --data $DATA --epochs 2 --out runs/gpu-recipe-e2 > runs/smoke.txt 2>&1
@@ -71,13 +74,18 @@ CONFIGS=(
   "camera15|--camera 1.5"
   "wd1e-3|--weight-decay 1e-3"
 )
+RUNS=()
 for c in "${CONFIGS[@]:0:$N}"; do
   name=${c%%|*}; flags=${c#*|}
   timeout --signal=TERM --kill-after=30 $(( DEADLINE - $(el) )) \
     /tmp/fh train --device cuda --data $DATA --epochs "$E" --patience 1000 $flags --out "runs/gpu-$name-e$E" \
     > "runs/gpu-$name.log" 2>&1 &
+  RUNS+=($!)
 done
-wait
+# Only the runs: a bare `wait` also waits for the endless nvidia-smi sampler (it hung the
+# first session until the tool's limit).
+wait "${RUNS[@]}"
+kill $SMI 2>/dev/null
 log "sweep ended"
 for c in "${CONFIGS[@]:0:$N}"; do
   name=${c%%|*}; d="runs/gpu-$name-e$E"
