@@ -333,6 +333,7 @@ pub fn format_time(t: &Zoned) -> String {
 
 /// The first boundary after `now` on a grid of `interval` seconds (so minutes start on the
 /// minute and days on midnight UTC multiples).
+///
 /// An interval too long for the calendar ends at its last instant, never at `now` (which
 /// would close an interval on every frame).
 pub fn next_boundary(now: &Zoned, interval_secs: u64) -> Zoned {
