@@ -2,7 +2,9 @@
 //! norms unfolded so that it reads exactly as the file does, and a file that does not fit the
 //! run (another split, another net, not a model) is refused by name before any training.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
 
 use faceage_e2e::*;
 use serde_json::Value;
@@ -82,67 +84,64 @@ fn a_file_that_does_not_fit_the_run_is_refused_by_name() {
     refused(&truncated, &[], "not a readable ONNX model");
 }
 
+/// One epoch of fine-tuning from the tiny run's file into `out/name`, with `extra` flags.
+fn fine_tune(out: &Path, name: &str, extra: &[&str]) -> (PathBuf, Output) {
+    let tiny = tiny_run();
+    let run = out.join(name);
+    let args = [&["--init", tiny.f32_model.to_str().unwrap()], extra].concat();
+    let trained = train_small_with("standard", 1, &run, &tiny.dir, &args);
+    (run, trained)
+}
+
+/// The validation figures of one plain fine-tuning epoch, made once for the tests that set an
+/// option against it.
+fn plain_figures() -> (f64, f64) {
+    static PLAIN: OnceLock<(f64, f64)> = OnceLock::new();
+    *PLAIN.get_or_init(|| {
+        let out = tempfile::tempdir().unwrap();
+        let (run, trained) = fine_tune(out.path(), "plain", &[]);
+        ok(&trained);
+        let saved = std::fs::read_to_string(run.join("train.json")).unwrap();
+        for option in ["scene_views", "band_balance"] {
+            assert!(!saved.contains(option), "runs without {option} keep the train.json they had");
+        }
+        figures(&run_metrics(&run)[0])
+    })
+}
+
+/// A run with `flag value`: it trains, reads other figures than the plain run, and its
+/// `train.json` records `key: value`. The same flag out of range is refused by name.
+fn option_changes_the_epoch(flag: &str, value: &str, key: &str, out_of_range: &str) -> Output {
+    let out = tempfile::tempdir().unwrap();
+    let (run, trained) = fine_tune(out.path(), "with", &[flag, value]);
+    ok(&trained);
+    assert_ne!(figures(&run_metrics(&run)[0]), plain_figures(), "{flag} {value} changes what is learnt");
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved[key], value.parse::<f64>().unwrap());
+
+    let (_, refused) = fine_tune(out.path(), "refused", &[flag, out_of_range]);
+    let named = format!("{flag} {out_of_range}");
+    assert!(!refused.status.success() && stderr(&refused).contains(&named), "{}", stderr(&refused));
+    trained
+}
+
 /// Training for the camera (`--scene-views`): a share of the training faces is read from the
 /// same photo placed small on a 640x480 frame and found there by the board's detector, as
 /// `faceage eval --scene` reads it.
 #[test]
 fn scene_views_train_on_faces_found_in_a_camera_sized_frame() {
-    let tiny = tiny_run();
-    let model = tiny.f32_model.to_str().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let plain = out.path().join("plain");
-    ok(&train_small_with("standard", 1, &plain, &tiny.dir, &["--init", model]));
-    let framed = out.path().join("framed");
-    let trained =
-        train_small_with("standard", 1, &framed, &tiny.dir, &["--init", model, "--scene-views", "0.5"]);
-    ok(&trained);
+    let trained = option_changes_the_epoch("--scene-views", "0.5", "scene_views", "2");
     let err = stderr(&trained);
     let line = err.lines().find(|l| l.starts_with("scene views: ")).unwrap_or_else(|| panic!("{err}"));
     let words: Vec<&str> = line.split_whitespace().collect();
     let (found, of): (usize, usize) = (words[2].parse().unwrap(), words[4].parse().unwrap());
     assert!(of > 200 && found * 10 >= of * 9, "most faces are found in the frame too: {line}");
-    assert_ne!(
-        figures(&run_metrics(&framed)[0]),
-        figures(&run_metrics(&plain)[0]),
-        "the framed crops change what is learnt"
-    );
-    let saved: Value =
-        serde_json::from_str(&std::fs::read_to_string(framed.join("train.json")).unwrap()).unwrap();
-    assert_eq!(saved["scene_views"], 0.5);
-
-    let refused = train_small_with("standard", 1, &out.path().join("r"), &tiny.dir, &["--scene-views", "2"]);
-    assert!(
-        !refused.status.success() && stderr(&refused).contains("--scene-views 2"),
-        "{}",
-        stderr(&refused)
-    );
 }
 
-/// `--band-balance`: each epoch draws its faces weighted toward the rarer age bands.
+/// `--band-balance`: each epoch draws its faces weighted toward the rarer age bands (which
+/// faces, `data::epoch_order`'s unit test).
 #[test]
 fn band_balance_changes_what_an_epoch_reads_and_is_recorded() {
-    let tiny = tiny_run();
-    let model = tiny.f32_model.to_str().unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let plain = out.path().join("plain");
-    ok(&train_small_with("standard", 1, &plain, &tiny.dir, &["--init", model]));
-    let balanced = out.path().join("balanced");
-    ok(&train_small_with("standard", 1, &balanced, &tiny.dir, &["--init", model, "--band-balance", "1"]));
-    assert_ne!(
-        figures(&run_metrics(&balanced)[0]),
-        figures(&run_metrics(&plain)[0]),
-        "another choice of faces, another epoch"
-    );
-    let saved: Value =
-        serde_json::from_str(&std::fs::read_to_string(balanced.join("train.json")).unwrap()).unwrap();
-    assert_eq!(saved["band_balance"], 1.0);
-    let plain_saved = std::fs::read_to_string(plain.join("train.json")).unwrap();
-    assert!(!plain_saved.contains("band_balance"), "runs without it keep the train.json they had");
-
-    let refused = train_small_with("standard", 1, &out.path().join("r"), &tiny.dir, &["--band-balance", "2"]);
-    assert!(
-        !refused.status.success() && stderr(&refused).contains("--band-balance 2"),
-        "{}",
-        stderr(&refused)
-    );
+    option_changes_the_epoch("--band-balance", "1", "band_balance", "2");
 }
