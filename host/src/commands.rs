@@ -32,6 +32,9 @@ pub enum NetSize {
     /// MobileNet-style depthwise-separable blocks, 0.21 M parameters, 20 M multiply-adds at
     /// 96x96: fewer operations, but slower in tract and less accurate (see the model card).
     Separable,
+    /// The standard design at twice the channels, 1.6 M parameters, 400 M multiply-adds at
+    /// 64x64: a teacher for `--teacher` (too large for the board's 500 KB int8 bar).
+    Wide,
     /// A few thousand parameters: tests and smoke runs.
     Tiny,
     /// DESIGN.md's 4-conv 32/64/128/128 net, for speed comparisons.
@@ -43,6 +46,7 @@ impl NetSize {
         match self {
             NetSize::Standard => NetConfig::standard(size),
             NetSize::Separable => NetConfig::separable(size),
+            NetSize::Wide => NetConfig::wide(size),
             NetSize::Tiny => NetConfig::tiny(size),
             NetSize::Reference => NetConfig::reference(size),
         }

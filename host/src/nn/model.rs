@@ -116,6 +116,13 @@ impl NetConfig {
         Self::plain(input_size, vec![vec![32], vec![48, 64], vec![96, 128], vec![160]])
     }
 
+    /// The standard design at twice the channels (64-96-128-192-256-320): 1.6 M parameters,
+    /// 400 M multiply-adds at 64x64. A teacher, not a file for the board: its int8 file would
+    /// be four times the 500 KB bar and its reading four times the time.
+    pub fn wide(input_size: u32) -> Self {
+        Self::plain(input_size, vec![vec![64], vec![96, 128], vec![192, 256], vec![320]])
+    }
+
     /// A very small net for tests and smoke runs.
     pub fn tiny(input_size: u32) -> Self {
         Self::plain(input_size, vec![vec![8], vec![16], vec![16]])
@@ -660,6 +667,16 @@ mod tests {
         let x = Tensor::zeros((3, 2, 96, 96), DType::F32, &Device::Cpu).unwrap();
         assert_eq!(net.forward(&x, true).unwrap().age.dims(), &[2]);
         assert_eq!(NetConfig::separable(96).macs(), 20_133_888);
+
+        // The teacher: about four times the standard net's parameters and multiply-adds.
+        let mut params = Params::new(0, &Device::Cpu);
+        let net = AgeGenderNet::new(NetConfig::wide(64), &mut params).unwrap();
+        let n = params.count_trainable();
+        assert!((1_500_000..1_800_000).contains(&n), "wide net has {n} parameters");
+        let ratio = NetConfig::wide(64).macs() as f64 / NetConfig::standard(64).macs() as f64;
+        assert!((3.5..4.2).contains(&ratio), "wide net has {ratio:.2} times the work");
+        let x = Tensor::zeros((3, 2, 64, 64), DType::F32, &Device::Cpu).unwrap();
+        assert_eq!(net.forward(&x, true).unwrap().age.dims(), &[2]);
     }
 
     /// The median found by walking the piecewise-uniform CDF bin by bin.
