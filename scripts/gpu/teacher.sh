@@ -8,7 +8,9 @@
 # more faces a second (128 only when that is 1.4 times as many, its peak learning rate scaled
 # by the square root of the batch), fits as many epochs of the cosine schedule as finish before
 # DEADLINE seconds after the start (at most MAX_EPOCHS, default 48), and leaves the log and the
-# run (weights, figures; no optimizer checkpoint) in $OUT/gpu-wide.tgz.
+# run (weights, figures; no optimizer checkpoint) in $OUT/gpu-wide.tgz. TEACHER_ARGS adds
+# training options (e.g. "--pooling learned"). A run left by an earlier call on a machine still
+# warm is replaced (train refuses to start in a run folder that has one).
 set -u
 T0=$(date +%s)
 el() { echo $(( $(date +%s) - T0 )); }
@@ -37,9 +39,11 @@ PY
 )
 log "training: batch $BATCH, lr $LR, $EPOCHS epochs"
 RUN=runs/gpu-wide
+rm -rf "$RUN"
+read -r -a EXTRA <<< "${TEACHER_ARGS:-}"
 timeout --signal=TERM --kill-after=20 $(( DEADLINE - $(el) - 15 )) \
   /tmp/fh train --device cuda --data $DATA --net wide --batch "$BATCH" --lr "$LR" \
-  --epochs "$EPOCHS" --patience 1000 --out "$RUN" > runs/gpu-wide.log 2>&1
+  --epochs "$EPOCHS" --patience 1000 "${EXTRA[@]}" --out "$RUN" > runs/gpu-wide.log 2>&1
 log "training ended: rc $?"
 grep -E "^epoch +[0-9]+:" runs/gpu-wide.log | tee -a "$OUT/log.txt" | tail -3
 cp runs/gpu-wide.log "$RUN/train.log"
