@@ -53,6 +53,40 @@ fn a_student_learns_from_its_teacher_and_resumes_with_its_readings() {
     assert_eq!(val_figures(&resumed), val_figures(&student));
 }
 
+/// The shipped file's last step: a wider net (`--net wide`, a teacher the board could not carry)
+/// teaches a standard-net student that starts from a file, beside that file's own readings.
+#[test]
+fn a_wide_teacher_teaches_a_standard_student_started_from_a_file() {
+    let work = tempfile::tempdir().unwrap();
+    let wide = work.path().join("wide");
+    ok(&train_small_with("wide", 1, &wide, work.path(), &[]));
+    let wide_json: Value =
+        serde_json::from_str(&std::fs::read_to_string(wide.join("train.json")).unwrap()).unwrap();
+    assert_eq!(wide_json["net"]["stages"][0][0], 64, "twice the standard net's 32 channels");
+
+    let base = work.path().join("base");
+    ok(&train_small_with("standard", 1, &base, work.path(), &[]));
+    let file = work.path().join("base.onnx");
+    ok(&run_host(&["export", "--run", base.to_str().unwrap(), "--out", file.to_str().unwrap()], work.path()));
+    let (f, w) = (file.to_str().unwrap(), wide.to_str().unwrap());
+    let tuned = |name: &str, teachers: &[&str]| {
+        let run = work.path().join(name);
+        let mut extra = vec!["--init", f, "--lr", "3e-4"];
+        teachers.iter().for_each(|t| extra.extend(["--teacher", *t]));
+        let out = train_small_with("standard", 1, &run, work.path(), &extra);
+        ok(&out);
+        (run, out)
+    };
+    let (by_itself, _) = tuned("by-itself", &[f]);
+    let (with_wide, out) = tuned("with-wide", &[f, w]);
+    assert_eq!(stderr(&out).matches("training crops in").count(), 2, "both teachers read: {}", stderr(&out));
+    let saved: Value =
+        serde_json::from_str(&std::fs::read_to_string(with_wide.join("train.json")).unwrap()).unwrap();
+    assert_eq!(saved["distil"]["teachers"][1], w);
+    assert_eq!(saved["net"]["stages"][0][0], 32, "the student keeps the board's net");
+    assert_ne!(val_figures(&with_wide), val_figures(&by_itself), "the wide teacher changes what is learnt");
+}
+
 #[test]
 fn teachers_that_saw_other_faces_are_refused() {
     let work = tempfile::tempdir().unwrap();
