@@ -1,10 +1,18 @@
 # Sourced by the GPU scripts, on the GPU machine, in a checkout that carries .gpu/
 # (scripts/gpu/prepare.sh): finds the machine's CUDA libraries, unpacks the cuda binary to
-# /tmp/fh, the crops into runs/cache and the detector into models/. Needs OUT and log().
+# /tmp/fh, the crops into runs/cache and the detector into models/. Gives the scripts el
+# (seconds since they started), OUT (default runs/gpu-out) and log (to the screen and
+# $OUT/log.txt).
 #
 # Measured on an H200 (driver 580): the machine's CUDA libraries are found in PyTorch's wheels
 # and the driver's folder; /usr/local/cuda-*/compat holds a libcuda that the driver refuses
 # (CUDA_ERROR_SYSTEM_DRIVER_MISMATCH), so it is skipped. Unpacking takes 7 s.
+set -u
+T0=$(date +%s)
+el() { echo $(( $(date +%s) - T0 )); }
+OUT=${OUT:-runs/gpu-out}
+mkdir -p "$OUT"
+log() { echo "[$(el)s] $*" | tee -a "$OUT/log.txt"; }
 DATA=/work/shared/datasets/utkface/UTKFace
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 | tee -a "$OUT/log.txt"
 NV=$(python3 -c 'import nvidia; print(list(nvidia.__path__)[0])' 2>/dev/null)

@@ -7,12 +7,6 @@
 #
 # A whole epoch of the recipe there takes 9.8 s (26 epochs in 255 s); runs side by side slow
 # each other in proportion, so the sweep below picks one run unless that changes.
-set -u
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-OUT=${OUT:-runs/gpu-out}
-mkdir -p "$OUT"
-log() { echo "[$(el)s] $*" | tee -a "$OUT/log.txt"; }
 DEADLINE=${DEADLINE:-420}
 source scripts/gpu/env.sh
 nvidia-smi --query-gpu=memory.used --format=csv,noheader -l 2 > runs/gpu-memory.txt 2>&1 &

@@ -11,12 +11,6 @@
 # run (weights, figures; no optimizer checkpoint) in $OUT/gpu-wide.tgz. TEACHER_ARGS adds
 # training options (e.g. "--pooling learned"). A run left by an earlier call on a machine still
 # warm is replaced (train refuses to start in a run folder that has one).
-set -u
-T0=$(date +%s)
-el() { echo $(( $(date +%s) - T0 )); }
-OUT=${OUT:-runs/gpu-out}
-mkdir -p "$OUT"
-log() { echo "[$(el)s] $*" | tee -a "$OUT/log.txt"; }
 DEADLINE=${DEADLINE:-540}
 source scripts/gpu/env.sh
 step() { /tmp/fh bench-train --device cuda --net wide --batch "$1" --steps 20 2>&1 | tee -a "$OUT/log.txt" | grep -o 'median [0-9.]*' | awk '{print $2}'; }
