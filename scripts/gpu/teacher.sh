@@ -8,9 +8,11 @@
 # more faces a second (128 only when that is 1.4 times as many, its peak learning rate scaled
 # by the square root of the batch), fits as many epochs of the cosine schedule as finish before
 # DEADLINE seconds after the start (at most MAX_EPOCHS, default 48), and leaves the log and the
-# run (weights, figures; no optimizer checkpoint) in $OUT/gpu-wide.tgz. TEACHER_ARGS adds
-# training options (e.g. "--pooling learned"). A run left by an earlier call on a machine still
-# warm is replaced (train refuses to start in a run folder that has one).
+# run (weights, figures; no optimizer checkpoint) in $OUT/$NAME.tgz (NAME default gpu-wide).
+# TEACHER_ARGS adds training options (e.g. "--camera 1.5"): teachers that differ make a better
+# ensemble, and the same options twice give nearly the same run (the CUDA device seeds the
+# weights the same way each time). A run left by an earlier call on a machine still warm is
+# replaced (train refuses to start in a run folder that has one).
 DEADLINE=${DEADLINE:-540}
 source scripts/gpu/env.sh
 step() { /tmp/fh bench-train --device cuda --net wide --batch "$1" --steps 20 2>&1 | tee -a "$OUT/log.txt" | grep -o 'median [0-9.]*' | awk '{print $2}'; }
@@ -32,14 +34,15 @@ print(batch, f"{lr:.4g}", max(2, min(most, int(left / epoch))))
 PY
 )
 log "training: batch $BATCH, lr $LR, $EPOCHS epochs"
-RUN=runs/gpu-wide
+NAME=${NAME:-gpu-wide}
+RUN=runs/$NAME
 rm -rf "$RUN"
 read -r -a EXTRA <<< "${TEACHER_ARGS:-}"
 timeout --signal=TERM --kill-after=20 $(( DEADLINE - $(el) - 15 )) \
   /tmp/fh train --device cuda --data $DATA --net wide --batch "$BATCH" --lr "$LR" \
-  --epochs "$EPOCHS" --patience 1000 "${EXTRA[@]}" --out "$RUN" > runs/gpu-wide.log 2>&1
+  --epochs "$EPOCHS" --patience 1000 "${EXTRA[@]}" --out "$RUN" > "$RUN.log" 2>&1
 log "training ended: rc $?"
-grep -E "^epoch +[0-9]+:" runs/gpu-wide.log | tee -a "$OUT/log.txt" | tail -3
-cp runs/gpu-wide.log "$RUN/train.log"
-tar czf "$OUT/gpu-wide.tgz" --exclude=checkpoint.safetensors -C runs gpu-wide
+grep -E "^epoch +[0-9]+:" "$RUN.log" | tee -a "$OUT/log.txt" | tail -3
+cp "$RUN.log" "$RUN/train.log"
+tar czf "$OUT/$NAME.tgz" --exclude=checkpoint.safetensors -C runs "$NAME"
 log "done"
