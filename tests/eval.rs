@@ -69,7 +69,8 @@ fn eval_reads_a_manifest_names_bad_rows_and_counts_per_band() {
     assert!(text.contains("1 entries skipped for unusable labels"), "{text}");
     assert!(text.contains("age MAE") && text.contains("20-39") && text.contains("off by"), "{text}");
 
-    let json = eval_json(&[csv.to_str().unwrap()]);
+    let readings = work.path().join("readings.csv");
+    let json = eval_json(&[csv.to_str().unwrap(), "--readings", readings.to_str().unwrap()]);
     let report = &json["report"];
     assert_eq!(report["images"], 32);
     assert_eq!(report["unreadable"].as_array().unwrap().len(), 2);
@@ -86,6 +87,25 @@ fn eval_reads_a_manifest_names_bad_rows_and_counts_per_band() {
     let counted: f64 = counts["counted"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
     assert_eq!(truth, read);
     assert!((counted - read as f64).abs() < 0.1, "every face counts once in all: {counted} of {read}");
+
+    // The readings file: a row per image, the summary's figures recomputed from its rows.
+    let mut rows = csv::Reader::from_path(&readings).unwrap();
+    let rows: Vec<csv::StringRecord> = rows.records().map(|r| r.unwrap()).collect();
+    assert_eq!(rows.len(), 32, "every image, read or not");
+    let outcome = |r: &csv::StringRecord| r[4].to_string();
+    assert_eq!(rows.iter().filter(|r| outcome(r) == "unreadable").count(), 2);
+    let errors: Vec<f64> = rows
+        .iter()
+        .filter(|r| outcome(r) == "read")
+        .map(|r| r[5].parse::<f64>().unwrap() - r[1].parse::<f64>().unwrap())
+        .collect();
+    assert_eq!(errors.len() as u64, read);
+    let n = errors.len() as f64;
+    let mae_rows = errors.iter().map(|e| e.abs()).sum::<f64>() / n;
+    let bias_rows = errors.iter().sum::<f64>() / n;
+    assert!((mae_rows - mae).abs() < 0.01, "{mae_rows} against {mae}");
+    let bias = report["overall"]["age_bias"].as_f64().unwrap();
+    assert!((bias_rows - bias).abs() < 0.01, "{bias_rows} against {bias}");
 }
 
 #[test]

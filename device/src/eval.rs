@@ -127,6 +127,9 @@ pub struct Figures {
     pub faces: usize,
     /// Mean absolute age error, years.
     pub age_mae: f64,
+    /// Mean signed age error (read - true), years: below 0 when the group is read too young,
+    /// which the absolute error cannot show.
+    pub age_bias: f64,
     /// Share of faces whose gender is read right, percent.
     pub gender_accuracy: f64,
 }
@@ -135,13 +138,16 @@ pub struct Figures {
 struct Tally {
     faces: usize,
     abs_error: f64,
+    signed_error: f64,
     right: usize,
 }
 
 impl Tally {
     fn add(&mut self, sample: &Sample, e: &Estimate) {
         self.faces += 1;
-        self.abs_error += (e.age as f64 - sample.age as f64).abs();
+        let error = e.age as f64 - sample.age as f64;
+        self.abs_error += error.abs();
+        self.signed_error += error;
         self.right += usize::from((e.female >= 0.5) == sample.female);
     }
 
@@ -150,6 +156,7 @@ impl Tally {
         Figures {
             faces: self.faces,
             age_mae: self.abs_error / n,
+            age_bias: self.signed_error / n,
             gender_accuracy: 100.0 * self.right as f64 / n,
         }
     }
@@ -265,13 +272,14 @@ impl EvalReport {
         let o = &self.overall;
         let mut out = format!(
             "{} images: {} faces read, no face found in {} ({:.2}%), {} unreadable\n\
-             age MAE {:.2} years, gender accuracy {:.2}%\n",
+             age MAE {:.2} years (bias {:+.2}), gender accuracy {:.2}%\n",
             self.images,
             o.faces,
             self.no_face,
             100.0 * self.no_face as f64 / self.images.max(1) as f64,
             self.unreadable.len(),
             o.age_mae,
+            o.age_bias,
             o.gender_accuracy
         );
         for (title, groups) in
@@ -280,12 +288,15 @@ impl EvalReport {
             if groups.is_empty() {
                 continue;
             }
-            out.push_str(&format!("\n{title:<12}{:>7}{:>9}{:>9}\n", "faces", "age MAE", "gender"));
+            out.push_str(&format!(
+                "\n{title:<12}{:>7}{:>9}{:>8}{:>9}\n",
+                "faces", "age MAE", "bias", "gender"
+            ));
             for g in groups {
                 let f = &g.figures;
                 out.push_str(&format!(
-                    "{:<12}{:>7}{:>9.2}{:>8.2}%\n",
-                    g.name, f.faces, f.age_mae, f.gender_accuracy
+                    "{:<12}{:>7}{:>9.2}{:>+8.2}{:>8.2}%\n",
+                    g.name, f.faces, f.age_mae, f.age_bias, f.gender_accuracy
                 ));
             }
         }
@@ -325,6 +336,40 @@ pub fn select(samples: Vec<Sample>, split: Option<(crate::labels::Split, u64)>) 
         }
         None => samples,
     }
+}
+
+/// Each image's label and reading as CSV, one row per sample in order: for a user who wants to
+/// look past the averages (which faces are read too young, how sure the model was). `outcome`
+/// is `read`, `no_face` or `unreadable`; the reading's columns are empty when nothing was read.
+pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::io::Write) -> csv::Result<()> {
+    let mut csv = csv::Writer::from_writer(out);
+    csv.write_record(["path", "age", "gender", "race", "outcome", "read_age", "age_std", "p_female"])?;
+    let gender = |female: bool| if female { "F" } else { "M" };
+    for (sample, outcome) in samples.iter().zip(outcomes) {
+        let race = sample.race.and_then(|r| RACE_NAMES.get(r as usize)).copied().unwrap_or("");
+        let (what, read_age, age_std, p_female) = match outcome {
+            Outcome::Read(e) => (
+                "read",
+                format!("{:.2}", e.age),
+                e.age_std.map(|s| format!("{s:.2}")).unwrap_or_default(),
+                format!("{:.4}", e.female),
+            ),
+            Outcome::NoFace => ("no_face", String::new(), String::new(), String::new()),
+            Outcome::Unreadable(_) => ("unreadable", String::new(), String::new(), String::new()),
+        };
+        csv.write_record([
+            sample.path.to_string_lossy().as_ref(),
+            &sample.age.to_string(),
+            gender(sample.female),
+            race,
+            what,
+            &read_age,
+            &age_std,
+            &p_female,
+        ])?;
+    }
+    csv.flush()?;
+    Ok(())
 }
 
 /// Paths of `outcomes` with no face, for a user who wants to look at them.
@@ -383,6 +428,29 @@ mod tests {
         assert!(r.counts.model_gives_shares);
         let table = r.table();
         assert!(table.contains("age MAE 6.67 years") && table.contains("no face found in 1"), "{table}");
+        // Read 2 years old, 12 young, 6 young: the signed error keeps the direction.
+        assert!((r.overall.age_bias - (2.0 - 12.0 - 6.0) / 3.0).abs() < 1e-9);
+        assert_eq!(band("40-59").age_bias, -12.0);
+        assert!(table.contains("(bias -5.33)"), "{table}");
+    }
+
+    #[test]
+    fn the_readings_file_has_a_row_per_image_in_order() {
+        let samples = vec![sample(30.0, true, 0), sample(50.0, false, 1), sample(5.0, true, 2)];
+        let outcomes = vec![
+            Outcome::Read(Estimate { age: 32.5, female: 0.9, age_std: Some(4.0), age_bands: None }),
+            Outcome::NoFace,
+            Outcome::Unreadable("not a decodable image".into()),
+        ];
+        let mut out = Vec::new();
+        write_readings(&samples, &outcomes, &mut out).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let rows: Vec<&str> = text.lines().collect();
+        assert_eq!(rows[0], "path,age,gender,race,outcome,read_age,age_std,p_female");
+        assert_eq!(rows[1], "30_1.jpg,30,F,White,read,32.50,4.00,0.9000");
+        assert_eq!(rows[2], "50_0.jpg,50,M,Black,no_face,,,");
+        assert_eq!(rows[3], "5_1.jpg,5,F,Asian,unreadable,,,");
+        assert_eq!(rows.len(), 4);
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
-use faceage_device::eval::{EvalReport, Scene, faceless, read_samples, select};
+use faceage_device::eval::{EvalReport, Scene, faceless, read_samples, select, write_readings};
 use faceage_device::labels::{Split, load_dataset};
 
 use super::ModelArgs;
@@ -34,6 +34,10 @@ pub struct Args {
     /// Write the images in which no face was found to this file, one path a line.
     #[arg(long)]
     list_faceless: Option<PathBuf>,
+    /// Write every image's label and reading to this CSV file (path, age, gender, race,
+    /// outcome, read_age, age_std, p_female): for looking past the averages.
+    #[arg(long)]
+    readings: Option<PathBuf>,
     #[command(flatten)]
     models: ModelArgs,
 }
@@ -86,6 +90,12 @@ pub fn run(args: Args) -> Result<ExitCode> {
         for p in faceless(&samples, &outcomes) {
             writeln!(out, "{}", p.display())?;
         }
+    }
+    if let Some(path) = &args.readings {
+        let file = std::fs::File::create(path)
+            .map_err(|e| anyhow::anyhow!("{}: cannot write the readings: {e}", path.display()))?;
+        write_readings(&samples, &outcomes, std::io::BufWriter::new(file))
+            .map_err(|e| anyhow::anyhow!("{}: cannot write the readings: {e}", path.display()))?;
     }
     if args.json {
         let json = serde_json::json!({
