@@ -63,6 +63,10 @@ pub struct TrainConfig {
     /// power `-band_balance`; 0 (the default) reads every face once, shuffled.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub band_balance: f64,
+    /// How far each epoch gives every race group the same age mix (`--race-age-balance`, 0 to
+    /// 1; see [`crate::data::epoch_order`]); 0 by default.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub race_age_balance: f64,
 }
 
 fn is_zero(v: &f64) -> bool {
@@ -108,6 +112,7 @@ impl Default for TrainConfig {
             init: None,
             scene_views: 0.0,
             band_balance: 0.0,
+            race_age_balance: 0.0,
         }
     }
 }

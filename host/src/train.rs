@@ -253,6 +253,7 @@ impl<'a> Trainer<'a> {
         let order = epoch_order(
             &self.data.train.samples,
             config.band_balance,
+            config.race_age_balance,
             &mut ChaCha8Rng::seed_from_u64(mix_seed(config.seed, epoch as u64, u64::MAX)),
         );
         let (tx, rx) = sync_channel(2);
