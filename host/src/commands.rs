@@ -221,7 +221,7 @@ pub struct TrainArgs {
     band_balance: f64,
     /// Give every race group the same age mix in each epoch: faces drawn with weight (their
     /// band's share of all faces / its share within their race group)^R, with replacement;
-    /// 0 as the data is, 1 fully. Against a net that reads a group as young because the data
+    /// 0 as the data is, 1 fully. For a net that may read a group as young because the data
     /// holds few of its older people (UTKFace: 8% of Asian faces are 40-59, 24% of White).
     #[arg(long, default_value_t = 0.0, value_name = "R")]
     race_age_balance: f64,

@@ -20,7 +20,8 @@ pub fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
 ///   `race_age_balance` (1: every race group's faces drawn with the same age mix; faces with no
 ///   race label weigh 1). At 1 the draws keep both the age bands' and the race groups' shares
 ///   of the data and make the two independent: UTKFace's Asian faces are 8% 40-59 against 24%
-///   of its White ones, which lets a net learn "this group, so young".
+///   of its White ones, which could let a net learn "this group, so young" (the model card
+///   measures what it changed: little).
 pub fn epoch_order(
     samples: &[Sample],
     band_balance: f64,
