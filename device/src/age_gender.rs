@@ -37,6 +37,10 @@ pub enum Gender {
 }
 
 impl Gender {
+    pub fn of(female: bool) -> Gender {
+        if female { Gender::Female } else { Gender::Male }
+    }
+
     pub fn letter(self) -> char {
         match self {
             Gender::Female => 'F',
@@ -53,7 +57,7 @@ pub fn gender_certainty(female: f32) -> f32 {
 
 impl Estimate {
     pub fn gender(&self) -> Gender {
-        if self.female >= 0.5 { Gender::Female } else { Gender::Male }
+        Gender::of(self.female >= 0.5)
     }
 
     /// How sure the gender reading is ([`gender_certainty`]).

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use image::{Rgb, RgbImage};
 use serde::Serialize;
 
-use crate::age_gender::Estimate;
+use crate::age_gender::{Estimate, Gender};
 use crate::counts::{AGE_BANDS, BandCounts, add_shares, age_band_index};
 use crate::imaging::load_rgb;
 use crate::labels::{RACE_NAMES, Rejected, Sample, fnv1a};
@@ -344,7 +344,6 @@ pub fn select(samples: Vec<Sample>, split: Option<(crate::labels::Split, u64)>) 
 pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::io::Write) -> csv::Result<()> {
     let mut csv = csv::Writer::from_writer(out);
     csv.write_record(["path", "age", "gender", "race", "outcome", "read_age", "age_std", "p_female"])?;
-    let gender = |female: bool| if female { "F" } else { "M" };
     for (sample, outcome) in samples.iter().zip(outcomes) {
         let race = sample.race.and_then(|r| RACE_NAMES.get(r as usize)).copied().unwrap_or("");
         let (what, read_age, age_std, p_female) = match outcome {
@@ -360,7 +359,7 @@ pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::i
         csv.write_record([
             sample.path.to_string_lossy().as_ref(),
             &sample.age.to_string(),
-            gender(sample.female),
+            &Gender::of(sample.female).letter().to_string(),
             race,
             what,
             &read_age,

@@ -149,7 +149,7 @@ impl Fusion {
             age: age as f32,
             age_spread: spread as f32,
             female: female as f32,
-            gender: if female >= 0.5 { Gender::Female } else { Gender::Male },
+            gender: Gender::of(female >= 0.5),
             bands: self.bands.map(|b| (b / w) as f32),
             frames: self.frames,
         }

@@ -204,7 +204,7 @@ mod tests {
                 age: 33.4,
                 age_spread: 4.0,
                 female,
-                gender: if female >= 0.5 { Gender::Female } else { Gender::Male },
+                gender: Gender::of(female >= 0.5),
                 bands: [0.0, 0.0, 0.0, 1.0, 0.0, 0.0],
                 frames: 5,
             },
