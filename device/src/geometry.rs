@@ -53,11 +53,16 @@ impl BBox {
         Point::new(self.cx, self.cy)
     }
 
-    /// Intersection over union; 0 for disjoint or degenerate boxes.
-    pub fn iou(&self, other: &BBox) -> f32 {
+    /// Area of the overlap of two boxes; 0 when they are disjoint.
+    pub fn intersection(&self, other: &BBox) -> f32 {
         let ix = (self.x1().min(other.x1()) - self.x0().max(other.x0())).max(0.0);
         let iy = (self.y1().min(other.y1()) - self.y0().max(other.y0())).max(0.0);
-        let inter = ix * iy;
+        ix * iy
+    }
+
+    /// Intersection over union; 0 for disjoint or degenerate boxes.
+    pub fn iou(&self, other: &BBox) -> f32 {
+        let inter = self.intersection(other);
         let union = self.area() + other.area() - inter;
         if union <= 0.0 { 0.0 } else { inter / union }
     }

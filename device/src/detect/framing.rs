@@ -14,7 +14,7 @@ use anyhow::Result;
 use image::{Rgb, RgbImage};
 use serde::{Deserialize, Serialize};
 
-use super::{Face, FaceDetector};
+use super::{Face, FaceDetector, one_face_per_face};
 use crate::geometry::{BBox, Point};
 
 /// When and how faces are looked at again.
@@ -150,34 +150,35 @@ impl<D: FaceDetector> FramedDetector<D> {
 }
 
 impl<D: FaceDetector> FaceDetector for FramedDetector<D> {
+    /// Located faces, each refined; two looks that found the same face give it once.
     fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
         let faces = self.locate(frame)?;
         let mut framed = Vec::with_capacity(faces.len());
         for face in faces {
             framed.push(self.refine(frame, face)?);
         }
-        framed.sort_by(|a, b| b.score.total_cmp(&a.score));
-        Ok(framed)
+        Ok(one_face_per_face(framed))
     }
 
-    /// One pass over the frame, and one over the frame padded when that finds nothing.
+    /// One pass over the frame, and one over the frame padded when that finds nothing; a face
+    /// once ([`one_face_per_face`]), so a fragment of a face is neither tracked nor refined.
     fn locate(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
         let (w, h) = frame.dimensions();
         let faces = self.inner.detect(frame)?;
         if !faces.is_empty() || self.framing.pad_when_empty <= 0.0 {
-            return Ok(faces);
+            return Ok(one_face_per_face(faces));
         }
         let side = w.max(h) as f32 * self.framing.pad_when_empty;
         let centre = Point::new(w as f32 / 2.0, h as f32 / 2.0);
         let window = Window::around(frame, centre, side, self.framing.max_window_px);
-        Ok(self
-            .inner
-            .detect(&window.canvas)?
+        let padded = self.inner.detect(&window.canvas)?;
+        let faces = padded
             .iter()
             .map(|f| window.face_to_frame(f))
             // A face is only of use if its centre is in the picture.
             .filter(|f| f.bbox.cx >= 0.0 && f.bbox.cy >= 0.0 && f.bbox.cx < w as f32 && f.bbox.cy < h as f32)
-            .collect())
+            .collect();
+        Ok(one_face_per_face(faces))
     }
 
     /// The second look, for a face that is large or cut by the frame's edge.
@@ -274,6 +275,35 @@ mod tests {
         d.framing.pad_when_empty = 0.0;
         d.detect(&RgbImage::from_pixel(100, 80, Rgb([10, 10, 10]))).unwrap();
         assert_eq!(d.inner().seen.len(), 3, "no retry when turned off");
+    }
+
+    /// The square, and on whole frames (not windows) a fragment of it too, as BlazeFace gives
+    /// an eye region of a face that fills the picture.
+    struct SquareAndFragment(SquareFinder);
+
+    impl FaceDetector for SquareAndFragment {
+        fn detect(&mut self, frame: &RgbImage) -> Result<Vec<Face>> {
+            let mut faces = self.0.detect(frame)?;
+            if let (Some(face), true) = (faces.first().cloned(), self.0.seen.len() == 1) {
+                let b = face.bbox;
+                let part =
+                    BBox { cx: b.x0() + b.w * 0.25, cy: b.y0() + b.h * 0.25, w: b.w * 0.45, h: b.h * 0.45 };
+                faces.push(Face { bbox: part, landmarks: [part.centre(); 6], score: 0.55 });
+            }
+            Ok(faces)
+        }
+    }
+
+    #[test]
+    fn a_fragment_of_a_face_is_neither_located_nor_detected() {
+        let mut d = FramedDetector::new(SquareAndFragment(SquareFinder { seen: Vec::new() }));
+        let frame = frame_with_square(200, 200, 20, 30, 150);
+        let faces = d.detect(&frame).unwrap();
+        assert_eq!(faces.len(), 1, "{faces:?}");
+        assert_eq!(faces[0].score, 0.9);
+        assert_eq!(d.inner().0.seen.len(), 2, "the fragment had no second look of its own");
+        d.inner.0.seen.clear();
+        assert_eq!(d.locate(&frame).unwrap().len(), 1, "the live path tracks one face too");
     }
 
     #[test]
