@@ -37,7 +37,7 @@ def utkface_labels(path):
     return int(parts[0]), parts[1] == '1'
 
 
-FORMAT = 'faceage-crops-v4'
+FORMAT = 'faceage-crops-v5'
 
 
 class CropCache:

@@ -115,7 +115,15 @@ pub fn letterbox(frame: &RgbImage, size: u32) -> (RgbImage, Letterbox) {
     let placement = Letterbox::fit(frame.width(), frame.height(), size);
     let w = ((frame.width() as f32 * placement.scale).round() as u32).clamp(1, size);
     let h = ((frame.height() as f32 * placement.scale).round() as u32).clamp(1, size);
-    let resized = image::imageops::resize(frame, w, h, image::imageops::FilterType::Triangle);
+    // Shrinking (a camera frame, a second look's window): the box filter of `thumbnail`, every
+    // source pixel counted once, 0.9 ms for 640x480 against the triangle filter's 6 ms of a
+    // 24 ms frame (model card, Speed). Enlarging (a small photo): the triangle filter, where
+    // `thumbnail` would repeat pixels.
+    let resized = if w < frame.width() {
+        image::imageops::thumbnail(frame, w, h)
+    } else {
+        image::imageops::resize(frame, w, h, image::imageops::FilterType::Triangle)
+    };
     let mut canvas = RgbImage::from_pixel(size, size, Rgb([128, 128, 128]));
     let (ox, oy) = ((size - w) / 2, (size - h) / 2);
     image::imageops::replace(&mut canvas, &resized, ox as i64, oy as i64);

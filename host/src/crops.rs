@@ -28,10 +28,12 @@ use crate::progress::Progress;
 use crate::tensor_file::{self, RawTensor, TensorFile};
 use safetensors::Dtype;
 
-/// The cache's layout, in its metadata and its key. v4: safetensors (the Python tools read it
-/// with the library; v3 was a magic, a JSON header and the pixels); v3: faces found by the
-/// board's framed detector (was: chips padded by the trainer alone).
-const CACHE_FORMAT: &str = "faceage-crops-v4";
+/// The cache's layout, in its metadata and its key. v5: the detector's letterbox box-filtered
+/// when it shrinks and one face per face (the crops of the board since then; the layout is
+/// v4's); v4: safetensors (the Python tools read it with the library; v3 was a magic, a JSON
+/// header and the pixels); v3: faces found by the board's framed detector (was: chips padded
+/// by the trainer alone).
+const CACHE_FORMAT: &str = "faceage-crops-v5";
 /// Metadata keys of a cache file: its layout, and the [`CacheHeader`] as JSON.
 const FORMAT_KEY: &str = "faceage.format";
 const HEADER_KEY: &str = "faceage.crops";
@@ -352,7 +354,16 @@ fn crop_sample(
 /// `faceage eval` find it (the board's framed detector, its smallest face, its pick).
 pub fn board_face(image: &RgbImage, detector: &mut dyn FaceDetector) -> Result<Face, String> {
     let faces = find_faces(detector, image, MIN_FACE_PX).map_err(|e| format!("detector failed: {e:#}"))?;
-    primary_face(&faces).cloned().ok_or_else(|| "no face detected".to_string())
+    if let Some(face) = primary_face(&faces) {
+        return Ok(face.clone());
+    }
+    // Why not, for the run's summary: nothing at all, or only faces too small to read.
+    let any = detector.detect(image).map(|f| !f.is_empty()).unwrap_or(false);
+    Err(if any {
+        format!("no face detected of at least {MIN_FACE_PX} px (only smaller ones)")
+    } else {
+        format!("no face detected at score {BOARD_MIN_SCORE} or more")
+    })
 }
 
 fn whole_crop_face(size: u32) -> Face {
@@ -394,10 +405,7 @@ mod tests {
     fn set(names: &[&str], values: &[u8]) -> CropSet {
         let settings = CropSettings::for_model(8, CropGeometry::default());
         let side = settings.cache_size() as usize;
-        let samples = names
-            .iter()
-            .map(|n| Sample { path: PathBuf::from(n), age: 30.0, female: true, race: None })
-            .collect();
+        let samples = names.iter().map(|n| Sample::exact(PathBuf::from(n), 30.0, true, None)).collect();
         let pixels = values.iter().flat_map(|&v| vec![v; side * side * 3]).collect();
         CropSet::from_parts(settings, samples, pixels)
     }

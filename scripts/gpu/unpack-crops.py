@@ -40,6 +40,6 @@ for img in header['images']:
 os.makedirs(cache_dir, exist_ok=True)
 crops = np.frombuffer(bytes(pixels), np.uint8).reshape(header['crops'], side, side, 3)
 save_file({'crops': crops}, os.path.join(cache_dir, pack['cache_name']),
-          metadata={'faceage.format': 'faceage-crops-v4', 'faceage.crops': json.dumps(header)})
+          metadata={'faceage.format': 'faceage-crops-v5', 'faceage.crops': json.dumps(header)})
 print('unpacked', header['crops'], 'crops of', len(header['images']), 'images into',
       os.path.join(cache_dir, pack['cache_name']))
