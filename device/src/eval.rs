@@ -16,7 +16,7 @@ use serde::Serialize;
 use crate::age_gender::{Estimate, Gender};
 use crate::counts::{AGE_BANDS, BandCounts, add_shares, age_band_index};
 use crate::imaging::load_rgb;
-use crate::labels::{RACE_NAMES, Rejected, Sample, fnv1a};
+use crate::labels::{AgeGroup, RACE_NAMES, Rejected, Sample, fnv1a};
 use crate::pipeline::Pipeline;
 
 /// A camera-like frame to place each labelled image on.
@@ -143,11 +143,12 @@ struct Tally {
 }
 
 impl Tally {
+    /// For an age-group label the absolute error is how far the reading lies outside the group
+    /// (0 inside) and the signed error is measured from the group's midpoint.
     fn add(&mut self, sample: &Sample, e: &Estimate) {
         self.faces += 1;
-        let error = e.age as f64 - sample.age as f64;
-        self.abs_error += error.abs();
-        self.signed_error += error;
+        self.abs_error += sample.age_error(e.age) as f64;
+        self.signed_error += e.age as f64 - sample.age as f64;
         self.right += usize::from((e.female >= 0.5) == sample.female);
     }
 
@@ -158,6 +159,103 @@ impl Tally {
             age_mae: self.abs_error / n,
             age_bias: self.signed_error / n,
             gender_accuracy: 100.0 * self.right as f64 / n,
+        }
+    }
+}
+
+/// How a labelled age group is read: the reading inside the group, or at most one group off.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct GroupFigures {
+    pub name: String,
+    pub faces: usize,
+    /// Percent of faces whose reading lies in their labelled group.
+    pub exact: f64,
+    /// Percent whose reading lies in their group or a neighbouring one.
+    pub within_one: f64,
+    /// Mean (read - the group's midpoint), years.
+    pub age_bias: f64,
+    /// Percent of faces whose gender is read right.
+    pub gender_accuracy: f64,
+}
+
+/// The figures of data labelled with age groups (FairFace's `20-29`): overall and per group.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgeGroupCheck {
+    #[serde(flatten)]
+    pub overall: GroupFigures,
+    pub by_group: Vec<GroupFigures>,
+}
+
+impl AgeGroupCheck {
+    /// None when no sample is labelled with a group. A reading's group is the one of the
+    /// data's groups that holds it (the nearest, in a gap between groups).
+    fn new(samples: &[Sample], outcomes: &[Outcome]) -> Option<AgeGroupCheck> {
+        let mut groups: Vec<AgeGroup> = samples.iter().filter_map(|s| s.age_group).collect();
+        if groups.is_empty() {
+            return None;
+        }
+        groups.sort_by(|a, b| a.from.total_cmp(&b.from).then(a.to.total_cmp(&b.to)));
+        groups.dedup();
+        let group_of = |age: f32| -> usize {
+            (0..groups.len())
+                .min_by(|&a, &b| groups[a].distance(age).total_cmp(&groups[b].distance(age)))
+                .unwrap_or(0)
+        };
+        #[derive(Clone, Default)]
+        struct Count {
+            faces: usize,
+            exact: usize,
+            within_one: usize,
+            signed: f64,
+            right: usize,
+        }
+        impl Count {
+            fn figures(&self, name: String) -> GroupFigures {
+                let n = self.faces.max(1) as f64;
+                GroupFigures {
+                    name,
+                    faces: self.faces,
+                    exact: 100.0 * self.exact as f64 / n,
+                    within_one: 100.0 * self.within_one as f64 / n,
+                    age_bias: self.signed / n,
+                    gender_accuracy: 100.0 * self.right as f64 / n,
+                }
+            }
+        }
+        let mut overall = Count::default();
+        let mut per_group = vec![Count::default(); groups.len()];
+        for (sample, outcome) in samples.iter().zip(outcomes) {
+            let (Some(label), Outcome::Read(e)) = (sample.age_group, outcome) else { continue };
+            let truth = groups.iter().position(|g| *g == label).expect("every label's group is listed");
+            let read = group_of(e.age);
+            for c in [&mut overall, &mut per_group[truth]] {
+                c.faces += 1;
+                c.exact += usize::from(label.contains(e.age));
+                c.within_one += usize::from(label.contains(e.age) || read.abs_diff(truth) <= 1);
+                c.signed += e.age as f64 - label.midpoint() as f64;
+                c.right += usize::from((e.female >= 0.5) == sample.female);
+            }
+        }
+        Some(AgeGroupCheck {
+            overall: overall.figures("all".into()),
+            by_group: groups
+                .iter()
+                .zip(&per_group)
+                .filter(|(_, c)| c.faces > 0)
+                .map(|(g, c)| c.figures(g.to_string()))
+                .collect(),
+        })
+    }
+}
+
+/// The age band a label puts a face in: its age's, or for an age group the band that holds
+/// the whole group (None for a group across two bands, such as 10-19 across 3-12 and 13-19).
+pub fn label_band(sample: &Sample) -> Option<usize> {
+    match sample.age_group {
+        None => Some(age_band_index(sample.age)),
+        Some(g) => {
+            let band = age_band_index(g.from);
+            (band == age_band_index(g.to - 0.01)).then_some(band)
         }
     }
 }
@@ -200,6 +298,12 @@ pub struct EvalReport {
     pub by_band: Vec<Group>,
     pub by_gender: Vec<Group>,
     pub by_race: Vec<Group>,
+    /// For data labelled with age groups: group exact, within one group, bias per group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub age_groups: Option<AgeGroupCheck>,
+    /// Faces read whose label spans two age bands (an age group such as 10-19): left out of
+    /// the per-band figures and the band counts.
+    pub across_bands: usize,
     pub counts: BandCountCheck,
 }
 
@@ -211,7 +315,7 @@ impl EvalReport {
         let mut genders = vec![Tally::default(); 2];
         let mut races = vec![Tally::default(); RACE_NAMES.len()];
         let (mut truth, mut counted, mut by_reading) = ([0usize; 6], [0f64; 6], [0usize; 6]);
-        let (mut no_face, mut unreadable, mut shares_given) = (0, Vec::new(), false);
+        let (mut no_face, mut unreadable, mut shares_given, mut across_bands) = (0, Vec::new(), false, 0);
         for (sample, outcome) in samples.iter().zip(outcomes) {
             let e = match outcome {
                 Outcome::Read(e) => e,
@@ -225,12 +329,16 @@ impl EvalReport {
                 }
             };
             overall.add(sample, e);
-            bands[age_band_index(sample.age)].add(sample, e);
             genders[usize::from(sample.female)].add(sample, e);
             if let Some(race) = sample.race {
                 races[race as usize].add(sample, e);
             }
-            truth[age_band_index(sample.age)] += 1;
+            let Some(band) = label_band(sample) else {
+                across_bands += 1;
+                continue;
+            };
+            bands[band].add(sample, e);
+            truth[band] += 1;
             by_reading[age_band_index(e.age)] += 1;
             shares_given |= e.age_bands.is_some();
             add_shares(&mut counted, &e.band_shares());
@@ -255,11 +363,13 @@ impl EvalReport {
             by_band: named(&band_names, &bands),
             by_gender: named(&["male", "female"], &genders),
             by_race: named(&RACE_NAMES, &races),
+            age_groups: AgeGroupCheck::new(samples, outcomes),
+            across_bands,
             counts: BandCountCheck {
                 truth,
                 counted: crate::counts::round_bands(&counted),
                 off: (counted_off * 100.0).round() / 100.0,
-                off_share: 100.0 * counted_off / overall.faces.max(1) as f64,
+                off_share: 100.0 * counted_off / truth.iter().sum::<usize>().max(1) as f64,
                 by_reading,
                 by_reading_off: off(&by_reading_f),
                 model_gives_shares: shares_given,
@@ -282,6 +392,23 @@ impl EvalReport {
             o.age_bias,
             o.gender_accuracy
         );
+        if let Some(g) = &self.age_groups {
+            out.push_str(&format!(
+                "age group exact {:.2}%, within one group {:.2}% ({} faces labelled with groups; \
+                 their age MAE is years outside the group, their bias from its midpoint)\n",
+                g.overall.exact, g.overall.within_one, g.overall.faces
+            ));
+            out.push_str(&format!(
+                "\n{:<12}{:>7}{:>9}{:>10}{:>8}{:>9}\n",
+                "age group", "faces", "exact", "within 1", "bias", "gender"
+            ));
+            for f in &g.by_group {
+                out.push_str(&format!(
+                    "{:<12}{:>7}{:>8.2}%{:>9.2}%{:>+8.2}{:>8.2}%\n",
+                    f.name, f.faces, f.exact, f.within_one, f.age_bias, f.gender_accuracy
+                ));
+            }
+        }
         for (title, groups) in
             [("age band", &self.by_band), ("gender", &self.by_gender), ("race group", &self.by_race)]
         {
@@ -300,7 +427,24 @@ impl EvalReport {
                 ));
             }
         }
+        if let Some(worst) =
+            self.by_race.iter().min_by(|a, b| a.figures.gender_accuracy.total_cmp(&b.figures.gender_accuracy))
+        {
+            out.push_str(&format!(
+                "worst race group for gender: {} {:.2}%, {:.2} points under all faces' {:.2}%\n",
+                worst.name,
+                worst.figures.gender_accuracy,
+                o.gender_accuracy - worst.figures.gender_accuracy,
+                o.gender_accuracy
+            ));
+        }
         let c = &self.counts;
+        if self.across_bands > 0 {
+            out.push_str(&format!(
+                "\n{} faces labelled with an age group across two bands are left out of the band rows and counts",
+                self.across_bands
+            ));
+        }
         out.push_str(&format!("\n{:<12}", "counts"));
         for (name, _, _) in AGE_BANDS {
             out.push_str(&format!("{name:>8}"));
@@ -358,7 +502,7 @@ pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::i
         };
         csv.write_record([
             sample.path.to_string_lossy().as_ref(),
-            &sample.age.to_string(),
+            &sample.age_group.map_or_else(|| sample.age.to_string(), |g| g.to_string()),
             &Gender::of(sample.female).letter().to_string(),
             race,
             what,
@@ -386,7 +530,7 @@ mod tests {
     use super::*;
 
     fn sample(age: f32, female: bool, race: u8) -> Sample {
-        Sample { path: format!("{age}_{}.jpg", u8::from(female)).into(), age, female, race: Some(race) }
+        Sample::exact(format!("{age}_{}.jpg", u8::from(female)).into(), age, female, Some(race))
     }
 
     fn read(age: f32, female: f32, bands: Option<[f32; 6]>) -> Outcome {
@@ -450,6 +594,58 @@ mod tests {
         assert_eq!(rows[2], "50_0.jpg,50,M,Black,no_face,,,");
         assert_eq!(rows[3], "5_1.jpg,5,F,Asian,unreadable,,,");
         assert_eq!(rows.len(), 4);
+    }
+
+    #[test]
+    fn age_group_labels_are_read_as_intervals() {
+        let grouped = |age: &str, female: bool, race: u8| Sample {
+            age_group: AgeGroup::parse(age),
+            age: AgeGroup::parse(age).unwrap().midpoint(),
+            ..sample(0.0, female, race)
+        };
+        let samples = vec![
+            grouped("20-29", true, 5),
+            grouped("20-29", false, 5),
+            grouped("30-39", false, 1),
+            grouped("10-19", true, 1),
+            grouped("70+", false, 0),
+            grouped("40-49", false, 0),
+            grouped("50-59", true, 0),
+        ];
+        let outcomes = vec![
+            read(27.0, 0.9, None), // exact
+            read(33.0, 0.9, None), // one group off, gender wrong
+            read(55.0, 0.1, None), // two groups off
+            read(12.0, 0.8, None), // exact, across two bands
+            read(71.0, 0.2, None), // exact
+            read(45.0, 0.2, None),
+            read(52.0, 0.9, None),
+        ];
+        let r = EvalReport::new(&samples, &outcomes);
+        let g = r.age_groups.as_ref().unwrap();
+        assert_eq!(g.overall.faces, 7);
+        assert!((g.overall.exact - 500.0 / 7.0).abs() < 1e-9);
+        assert!((g.overall.within_one - 600.0 / 7.0).abs() < 1e-9);
+        let twenties = &g.by_group.iter().find(|f| f.name == "20-29").unwrap();
+        assert_eq!((twenties.faces, twenties.exact, twenties.within_one), (2, 50.0, 100.0));
+        assert_eq!(twenties.age_bias, (27.0 - 24.5 + 33.0 - 24.5) / 2.0);
+        assert_eq!(twenties.gender_accuracy, 50.0);
+        let names: Vec<&str> = g.by_group.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(names, ["10-19", "20-29", "30-39", "40-49", "50-59", "70+"]);
+        // Years outside the group: 0, 3 (20-29 ends at 30), 15, then 0 for the rest.
+        assert!((r.overall.age_mae - 18.0 / 7.0).abs() < 1e-4, "{}", r.overall.age_mae);
+        // 10-19 spans the bands 3-12 and 13-19: out of the band figures and counts only.
+        assert_eq!(r.across_bands, 1);
+        assert_eq!(r.counts.truth, [0, 0, 0, 3, 2, 1]);
+        assert_eq!(r.by_race.iter().find(|g| g.name == "East Asian").unwrap().figures.faces, 2);
+        let table = r.table();
+        assert!(table.contains("age group exact 71.43%, within one group 85.71%"), "{table}");
+        assert!(table.contains("left out of the band rows"), "{table}");
+        assert!(
+            table.contains("worst race group for gender: East Asian 50.00%, 35.71 points under"),
+            "{table}"
+        );
+        assert_eq!(EvalReport::new(&samples[..0], &[]).age_groups, None);
     }
 
     #[test]
