@@ -335,6 +335,8 @@ pub struct Batch {
     /// `[3, N, S, S]` row-major.
     pub pixels: Vec<f32>,
     pub ages: Vec<f32>,
+    /// Each face's age group where its label is one ([`crate::data::Sample::age_group`]).
+    pub groups: Vec<Option<crate::data::AgeGroup>>,
     pub female: Vec<f32>,
     pub indices: Vec<usize>,
 }
@@ -360,6 +362,7 @@ pub fn make_batch(set: &CropSet, indices: &[usize], augment: Option<(&Augment, &
     Batch {
         pixels,
         ages: indices.iter().map(|&i| set.samples[i].age).collect(),
+        groups: indices.iter().map(|&i| set.samples[i].age_group).collect(),
         female: indices.iter().map(|&i| if set.samples[i].female { 1.0 } else { 0.0 }).collect(),
         indices: indices.to_vec(),
     }
@@ -377,11 +380,7 @@ mod tests {
             CropSettings { input_size: 8, margin: 1.5, geometry: CropGeometry::default(), in_scene: false };
         let size = settings.cache_size() as usize;
         let pixels: Vec<u8> = (0..size * size * 3).map(|i| (i * 7 % 256) as u8).collect();
-        CropSet::from_parts(
-            settings,
-            vec![crate::data::Sample { path: "a".into(), age: 30.0, female: true, race: None }],
-            pixels,
-        )
+        CropSet::from_parts(settings, vec![crate::data::Sample::exact("a".into(), 30.0, true, None)], pixels)
     }
 
     #[test]

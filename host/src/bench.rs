@@ -60,7 +60,7 @@ pub fn bench_steps(net: NetConfig, batch: usize, steps: usize, device: &Device) 
     for step in 0..steps + 1 {
         let started = Instant::now();
         let out = model.net.forward(&x, true)?;
-        let loss = model.loss.compute(&out, &ages, &female)?;
+        let loss = model.loss.compute(&out, &ages, &[], &female)?;
         let grads = loss.total.backward()?;
         optimizer.step(&grads, 1e-3)?;
         let _ = loss.total.to_scalar::<f32>()?; // wait for the device

@@ -8,7 +8,7 @@ use faceage_device::{AgeGenderModel, CropGeometry, QuantFormat};
 use faceage_host::age_map::AgeMap;
 use faceage_host::augment::{Augment, Camera};
 use faceage_host::bench;
-use faceage_host::config::{BnStats, Distil, TrainConfig};
+use faceage_host::config::{BnStats, DataSource, Distil, TrainConfig};
 use faceage_host::crops::{CropSettings, default_cache_dir};
 use faceage_host::distil::TeacherTargets;
 use faceage_host::export::from_run::{self, ExportOptions, QuantOptions};
@@ -133,9 +133,12 @@ fn threads() -> usize {
 
 #[derive(clap::Args)]
 pub struct TrainArgs {
-    /// UTKFace folder (labels in file names) or CSV manifest `path,age,gender[,race]`.
-    #[arg(long)]
-    data: PathBuf,
+    /// UTKFace folder (labels in file names) or CSV manifest `path,age,gender[,race]` (age in
+    /// years or a group such as 20-29 or 70+). Repeat it to train on several data sets, each
+    /// with its own labels and split; `PATH:W` reads that set's training faces W times an
+    /// epoch (0.5: a fresh half of them each epoch) [default weight: 1].
+    #[arg(long, required = true, value_name = "PATH[:WEIGHT]")]
+    data: Vec<DataSource>,
     /// Run folder: checkpoints, metrics.jsonl, curves.png, gallery.png.
     #[arg(long, default_value = "runs/default")]
     out: PathBuf,
@@ -180,6 +183,11 @@ pub struct TrainArgs {
     /// Width in years of the LDL target distribution.
     #[arg(long, default_value_t = TrainConfig::default().ldl_sigma)]
     sigma: f32,
+    /// Softness in years of an age group's edges (a manifest's `20-29`): the loss asks for the
+    /// age distribution's mass inside the group, its edges logistic ramps of this scale; 0
+    /// makes them hard.
+    #[arg(long, default_value_t = TrainConfig::default().group_edge, value_name = "YEARS")]
+    group_edge: f32,
     /// Strength of augmentation: 1 the default ranges (rotation 12 degrees, zoom 10%,
     /// shift 6%, colour 25%, mirror), 0 none.
     #[arg(long, default_value_t = 1.0)]
@@ -251,6 +259,7 @@ fn config_from_args(a: &TrainArgs) -> TrainConfig {
         augment: Augment { camera: Camera::scaled(a.augment * a.camera), ..Augment::scaled(a.augment) },
         age_loss: a.age_loss,
         ldl_sigma: a.sigma,
+        group_edge: a.group_edge,
         limit: a.limit,
         ema_decay: a.ema,
         bn_stats: a.bn_stats,
@@ -282,6 +291,11 @@ pub fn train(a: TrainArgs) -> Result<()> {
         (0.0..=1.0).contains(&a.race_age_balance),
         "--race-age-balance {}: between 0 (as the data is) and 1 (every race group the same age mix)",
         a.race_age_balance
+    );
+    ensure!(
+        a.group_edge >= 0.0 && a.group_edge.is_finite(),
+        "--group-edge {}: a softness in years, 0 or more",
+        a.group_edge
     );
     let device = a.device.open()?;
     let config = config_from_args(&a);
@@ -520,9 +534,9 @@ pub struct VerifyArgs {
     run: Option<PathBuf>,
     /// Without a run folder: the UTKFace folder or CSV manifest to read, cropped as the
     /// reference file's metadata says and split by the seed it records (a fresh checkout can
-    /// check the shipped files this way).
-    #[arg(long)]
-    data: Option<PathBuf>,
+    /// check the shipped files this way). Repeat it for a file trained on several data sets.
+    #[arg(long, value_name = "PATH")]
+    data: Vec<DataSource>,
     /// With --data: the split seed [default: the one the reference file records].
     #[arg(long, requires = "data")]
     seed: Option<u64>,
@@ -566,7 +580,8 @@ pub fn upgrade(a: UpgradeArgs) -> Result<()> {
                 format!("{}: its metadata does not record the split seed; give --seed", a.model.display())
             })?;
             let crop = CropSettings::for_model(contract.input_size, contract.crop.clone());
-            let spec = faceage_host::config::DataSpec { data, crop: &crop, seed, limit: a.limit };
+            let sources = [DataSource::new(data)];
+            let spec = faceage_host::config::DataSpec { data: &sources, crop: &crop, seed, limit: a.limit };
             let prepared =
                 prepare::prepare_data(&spec, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
             prepare::report_rejected(&prepared.rejected, None)?;
@@ -614,7 +629,8 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
         let data = prepare::prepare(&config, &a.data_args.detector, &a.data_args.cache_dir, threads())?;
         (config.crop, data)
     } else {
-        let data = a.data.as_ref().context("give the split to measure on: --run RUN or --data FOLDER")?;
+        ensure!(!a.data.is_empty(), "give the split to measure on: --run RUN or --data FOLDER");
+        let data = a.data.as_slice();
         let seed = match (a.seed, reference_contract.split_seed) {
             (Some(seed), _) => seed,
             (None, Some(recorded)) => recorded,

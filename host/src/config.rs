@@ -2,7 +2,7 @@
 //! shipped recipe (the model card's "Training"); the command line fills a config, it does not
 //! define one.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, ensure};
 use faceage_device::CropGeometry;
@@ -14,11 +14,72 @@ use crate::nn::loss::AgeLoss;
 use crate::nn::model::NetConfig;
 use crate::nn::optim::AdamWConfig;
 
+/// One data set of a run: a UTKFace folder or a CSV manifest, with its own labels and its own
+/// seeded split, and how often its training faces are read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DataSource {
+    pub path: PathBuf,
+    /// Each epoch reads `weight` times this source's training faces (a fresh seeded choice
+    /// each epoch where that is not a whole number): 1 every face once, 0.5 half of them.
+    pub weight: f64,
+}
+
+impl DataSource {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self { path: path.into(), weight: 1.0 }
+    }
+}
+
+impl std::str::FromStr for DataSource {
+    type Err = String;
+
+    /// `PATH` (weight 1) or `PATH:WEIGHT`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text.rsplit_once(':').map(|(path, w)| (path, w.parse::<f64>())) {
+            Some((path, Ok(weight))) => {
+                if !(weight.is_finite() && weight > 0.0) {
+                    return Err(format!("{text}: the weight after ':' must be a number above 0"));
+                }
+                Ok(Self { path: path.into(), weight })
+            }
+            _ => Ok(Self::new(text)),
+        }
+    }
+}
+
+/// The sources as one line (`faceage.train.data`): paths joined by ` + `, a weight other than 1
+/// after its path as on the command line.
+pub fn describe_sources(sources: &[DataSource]) -> String {
+    let one = |s: &DataSource| {
+        if s.weight == 1.0 {
+            s.path.display().to_string()
+        } else {
+            format!("{}:{}", s.path.display(), s.weight)
+        }
+    };
+    sources.iter().map(one).collect::<Vec<_>>().join(" + ")
+}
+
+/// Runs from before several sources recorded one path as `data`.
+fn one_or_more_sources<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<DataSource>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Recorded {
+        One(PathBuf),
+        More(Vec<DataSource>),
+    }
+    Ok(match Recorded::deserialize(d)? {
+        Recorded::One(path) => vec![DataSource::new(path)],
+        Recorded::More(sources) => sources,
+    })
+}
+
 /// Everything that defines a training run; saved as `train.json` in the run folder.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
-    /// UTKFace folder or CSV manifest.
-    pub data: PathBuf,
+    /// The data sets, in `--data` order (a sample's [`crate::data::Sample::source`]).
+    #[serde(deserialize_with = "one_or_more_sources")]
+    pub data: Vec<DataSource>,
     pub net: NetConfig,
     pub crop: CropSettings,
     pub epochs: usize,
@@ -37,6 +98,11 @@ pub struct TrainConfig {
     pub age_loss: AgeLoss,
     /// Width (years) of the LDL target distribution.
     pub ldl_sigma: f32,
+    /// Softness (years) of an age group's edges where the loss asks for the age distribution's
+    /// mass inside the group (`--group-edge`; 0: hard edges). Group labels are annotators'
+    /// guesses from a photo, so a reading a year past the edge is not all wrong.
+    #[serde(default = "default_group_edge")]
+    pub group_edge: f32,
     /// Use only this many images (a seeded choice), for smoke tests.
     pub limit: Option<usize>,
     /// Decay of the weight average that is evaluated and kept (`--ema`); none by default,
@@ -69,6 +135,10 @@ pub struct TrainConfig {
     pub race_age_balance: f64,
 }
 
+fn default_group_edge() -> f32 {
+    1.0
+}
+
 fn is_zero(v: &f64) -> bool {
     *v == 0.0
 }
@@ -91,7 +161,7 @@ impl Default for TrainConfig {
     /// camera degradations, LDL-KL age loss of width 2 years, PreciseBN statistics, seed 1.
     fn default() -> Self {
         Self {
-            data: PathBuf::new(),
+            data: Vec::new(),
             net: NetConfig::standard(64),
             crop: CropSettings::for_model(64, CropGeometry::default()),
             epochs: 36,
@@ -105,6 +175,7 @@ impl Default for TrainConfig {
             augment: Augment::scaled(1.0),
             age_loss: AgeLoss::LdlKl,
             ldl_sigma: 2.0,
+            group_edge: default_group_edge(),
             limit: None,
             ema_decay: None,
             bn_stats: BnStats::Precise,
@@ -141,7 +212,7 @@ impl Distil {
 /// What a split needs of a training configuration: which faces, how they are cropped and
 /// which seed splits them. `verify` builds one from a model file's contract instead of a run.
 pub struct DataSpec<'a> {
-    pub data: &'a Path,
+    pub data: &'a [DataSource],
     pub crop: &'a CropSettings,
     pub seed: u64,
     pub limit: Option<usize>,
@@ -186,5 +257,19 @@ mod tests {
         // A saved recipe reads back as itself.
         let text = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<TrainConfig>(&text).unwrap(), c);
+    }
+
+    #[test]
+    fn sources_parse_with_weights_and_old_runs_read_their_one_path() {
+        let s: DataSource = "../fairface/train.csv:0.5".parse().unwrap();
+        assert_eq!((s.path, s.weight), ("../fairface/train.csv".into(), 0.5));
+        assert_eq!("UTKFace".parse::<DataSource>().unwrap(), DataSource::new("UTKFace"));
+        assert!("a.csv:0".parse::<DataSource>().unwrap_err().contains("above 0"));
+        assert!("a.csv:-1".parse::<DataSource>().is_err());
+
+        let mut saved = serde_json::to_value(TrainConfig::default()).unwrap();
+        saved["data"] = serde_json::json!("/data/UTKFace");
+        let old: TrainConfig = serde_json::from_value(saved).unwrap();
+        assert_eq!(old.data, vec![DataSource::new("/data/UTKFace")]);
     }
 }

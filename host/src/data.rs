@@ -22,39 +22,96 @@ pub fn mix_seed(seed: u64, a: u64, b: u64) -> u64 {
 ///   of the data and make the two independent: UTKFace's Asian faces are 8% 40-59 against 24%
 ///   of its White ones, which could let a net learn "this group, so young" (the model card
 ///   measures what it changed: little).
+///
+/// With several sources (`source_weights[s]` for [`Sample::source`] `s`, 1 where not given),
+/// each source's faces are drawn on their own, `weight` times its count of them (a fraction:
+/// a fresh seeded choice of that many each epoch), the balances within each source, and all
+/// the draws shuffled together.
 pub fn epoch_order(
     samples: &[Sample],
+    source_weights: &[f64],
+    band_balance: f64,
+    race_age_balance: f64,
+    rng: &mut impl rand::Rng,
+) -> Vec<usize> {
+    use rand::seq::SliceRandom;
+    let weight = |source: u8| source_weights.get(source as usize).copied().unwrap_or(1.0);
+    if samples.iter().all(|s| weight(s.source) == 1.0) {
+        let all: Vec<usize> = (0..samples.len()).collect();
+        return draws(samples, &all, samples.len(), band_balance, race_age_balance, rng);
+    }
+    let sources = samples.iter().map(|s| s.source as usize + 1).max().unwrap_or(0);
+    let mut order = Vec::new();
+    for source in 0..sources {
+        let of_source: Vec<usize> =
+            (0..samples.len()).filter(|&i| samples[i].source as usize == source).collect();
+        let count = (weight(source as u8) * of_source.len() as f64).round() as usize;
+        order.extend(draws(samples, &of_source, count, band_balance, race_age_balance, rng));
+    }
+    order.shuffle(rng);
+    order
+}
+
+/// How many faces an [`epoch_order`] holds.
+pub fn epoch_len(samples: &[Sample], source_weights: &[f64]) -> usize {
+    let sources = samples.iter().map(|s| s.source as usize + 1).max().unwrap_or(0);
+    (0..sources)
+        .map(|source| {
+            let n = samples.iter().filter(|s| s.source as usize == source).count();
+            (source_weights.get(source).copied().unwrap_or(1.0) * n as f64).round() as usize
+        })
+        .sum()
+}
+
+/// `count` draws from `indices` (see [`epoch_order`]): with both balances 0, each face once per
+/// whole pass and a seeded choice of the rest, shuffled; else weighted, with replacement.
+fn draws(
+    samples: &[Sample],
+    indices: &[usize],
+    count: usize,
     band_balance: f64,
     race_age_balance: f64,
     rng: &mut impl rand::Rng,
 ) -> Vec<usize> {
     use rand::distr::Distribution;
     use rand::seq::SliceRandom;
-    if (band_balance <= 0.0 && race_age_balance <= 0.0) || samples.is_empty() {
-        let mut order: Vec<usize> = (0..samples.len()).collect();
-        order.shuffle(rng);
+    if indices.is_empty() {
+        return Vec::new();
+    }
+    if band_balance <= 0.0 && race_age_balance <= 0.0 {
+        let mut order = Vec::with_capacity(count);
+        while order.len() < count {
+            let mut pass = indices.to_vec();
+            pass.shuffle(rng);
+            pass.truncate(count - order.len());
+            order.extend(pass);
+        }
+        if count > indices.len() {
+            order.shuffle(rng);
+        }
         return order;
     }
-    let bands: Vec<usize> = samples.iter().map(|s| faceage_device::counts::age_band_index(s.age)).collect();
+    let bands: Vec<usize> =
+        indices.iter().map(|&i| faceage_device::counts::age_band_index(samples[i].age)).collect();
     let mut per_band = [0usize; AGE_BANDS.len()];
     bands.iter().for_each(|&b| per_band[b] += 1);
     let mut per_race_band = [[0usize; AGE_BANDS.len()]; RACE_NAMES.len()];
-    for (s, &b) in samples.iter().zip(&bands) {
-        if let Some(r) = s.race {
+    for (&i, &b) in indices.iter().zip(&bands) {
+        if let Some(r) = samples[i].race {
             per_race_band[r as usize][b] += 1;
         }
     }
     let share = |count: usize, of: usize| count as f64 / of as f64;
-    let weights = samples.iter().zip(&bands).map(|(s, &b)| {
-        let overall = share(per_band[b], samples.len());
-        let race_age = s.race.map_or(1.0, |r| {
+    let weights = indices.iter().zip(&bands).map(|(&i, &b)| {
+        let overall = share(per_band[b], indices.len());
+        let race_age = samples[i].race.map_or(1.0, |r| {
             let counts = &per_race_band[r as usize];
             (overall / share(counts[b], counts.iter().sum())).powf(race_age_balance)
         });
         overall.powf(-band_balance) * race_age
     });
     let draw = rand::distr::weighted::WeightedIndex::new(weights).expect("positive, finite weights");
-    (0..samples.len()).map(|_| draw.sample(rng)).collect()
+    (0..count).map(|_| indices[draw.sample(rng)]).collect()
 }
 
 #[cfg(test)]
@@ -72,6 +129,8 @@ mod tests {
                 age: if i < 900 { 30.0 } else { 70.0 },
                 female: i % 2 == 0,
                 race: None,
+                age_group: None,
+                source: 0,
             })
             .collect()
     }
@@ -84,20 +143,20 @@ mod tests {
     fn an_epoch_reads_every_face_once_or_evens_out_the_age_bands() {
         let samples = skewed();
         let rng = || ChaCha8Rng::seed_from_u64(7);
-        let plain = epoch_order(&samples, 0.0, 0.0, &mut rng());
+        let plain = epoch_order(&samples, &[], 0.0, 0.0, &mut rng());
         let mut sorted = plain.clone();
         sorted.sort();
         assert_eq!(sorted, (0..1000).collect::<Vec<_>>(), "every face once");
         assert_ne!(plain, sorted, "shuffled");
-        assert_eq!(plain, epoch_order(&samples, 0.0, 0.0, &mut rng()), "drawn again the same on resume");
+        assert_eq!(plain, epoch_order(&samples, &[], 0.0, 0.0, &mut rng()), "drawn again the same on resume");
 
-        let even = epoch_order(&samples, 1.0, 0.0, &mut rng());
+        let even = epoch_order(&samples, &[], 1.0, 0.0, &mut rng());
         assert_eq!(even.len(), 1000);
         assert!((old_share(&even) - 0.5).abs() < 0.05, "both bands about as often: {}", old_share(&even));
         // Half-way: weights 0.9^-0.5 and 0.1^-0.5, the old drawn 100*3.16 / (100*3.16 + 900*1.05).
-        let half = old_share(&epoch_order(&samples, 0.5, 0.0, &mut rng()));
+        let half = old_share(&epoch_order(&samples, &[], 0.5, 0.0, &mut rng()));
         assert!((half - 0.25).abs() < 0.04, "{half}");
-        assert_eq!(even, epoch_order(&samples, 1.0, 0.0, &mut rng()));
+        assert_eq!(even, epoch_order(&samples, &[], 1.0, 0.0, &mut rng()));
     }
 
     #[test]
@@ -108,6 +167,8 @@ mod tests {
             age,
             female: i.is_multiple_of(2),
             race: Some(race),
+            age_group: None,
+            source: 0,
         };
         let mut samples: Vec<Sample> = (0..600).map(|i| face(i, 30.0, 0)).collect();
         samples.extend((600..800).map(|i| face(i, 50.0, 0)));
@@ -119,7 +180,7 @@ mod tests {
         };
         let mut draws = Vec::new();
         for seed in 0..20 {
-            draws.extend(epoch_order(&samples, 0.0, 1.0, &mut ChaCha8Rng::seed_from_u64(seed)));
+            draws.extend(epoch_order(&samples, &[], 0.0, 1.0, &mut ChaCha8Rng::seed_from_u64(seed)));
         }
         assert_eq!(draws.len(), 20_000);
         // As drawn, both groups' old share comes close to the overall 21% (5% and 25% before).
@@ -127,8 +188,38 @@ mod tests {
         assert!((asian - 0.21).abs() < 0.03, "the rare old faces of group 2 drawn more: {asian}");
         assert!((white - 0.21).abs() < 0.03, "{white}");
         // Half-way: group 2's old weighed (0.21 / 0.05)^0.5 = 2.05, its young (0.79 / 0.95)^0.5.
-        let half = epoch_order(&samples, 0.0, 0.5, &mut ChaCha8Rng::seed_from_u64(1));
+        let half = epoch_order(&samples, &[], 0.0, 0.5, &mut ChaCha8Rng::seed_from_u64(1));
         let asian_half = old_share_of(&half, 2);
         assert!(asian_half > 0.06 && asian_half < 0.18, "{asian_half}");
+    }
+
+    #[test]
+    fn each_source_is_read_its_weight_times_an_epoch() {
+        // 1000 faces of source 0, 600 of source 1.
+        let mut samples = skewed();
+        samples.extend((0..600).map(|i| Sample {
+            path: format!("f{i}.jpg").into(),
+            source: 1,
+            ..skewed()[0].clone()
+        }));
+        let of = |order: &[usize], source: u8| order.iter().filter(|&&i| samples[i].source == source).count();
+        let rng = || ChaCha8Rng::seed_from_u64(3);
+        let order = epoch_order(&samples, &[1.0, 0.5], 0.0, 0.0, &mut rng());
+        assert_eq!((of(&order, 0), of(&order, 1)), (1000, 300));
+        assert_eq!(epoch_len(&samples, &[1.0, 0.5]), order.len());
+        let mut firsts: Vec<usize> = order.iter().copied().filter(|&i| i < 1000).collect();
+        firsts.sort();
+        assert_eq!(firsts, (0..1000).collect::<Vec<_>>(), "weight 1: each face of the source once");
+        let mut halves: Vec<usize> = order.iter().copied().filter(|&i| i >= 1000).collect();
+        halves.sort();
+        halves.dedup();
+        assert_eq!(halves.len(), 300, "weight 0.5: half of them, none twice");
+        assert_ne!(order[..50].iter().filter(|&&i| i >= 1000).count(), 0, "the sources shuffled together");
+        assert_eq!(order, epoch_order(&samples, &[1.0, 0.5], 0.0, 0.0, &mut rng()), "seeded");
+
+        let twice = epoch_order(&samples, &[1.0, 2.0], 0.0, 0.0, &mut rng());
+        assert_eq!(of(&twice, 1), 1200);
+        let balanced = epoch_order(&samples, &[0.5, 1.0], 1.0, 0.0, &mut rng());
+        assert_eq!((of(&balanced, 0), of(&balanced, 1)), (500, 600), "balances draw within each source");
     }
 }

@@ -45,6 +45,12 @@ pub mod warm_start;
 pub const UTKFACE_LICENSE: &str =
     "UTKFace is released for non-commercial research purposes only; so is any model trained on it.";
 
+/// The credit FairFace's CC BY 4.0 licence asks of every model trained on it (added to a
+/// model file's licence line when a source is FairFace).
+pub const FAIRFACE_CREDIT: &str = "Also trained on FairFace (Karkkainen and Joo, \"FairFace: Face Attribute Dataset \
+    for Balanced Race, Gender, and Age for Bias Measurement and Mitigation\", WACV 2021), CC BY 4.0, \
+    images resized to 144x144 and re-encoded as JPEG.";
+
 /// Picks the compute device: `cpu`, or `cuda` (GPU 0) when built with the `cuda` feature.
 pub fn compute_device(name: &str) -> anyhow::Result<candle_core::Device> {
     match name {

@@ -1,10 +1,11 @@
 //! Data preparation for a run: labels read, faces cropped by the board's own path (cached),
 //! and split as the run's seed splits them.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
@@ -63,9 +64,22 @@ pub fn add_scene_views(
     Ok(())
 }
 
-/// Loads the labels, builds (or loads) the crops and splits them.
+/// Loads the labels of every source, builds (or loads) the crops and splits them: each
+/// source by the seeded hash of its own file names, so adding a source moves no face of
+/// another between train, validation and test.
 pub fn prepare_data(spec: &DataSpec, detector: &Path, cache_dir: &Path, threads: usize) -> Result<Prepared> {
-    let (mut samples, mut rejected) = load_dataset(spec.data)?;
+    ensure!(!spec.data.is_empty(), "no data: give --data (a UTKFace folder or a CSV manifest)");
+    ensure!(spec.data.len() <= u8::MAX as usize, "at most {} data sources", u8::MAX);
+    let mut samples = Vec::new();
+    let mut rejected = Vec::new();
+    let mut labelled = Vec::new();
+    for (index, source) in spec.data.iter().enumerate() {
+        let (mut of_source, unusable) = load_dataset(&source.path)?;
+        of_source.iter_mut().for_each(|s| s.source = index as u8);
+        labelled.push((of_source.len(), unusable.len()));
+        samples.extend(of_source);
+        rejected.extend(unusable);
+    }
     if let Some(limit) = spec.limit {
         // A seeded choice spread over the whole set, not the first names alphabetically; by
         // file name, as the split is, so it does not hang on how the folder was named.
@@ -73,9 +87,12 @@ pub fn prepare_data(spec: &DataSpec, detector: &Path, cache_dir: &Path, threads:
             |s: &Sample| s.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         samples.sort_by_key(|s| fnv1a(spec.seed ^ 0x5eed, name(s).as_bytes()));
         samples.truncate(limit);
-        samples.sort_by(|a, b| a.path.cmp(&b.path));
     }
+    samples.sort_by(|a, b| (a.source, &a.path).cmp(&(b.source, &b.path)));
     let (crops, failed) = CropSet::build_or_load(&samples, spec.crop, detector, cache_dir, threads)?;
+    if spec.data.len() > 1 || !failed.is_empty() {
+        print_sources(spec, &labelled, &samples, &failed);
+    }
     rejected.extend(failed);
     let pick = |want: Split| -> Vec<usize> {
         (0..crops.len()).filter(|&i| split_of(&crops.samples[i].path, spec.seed) == want).collect()
@@ -90,6 +107,27 @@ pub fn prepare_data(spec: &DataSpec, detector: &Path, cache_dir: &Path, threads:
     ensure_some(&prepared.train, "training")?;
     ensure_some(&prepared.val, "validation")?;
     Ok(prepared)
+}
+
+/// Each source's images: labelled, rows rejected, faces not found, and why no face was found
+/// (every image without a face is also listed by name in the run's `rejected.txt`).
+fn print_sources(spec: &DataSpec, labelled: &[(usize, usize)], samples: &[Sample], failed: &[Rejected]) {
+    let source_of: std::collections::HashMap<&Path, u8> =
+        samples.iter().map(|s| (s.path.as_path(), s.source)).collect();
+    for (index, (source, (images, bad_rows))) in spec.data.iter().zip(labelled).enumerate() {
+        let mut reasons: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in failed.iter().filter(|r| source_of.get(r.path.as_path()) == Some(&(index as u8))) {
+            *reasons.entry(r.reason.as_str()).or_default() += 1;
+        }
+        let lost: usize = reasons.values().sum();
+        let why: Vec<String> = reasons.iter().map(|(reason, n)| format!("{n} {reason}")).collect();
+        eprintln!(
+            "data {}: {images} labelled images (weight {}), {bad_rows} rows unusable, {lost} without a usable face{}",
+            source.path.display(),
+            source.weight,
+            if why.is_empty() { String::new() } else { format!(" ({})", why.join("; ")) }
+        );
+    }
 }
 
 pub fn report_rejected(rejected: &[Rejected], file: Option<&Path>) -> Result<()> {

@@ -63,6 +63,7 @@ struct Schedule {
 }
 
 impl Schedule {
+    /// `train_crops`: the faces one epoch reads ([`crate::data::epoch_len`]).
     fn new(config: &TrainConfig, train_crops: usize) -> Self {
         let batch_size = config.batch_size.min(train_crops).max(2);
         let batches_per_epoch = train_crops / batch_size;
@@ -144,7 +145,8 @@ impl<'a> Trainer<'a> {
         let average = config.ema_decay.map(|decay| WeightAverage::new(decay, &model.params)).transpose()?;
         let bn_crops =
             (config.bn_stats == BnStats::Precise).then(|| bn_stats_crops(&data.train, config.seed));
-        let schedule = Schedule::new(config, data.train.len());
+        let weights: Vec<f64> = config.data.iter().map(|d| d.weight).collect();
+        let schedule = Schedule::new(config, crate::data::epoch_len(&data.train.samples, &weights));
         Ok(Self {
             config,
             run,
@@ -250,8 +252,10 @@ impl<'a> Trainer<'a> {
     /// `None` when `stop` was set.
     fn train_epoch(&mut self, stop: &AtomicBool) -> Result<Option<Running>> {
         let (config, epoch) = (self.config, self.state.epoch);
+        let weights: Vec<f64> = config.data.iter().map(|d| d.weight).collect();
         let order = epoch_order(
             &self.data.train.samples,
+            &weights,
             config.band_balance,
             config.race_age_balance,
             &mut ChaCha8Rng::seed_from_u64(mix_seed(config.seed, epoch as u64, u64::MAX)),
@@ -327,7 +331,7 @@ impl<'a> Trainer<'a> {
         let female = Tensor::from_vec(batch.female.clone(), n, device)?;
         let out = self.model.net.forward(&x, true)?;
         let teaching = self.teacher.map(|t| t.teaching(&batch.indices, device)).transpose()?;
-        let loss = self.model.loss.compute_taught(&out, &ages, &female, teaching.as_ref())?;
+        let loss = self.model.loss.compute_taught(&out, &ages, &batch.groups, &female, teaching.as_ref())?;
         let grads = loss.total.backward()?;
         self.optimizer.step(&grads, lr)?;
         if let Some(average) = &mut self.average {
@@ -348,8 +352,9 @@ impl<'a> Trainer<'a> {
         let logits = out.female_logit.to_vec1::<f32>()?;
         running.lr = lr;
         running.loss_sum += value * n as f64;
-        running.error_sum +=
-            predicted.iter().zip(&batch.ages).map(|(p, a)| (p - a).abs() as f64).sum::<f64>();
+        running.error_sum += (predicted.iter().zip(&batch.ages).zip(&batch.groups))
+            .map(|((&p, &age), group)| group.map_or((p - age).abs(), |g| g.distance(p)) as f64)
+            .sum::<f64>();
         running.correct +=
             logits.iter().zip(&batch.female).filter(|(l, f)| (**l >= 0.0) == (**f >= 0.5)).count();
         running.seen += n;

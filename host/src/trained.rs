@@ -29,7 +29,8 @@ impl Model {
     pub fn new(config: &TrainConfig, device: &Device) -> Result<Self> {
         let mut params = Params::new(config.seed, device);
         let net = AgeGenderNet::new(config.net.clone(), &mut params)?;
-        let loss = MultiTaskLoss::new(config.age_loss, config.ldl_sigma, &mut params)?;
+        let mut loss = MultiTaskLoss::new(config.age_loss, config.ldl_sigma, &mut params)?;
+        loss.group_edge = config.group_edge;
         Ok(Self { params, net, loss, age_map: None })
     }
 
@@ -104,8 +105,11 @@ pub fn fit_age_map(
 ) -> Result<(AgeMap, f64, f64)> {
     ensure!(model.age_map.is_none(), "the age map is fitted on the net's own reading");
     let readings = model.predict_mirrored(val, device, true)?;
-    let ages: Vec<f32> = val.samples.iter().map(|s| s.age).collect();
-    let raw: Vec<f32> = readings.iter().map(|p| p.age).collect();
+    // Fitted on exact ages only: an age group's midpoint is no age to map a reading to.
+    let exact: Vec<usize> = (0..val.len()).filter(|&i| val.samples[i].age_group.is_none()).collect();
+    ensure!(!exact.is_empty(), "the age map needs validation faces labelled with exact ages");
+    let ages: Vec<f32> = exact.iter().map(|&i| val.samples[i].age).collect();
+    let raw: Vec<f32> = exact.iter().map(|&i| readings[i].age).collect();
     let map = AgeMap::fit(&raw, &ages)?;
     let mae = |f: &dyn Fn(f32) -> f32| -> f64 {
         raw.iter().zip(&ages).map(|(r, a)| (f(*r) - a).abs() as f64).sum::<f64>() / ages.len().max(1) as f64
@@ -128,7 +132,8 @@ pub fn validation_loss(model: &Model, set: &CropSet, device: &Device) -> Result<
         let ages = Tensor::from_vec(batch.ages, count, device)?;
         let female = Tensor::from_vec(batch.female, count, device)?;
         let out = model.net.forward(&x, false)?;
-        sum += model.loss.compute(&out, &ages, &female)?.total.to_scalar::<f32>()? as f64 * count as f64;
+        sum += model.loss.compute(&out, &ages, &batch.groups, &female)?.total.to_scalar::<f32>()? as f64
+            * count as f64;
         n += count;
     }
     Ok(sum / n.max(1) as f64)

@@ -13,13 +13,13 @@ use faceage_device::{AgeGenderModel, ModelContract, QuantFormat};
 
 use super::quantize::{self, Calibration};
 use super::{Agreement, Encoding, FoldedNet, PlainF32, RecordedSplit};
-use crate::UTKFACE_LICENSE;
 use crate::augment::{MEAN, STD};
 use crate::config::TrainConfig;
 use crate::crops::CropSet;
 use crate::metrics::{Evaluation, Prediction, evaluate};
 use crate::prepare::Prepared;
 use crate::trained::Model;
+use crate::{FAIRFACE_CREDIT, UTKFACE_LICENSE};
 
 /// How the f32 file is made.
 #[derive(Clone, Debug)]
@@ -94,6 +94,16 @@ fn test_set(data: &Prepared) -> &CropSet {
     if data.test.is_empty() { &data.val } else { &data.test }
 }
 
+/// Whether FairFace faces were among the training faces, whose CC BY 4.0 licence asks every
+/// model trained on them to credit it: a face from a folder named FairFace, or labelled with a
+/// race group only FairFace has.
+fn trained_on_fairface(samples: &[crate::data::Sample]) -> bool {
+    samples.iter().any(|s| {
+        s.race.is_some_and(|r| r >= crate::data::UTKFACE_RACES)
+            || s.path.to_string_lossy().to_ascii_lowercase().contains("fairface")
+    })
+}
+
 /// The contract of the f32 file of a run (its figures still to be filled in).
 fn contract_for(config: &TrainConfig, data: &Prepared, folded: &FoldedNet, command: &str) -> ModelContract {
     ModelContract {
@@ -116,9 +126,13 @@ fn contract_for(config: &TrainConfig, data: &Prepared, folded: &FoldedNet, comma
             test: data.test.len(),
             seed: config.seed,
         }
-        .describe(&config.data),
+        .describe(&crate::config::describe_sources(&config.data)),
         split_seed: Some(config.seed),
-        train_license: UTKFACE_LICENSE.into(),
+        train_license: if trained_on_fairface(&data.train.samples) {
+            format!("{UTKFACE_LICENSE} {FAIRFACE_CREDIT}")
+        } else {
+            UTKFACE_LICENSE.into()
+        },
         train_command: command.to_string(),
         metrics: BTreeMap::new(),
     }

@@ -48,14 +48,11 @@ pub struct RecordedSplit {
 }
 
 impl RecordedSplit {
-    pub fn describe(&self, data: &Path) -> String {
+    /// `data`: the sources, as [`crate::config::describe_sources`] names them.
+    pub fn describe(&self, data: &str) -> String {
         format!(
             "{} ({} train / {} val / {} test faces, split seed {})",
-            data.display(),
-            self.train,
-            self.val,
-            self.test,
-            self.seed
+            data, self.train, self.val, self.test, self.seed
         )
     }
 
@@ -566,7 +563,7 @@ mod tests {
     fn recorded_split_reads_back_what_it_writes() {
         let split = RecordedSplit { train: 16945, val: 2157, test: 2221, seed: 7 };
         // A data path may itself hold brackets and the words the entry uses.
-        let data = Path::new("/data/UTK (copy, split seed 3)/faces");
+        let data = "/data/UTK (copy, split seed 3)/faces + /data/fairface/train.csv:0.5";
         assert_eq!(RecordedSplit::parse(&split.describe(data)), Some(split));
         assert_eq!(split.faces(Split::Val), 2157);
     }

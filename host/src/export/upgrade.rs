@@ -115,6 +115,10 @@ fn set_metadata(model: &mut ModelProto, key: String, value: String) {
 /// crops): least absolute deviations of the true age on the reading.
 pub fn fit_age_map(model: &AgeGenderModel, set: &CropSet) -> Result<MapFit> {
     ensure!(!set.samples.is_empty(), "no faces to fit an age map on");
+    ensure!(
+        set.samples.iter().all(|s| s.age_group.is_none()),
+        "an age map is fitted on exact ages; these faces are labelled with age groups"
+    );
     let readings: Vec<f32> = predict_with_device(model, set)?.iter().map(|p| p.age).collect();
     let truths: Vec<f32> = set.samples.iter().map(|s| s.age).collect();
     let map = AgeMap::fit(&readings, &truths)?;
