@@ -32,6 +32,36 @@ pub fn utkface_dir() -> PathBuf {
     dir
 }
 
+/// FairFace folder (`train.csv` and `train/`): `FACEAGE_FAIRFACE`, else
+/// `../shared/datasets/fairface`. Tests that need it fail loudly when it is missing.
+pub fn fairface_dir() -> PathBuf {
+    let dir = std::env::var_os("FACEAGE_FAIRFACE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("../shared/datasets/fairface"));
+    assert!(
+        dir.join("train.csv").is_file(),
+        "FairFace not found at {} (no train.csv): get FairFace (padding 0.25, \
+         https://github.com/joojs/fairface) and set FACEAGE_FAIRFACE=/path/to/it",
+        dir.display()
+    );
+    dir
+}
+
+/// The first `n` rows of FairFace's `train.csv` after `skip`, each as
+/// `ABSOLUTE_PATH,age group,gender,race`.
+pub fn fairface_rows(skip: usize, n: usize) -> Vec<String> {
+    let dir = fairface_dir();
+    let text = std::fs::read_to_string(dir.join("train.csv")).unwrap();
+    text.lines()
+        .skip(1 + skip)
+        .take(n)
+        .map(|line| {
+            let (path, rest) = line.split_once(',').expect("path,age,gender,race");
+            format!("{},{rest}", dir.join(path).display())
+        })
+        .collect()
+}
+
 /// The BlazeFace detector fetched by the set-up step.
 pub fn detector() -> PathBuf {
     let path = root().join("models/face_detection_back_256x256_barracuda.onnx");
