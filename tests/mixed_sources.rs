@@ -11,13 +11,13 @@ fn a_mixed_manifest_and_a_second_source_train_export_and_evaluate() {
     // One manifest of exact ages (UTKFace chips) and age groups (FairFace faces), with bad
     // rows of every kind; a second source of FairFace faces read half as often.
     let mut mixed = vec!["path,age,gender,race".to_string()];
-    for path in spread_faces(120, 11) {
+    for path in spread_faces(80, 11) {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let fields: Vec<&str> = name.split('_').collect();
         let gender = if fields[1] == "1" { "F" } else { "M" };
         mixed.push(format!("{},{},{gender},{}", path.display(), fields[0], fields[2]));
     }
-    mixed.extend(fairface_rows(0, 120));
+    mixed.extend(fairface_rows(0, 80));
     let corrupt = dir.join("corrupt.jpg");
     std::fs::write(&corrupt, b"\xff\xd8 not really a jpeg").unwrap();
     let any_face = fairface_rows(500, 1)[0].split(',').next().unwrap().to_string();
@@ -30,7 +30,7 @@ fn a_mixed_manifest_and_a_second_source_train_export_and_evaluate() {
     let mixed_csv = dir.join("mixed.csv");
     std::fs::write(&mixed_csv, mixed.join("\n") + "\n").unwrap();
     let second_csv = dir.join("second.csv");
-    let second = [vec!["path,age,gender,race".to_string()], fairface_rows(200, 100)].concat();
+    let second = [vec!["path,age,gender,race".to_string()], fairface_rows(200, 60)].concat();
     std::fs::write(&second_csv, second.join("\n") + "\n").unwrap();
 
     let run = dir.join("run");
@@ -45,8 +45,8 @@ fn a_mixed_manifest_and_a_second_source_train_export_and_evaluate() {
     assert!(log.contains("15-5") && log.contains("age group"), "{log}");
     assert!(log.contains("Martian"), "{log}");
     assert!(log.contains("missing.jpg") && log.contains("corrupt.jpg"), "{log}");
-    assert!(log.contains("242 labelled images (weight 1), 2 rows unusable"), "{log}");
-    assert!(log.contains("100 labelled images (weight 0.5)"), "{log}");
+    assert!(log.contains("162 labelled images (weight 1), 2 rows unusable"), "{log}");
+    assert!(log.contains("60 labelled images (weight 0.5)"), "{log}");
     let rejected = std::fs::read_to_string(run.join("rejected.txt")).unwrap();
     for named in ["15-5", "Martian", "missing.jpg", "corrupt.jpg"] {
         assert!(rejected.contains(named), "rejected.txt names {named}: {rejected}");
@@ -73,7 +73,7 @@ fn a_mixed_manifest_and_a_second_source_train_export_and_evaluate() {
     assert_eq!(json["labels_rejected"], 2);
     let groups = &report["age_groups"];
     let read = groups["faces"].as_u64().unwrap();
-    assert!(read >= 110, "most of the 120 FairFace faces read: {groups}");
+    assert!(read >= 70, "most of the 80 FairFace faces read: {groups}");
     let (exact, within) = (groups["exact"].as_f64().unwrap(), groups["within_one"].as_f64().unwrap());
     assert!((0.0..=100.0).contains(&exact) && exact <= within, "{groups}");
     let names: Vec<&str> =
@@ -82,6 +82,6 @@ fn a_mixed_manifest_and_a_second_source_train_export_and_evaluate() {
     let races: Vec<&str> =
         report["by_race"].as_array().unwrap().iter().map(|g| g["name"].as_str().unwrap()).collect();
     assert!(races.contains(&"East Asian") && races.contains(&"Latino_Hispanic"), "{races:?}");
-    let table = stdout(ok(&run_device(&["eval", mixed_csv.to_str().unwrap()], &model)));
+    let table = stdout(ok(&run_device(&["eval", second_csv.to_str().unwrap()], &model)));
     assert!(table.contains("age group exact") && table.contains("within one group"), "{table}");
 }
