@@ -6,7 +6,8 @@
 # Each configuration is built once: a feature change rebuilds faceage-device and everything
 # above it, and `multithread` rebuilds tract. Lints are check builds (no code generated) and
 # cannot share with the test build, so there are two lint builds and two test builds, each
-# there for a reason said at its step. Each step prints how long it took, and a summary ends.
+# there for a reason said at its step. Each step prints how long it took (wall and CPU), and a
+# summary ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,22 +18,36 @@ TEST_FEATURES=faceage-device/mqtt-tls
 
 started=$SECONDS
 timings=()
+# CPU seconds (user + system) of the finished commands so far: on a machine busy with other
+# work the wall time grows, the CPU time much less, so the summary gives both.
+# (`times` must run in this shell, not in a $(...) subshell, to see this shell's children.)
+cpu_file=$(mktemp)
+cpu() {
+  times > "$cpu_file"
+  CPU=$(awk 'NR == 2 { t = 0; for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] } printf "%d", t }' "$cpu_file")
+}
 summary() {
   local rc=$?
+  cpu
+  rm -f "$cpu_file"
   echo
-  echo "== scripts/test.sh: step times"
+  echo "== scripts/test.sh: wall and CPU time of each step ($(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg))"
   printf '%s\n' "${timings[@]}"
-  printf '%5d s  total%s\n' $((SECONDS - started)) "$([ "$rc" = 0 ] || echo " (FAILED, exit $rc)")"
+  printf '%5d s %6d s  total%s\n' $((SECONDS - started)) "$CPU" "$([ "$rc" = 0 ] || echo " (FAILED, exit $rc)")"
 }
 trap summary EXIT
 # step NAME COMMAND...: runs the command, prints and records how long it took.
 step() {
-  local name="$1" t0=$SECONDS
+  local name="$1" t0=$SECONDS c0
+  cpu
+  c0=$CPU
   shift
   echo "== $name: $*"
   "$@"
-  timings+=("$(printf '%5d s  %s' $((SECONDS - t0)) "$name")")
-  echo "== $name: $((SECONDS - t0)) s"
+  cpu
+  local wall=$((SECONDS - t0)) cpu_s=$((CPU - c0))
+  timings+=("$(printf '%5d s %6d s  %s' "$wall" "$cpu_s" "$name")")
+  echo "== $name: $wall s (CPU $cpu_s s)"
 }
 
 step "fmt" cargo fmt --all -- --check
