@@ -4,7 +4,9 @@
 //! folder, a run's exported file teaches as the run does, and teachers that saw other faces
 //! are refused.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use std::sync::OnceLock;
 
 use faceage_e2e::*;
 use serde_json::Value;
@@ -19,23 +21,44 @@ fn val_figures(run: &Path) -> Vec<(f64, f64)> {
     run_metrics(run).iter().map(figures).collect()
 }
 
+/// A teacher (two epochs, patience 9) and the student it teaches with the default share,
+/// trained once for the two tests that need that pair (training is deterministic: the same
+/// pair wherever it is trained).
+struct Taught {
+    teacher: PathBuf,
+    student: PathBuf,
+    /// The student's `train` output.
+    student_out: Output,
+}
+
+fn taught() -> &'static Taught {
+    static TAUGHT: OnceLock<Taught> = OnceLock::new();
+    TAUGHT.get_or_init(|| {
+        let work = tempfile::Builder::new().prefix("faceage-taught-").tempdir().unwrap().keep();
+        let teacher = work.join("teacher");
+        ok(&train(&teacher, &work, &["--patience", "9"]));
+        let student = work.join("student");
+        let student_out =
+            train(&student, &work, &["--patience", "9", "--teacher", teacher.to_str().unwrap()]);
+        ok(&student_out);
+        Taught { teacher, student, student_out }
+    })
+}
+
 #[test]
 fn a_student_learns_from_its_teacher_and_resumes_with_its_readings() {
+    let Taught { teacher, student, student_out: out } = taught();
     let work = tempfile::tempdir().unwrap();
-    let teacher = work.path().join("teacher");
-    ok(&train(&teacher, work.path(), &["--patience", "9"]));
     let t = teacher.to_str().unwrap();
 
     // Share 0: the labels alone, so exactly the teacher's own (same seed, same settings) run.
     let unweighted = work.path().join("unweighted");
     ok(&train(&unweighted, work.path(), &["--patience", "9", "--teacher", t, "--distil-weight", "0"]));
-    assert_eq!(val_figures(&unweighted), val_figures(&teacher));
+    assert_eq!(val_figures(&unweighted), val_figures(teacher));
 
-    let student = work.path().join("student");
-    let out = train(&student, work.path(), &["--patience", "9", "--teacher", t]);
-    ok(&out);
-    assert!(stderr(&out).contains("training crops in"), "the teacher read the crops: {}", stderr(&out));
-    assert_ne!(val_figures(&student), val_figures(&teacher), "the teacher's readings change what is learnt");
+    // The student: `--teacher` with the default share.
+    assert!(stderr(out).contains("training crops in"), "the teacher read the crops: {}", stderr(out));
+    assert_ne!(val_figures(student), val_figures(teacher), "the teacher's readings change what is learnt");
     let saved: Value =
         serde_json::from_str(&std::fs::read_to_string(student.join("train.json")).unwrap()).unwrap();
     assert_eq!(saved["distil"]["teachers"][0], t, "train.json names the teachers");
@@ -50,7 +73,7 @@ fn a_student_learns_from_its_teacher_and_resumes_with_its_readings() {
     ok(&out);
     assert!(stderr(&out).contains("teachers' readings of"), "{}", stderr(&out));
     assert!(!stderr(&out).contains("training crops in"), "not read again: {}", stderr(&out));
-    assert_eq!(val_figures(&resumed), val_figures(&student));
+    assert_eq!(val_figures(&resumed), val_figures(student));
 }
 
 /// The shipped file's last step: a wider net (`--net wide`, a teacher the board could not carry)
@@ -115,28 +138,26 @@ fn teachers_that_saw_other_faces_are_refused() {
 /// teaches, so a student can learn from the shipped file without the runs that made it.
 #[test]
 fn a_model_file_teaches_as_its_run_does() {
+    // The student taught by the run itself is the shared one.
+    let Taught { teacher, student: from_run, .. } = taught();
     let work = tempfile::tempdir().unwrap();
-    let teacher = work.path().join("teacher");
-    ok(&train(&teacher, work.path(), &["--patience", "9"]));
     let file = work.path().join("teacher.onnx");
     ok(&run_host(
         &["export", "--run", teacher.to_str().unwrap(), "--out", file.to_str().unwrap()],
         work.path(),
     ));
 
-    let from_run = work.path().join("from-run");
-    ok(&train(&from_run, work.path(), &["--patience", "9", "--teacher", teacher.to_str().unwrap()]));
     let from_file = work.path().join("from-file");
     let out = train(&from_file, work.path(), &["--patience", "9", "--teacher", file.to_str().unwrap()]);
     ok(&out);
     assert!(stderr(&out).contains("training crops in"), "{}", stderr(&out));
     // tract and candle agree to 1e-3 on each reading (export checks it), not to the bit.
-    let (a, b) = (val_figures(&from_run), val_figures(&from_file));
+    let (a, b) = (val_figures(from_run), val_figures(&from_file));
     assert_eq!(a.len(), b.len());
     for ((mae_run, acc_run), (mae_file, acc_file)) in a.iter().zip(&b) {
         assert!((mae_run - mae_file).abs() < 0.05 && (acc_run - acc_file).abs() < 2.0, "{a:?} vs {b:?}");
     }
-    assert_ne!(b, val_figures(&teacher), "the file's readings change what is learnt");
+    assert_ne!(b, val_figures(teacher), "the file's readings change what is learnt");
 
     // A file says which split it was trained on; one from another split, or one that does not
     // say, is refused, as is a net without an age distribution to hand on.
@@ -189,11 +210,7 @@ fn the_retraining_script_trains_seven_teachers_then_the_student() {
             .env("FACEAGE_TRAIN_ARGS", "--net tiny --limit 300 --epochs 1 --batch 32")
             .env(
                 "FACEAGE_HOST_ARGS",
-                format!(
-                    "--detector {} --cache-dir {}",
-                    detector().display(),
-                    work.path().join("cache").display()
-                ),
+                format!("--detector {} --cache-dir {}", detector().display(), crop_cache().display()),
             ))
     };
     ok(&script());

@@ -83,7 +83,7 @@ fn a_run_interrupted_mid_epoch_continues_from_its_checkpoint() {
         .arg("--detector")
         .arg(detector())
         .arg("--cache-dir")
-        .arg(work.path().join("cache"))
+        .arg(crop_cache())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

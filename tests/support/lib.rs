@@ -171,9 +171,10 @@ pub fn one_face_photo(dir: &Path, name: &str, nth: usize) -> PathBuf {
 }
 
 /// A small model of the shipped design (32x32 input) trained once per test process (a few
-/// hundred images, two epochs) and exported as f32, shared by the tests that need *a* model rather than a good one.
+/// hundred images, two epochs; tests/main.rs makes every file one process) and exported as
+/// f32, shared by the tests that need *a* model rather than a good one.
 pub struct TinyRun {
-    /// Work folder: `run/` (the training run), `cache/`, and the model files.
+    /// Work folder: `run/` (the training run) and the model files.
     pub dir: PathBuf,
     pub f32_model: PathBuf,
 }
@@ -213,15 +214,28 @@ pub fn run_metrics(run: &Path) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
+/// The crop cache every training of this test process shares (`--cache-dir`). Finding and
+/// cropping the 300 faces of a small run takes about 40 s of CPU, training one on them about
+/// 1 s: with a cache per test, most of the suite's training time was cropping the same faces
+/// again. It lives as long as the process, so a test run never reads crops an older build made
+/// (tests of the cache itself give their own `--cache-dir`). Concurrent writers are safe: the
+/// host writes a cache whole or not at all, and crops missing from it are made again.
+pub fn crop_cache() -> &'static Path {
+    static CACHE: OnceLock<PathBuf> = OnceLock::new();
+    CACHE
+        .get_or_init(|| tempfile::Builder::new().prefix("faceage-crops-").tempdir().expect("temp dir").keep())
+}
+
 /// Runs `faceage-host` with the shared data (unless `args` name a `--data`), the detector and
-/// a cache inside `work`.
-pub fn run_host(args: &[&str], work: &Path) -> Output {
+/// the process's shared [`crop_cache`]. `_work` is the calling test's folder (its cache was
+/// `_work/cache` before the cache was shared).
+pub fn run_host(args: &[&str], _work: &Path) -> Output {
     let mut cmd = Command::new(bin("faceage-host"));
     cmd.args(args);
     if args.first() == Some(&"train") && !args.contains(&"--data") {
         cmd.arg("--data").arg(utkface_dir());
     }
-    cmd.arg("--detector").arg(detector()).arg("--cache-dir").arg(work.join("cache"));
+    cmd.arg("--detector").arg(detector()).arg("--cache-dir").arg(crop_cache());
     run(&mut cmd)
 }
 
