@@ -12,6 +12,7 @@ mod fine_tune;
 mod fleet;
 mod kiosk;
 mod live_pipeline;
+mod mixed_sources;
 mod quantize;
 mod resume;
 mod train_export_classify;
