@@ -14,26 +14,8 @@ use anyhow::{Context, Result, bail};
 use jiff::ZonedDateTime as Zoned;
 use serde::{Deserialize, Serialize};
 
-use crate::age_gender::{BandShares, Gender};
-
-/// Age bands of every count and report: (name, from, to) in years, `to` exclusive.
-pub const AGE_BANDS: [(&str, f32, f32); 6] = [
-    ("0-2", 0.0, 3.0),
-    ("3-12", 3.0, 13.0),
-    ("13-19", 13.0, 20.0),
-    ("20-39", 20.0, 40.0),
-    ("40-59", 40.0, 60.0),
-    ("60+", 60.0, f32::INFINITY),
-];
-
-/// Index into [`AGE_BANDS`].
-pub fn age_band_index(age: f32) -> usize {
-    AGE_BANDS.iter().position(|(_, lo, hi)| age >= *lo && age < *hi).unwrap_or(if age < 0.0 { 0 } else { 5 })
-}
-
-pub fn age_band(age: f32) -> &'static str {
-    AGE_BANDS[age_band_index(age)].0
-}
+use crate::age_gender::Gender;
+use crate::bands::{AGE_BANDS, BandShares};
 
 /// Adds one person's band shares to `counts`, renormalised to sum to 1 (a distribution's
 /// float sum is 1 only to within rounding).
@@ -42,13 +24,6 @@ pub fn add_shares(counts: &mut BandCounts, shares: &BandShares) {
     for (c, s) in counts.iter_mut().zip(shares) {
         *c += (*s / total.max(f32::EPSILON)) as f64;
     }
-}
-
-/// All of a face's share in the band of `age`.
-pub fn one_band(age: f32) -> BandShares {
-    let mut shares = [0.0; 6];
-    shares[age_band_index(age)] = 1.0;
-    shares
 }
 
 /// People per age band, in [`AGE_BANDS`] order. Each person adds their probability mass in
@@ -511,6 +486,7 @@ pub fn repair_torn_tail(path: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bands::one_band;
 
     fn record(people: u32) -> IntervalRecord {
         IntervalRecord {
@@ -576,15 +552,6 @@ mod tests {
 
     fn now() -> Zoned {
         "2026-11-29T10:00:00+01:00[Europe/Paris]".parse().unwrap()
-    }
-
-    #[test]
-    fn bands_cover_all_ages() {
-        assert_eq!(age_band(0.0), "0-2");
-        assert_eq!(age_band(12.9), "3-12");
-        assert_eq!(age_band(39.9), "20-39");
-        assert_eq!(age_band(116.0), "60+");
-        assert_eq!(age_band(-1.0), "0-2");
     }
 
     #[test]

@@ -14,7 +14,8 @@ use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::age_gender::{Estimate, Gender};
-use crate::counts::{AGE_BANDS, BandCounts, add_shares, age_band_index};
+use crate::bands::{AGE_BANDS, age_band_index};
+use crate::counts::{BandCounts, add_shares};
 use crate::imaging::load_rgb;
 use crate::labels::{RACE_NAMES, Rejected, Sample, fnv1a};
 use crate::pipeline::Pipeline;

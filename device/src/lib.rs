@@ -11,6 +11,7 @@
 
 pub mod age_gender;
 pub mod align;
+pub mod bands;
 pub mod bench;
 pub mod chart;
 pub mod counts;

@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use crate::age_gender::Gender;
 use crate::chart::{Canvas, Series, stacked_bars_canvas};
-use crate::counts::{AGE_BANDS, BandTally, IntervalRecord};
+use crate::bands::AGE_BANDS;
+use crate::counts::{BandTally, IntervalRecord};
 
 /// A line of a counts log with its start read once: the instant (order and `--from`/`--to`)
 /// and the board's local date and time as it wrote them (the hour a report groups by).

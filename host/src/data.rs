@@ -4,7 +4,7 @@
 pub use faceage_device::labels::*;
 
 /// Age bands are the board's: reports on both sides use the same ones.
-pub use faceage_device::counts::{AGE_BANDS, age_band};
+pub use faceage_device::bands::{AGE_BANDS, age_band};
 
 /// An independent seed for (`a`, `b`) under `seed`: every epoch's order and every batch's
 /// augmentation can be drawn again on resume.
@@ -35,7 +35,7 @@ pub fn epoch_order(
         order.shuffle(rng);
         return order;
     }
-    let bands: Vec<usize> = samples.iter().map(|s| faceage_device::counts::age_band_index(s.age)).collect();
+    let bands: Vec<usize> = samples.iter().map(|s| faceage_device::bands::age_band_index(s.age)).collect();
     let mut per_band = [0usize; AGE_BANDS.len()];
     bands.iter().for_each(|&b| per_band[b] += 1);
     let mut per_race_band = [[0usize; AGE_BANDS.len()]; RACE_NAMES.len()];

@@ -11,7 +11,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::publisher::PublisherStatus;
-use crate::counts::{AGE_BANDS, BandTally};
+use crate::bands::AGE_BANDS;
+use crate::counts::BandTally;
 
 /// One source's figures since the process started.
 #[derive(Clone, Debug, Default, PartialEq)]
