@@ -234,7 +234,7 @@ impl EvalReport {
             truth[age_band_index(sample.age)] += 1;
             by_reading[age_band_index(e.age)] += 1;
             shares_given |= e.age_bands.is_some();
-            add_shares(&mut counted, &e.band_shares());
+            add_shares(&mut counted, None, &e.band_shares());
         }
         let off = |read: &[f64; 6]| read.iter().zip(&truth).map(|(r, t)| (r - *t as f64).abs()).sum::<f64>();
         let by_reading_f = by_reading.map(|v| v as f64);
