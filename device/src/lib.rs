@@ -13,6 +13,7 @@ pub mod age_gender;
 pub mod align;
 pub mod bands;
 pub mod bench;
+pub mod calibration;
 pub mod chart;
 pub mod counts;
 pub mod detect;
