@@ -20,6 +20,7 @@ pub mod detect;
 pub mod draw;
 pub mod eval;
 pub mod events;
+pub mod figures;
 pub mod files;
 pub mod fleet;
 pub mod geometry;
