@@ -24,8 +24,9 @@ impl FpsMeter {
     /// most 5 / 3 fps), short enough to follow a change within seconds.
     pub const WINDOW: Duration = Duration::from_secs(3);
     /// Before this much time has passed since the first frame the rate is not known (0): a
-    /// rate from a burst or two says nothing.
-    pub const WARM_UP: Duration = Duration::from_secs(1);
+    /// rate from one burst says nothing. Short, so that a page opened at the start shows a
+    /// rate as soon as it shows people.
+    pub const WARM_UP: Duration = Duration::from_millis(250);
 
     /// A frame at `now` (any clock that does not go back: time since the run started, say);
     /// returns the rate at `now`.
@@ -156,8 +157,8 @@ mod tests {
         let mut last = 0.0;
         for i in 1..=60u64 {
             last = meter.tick(ms(i * 100));
-            if i < 10 {
-                assert_eq!(last, 0.0, "not known in the first second");
+            if i < 3 {
+                assert_eq!(last, 0.0, "not known in the first quarter second");
             } else {
                 assert!((last - 10.0).abs() < 0.5, "{last} fps at frame {i}");
             }
