@@ -87,6 +87,14 @@ fn eval_reads_a_manifest_names_bad_rows_and_counts_per_band() {
     let counted: f64 = counts["counted"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).sum();
     assert_eq!(truth, read);
     assert!((counted - read as f64).abs() < 0.1, "every face counts once in all: {counted} of {read}");
+    // Calibration of the band shares on the faces read; too few for groups of 50.
+    let calibration = &report["calibration"];
+    assert_eq!(calibration["faces"], read);
+    assert_eq!(calibration["bands"].as_array().unwrap().len(), 6);
+    let ece = calibration["ece"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&ece), "{calibration}");
+    assert!(calibration["coverage"].is_null(), "{read} faces are fewer than a group of 50");
+    assert!(text.contains("band shares") && text.contains("reliability"), "{text}");
 
     // The readings file: a row per image, the summary's figures recomputed from its rows.
     let mut rows = csv::Reader::from_path(&readings).unwrap();

@@ -304,3 +304,55 @@ fn one_page_shows_every_source_with_its_own_picture_and_people() {
     assert!(dom.contains(r#"data-fits="yes""#), "{dom}");
     drop(running);
 }
+
+#[test]
+fn the_frame_rate_of_a_realtime_h264_file_read_through_ffmpeg_is_frames_over_wall_time() {
+    let work = tempfile::tempdir().unwrap();
+    // 12 s at 15 fps as H.264: ffmpeg hands such frames over in bursts, which the old meter
+    // (an average of each gap's 1/gap) read as thousands of frames a second.
+    let avi = work.path().join("walk.avi");
+    write_clip(&avi, &scripted_clip(&three_walkers(), 180, 320, 240, 90, false), 15);
+    let mp4 = work.path().join("walk.mp4");
+    let ffmpeg = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-i"])
+        .arg(&avi)
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-r", "15"])
+        .arg(&mp4)
+        .status()
+        .expect("ffmpeg missing: install it (scripts/setup.sh does)");
+    assert!(ffmpeg.success());
+    let mp4_arg = mp4.to_str().unwrap();
+    let args =
+        ["run", "--source", mp4_arg, "--realtime", "--counts-log", "-", "--kiosk", "--bind", "127.0.0.1:0"];
+    let (running, address) = start_kiosk(&args);
+    // Frames processed (all of them, or fewer on a busy machine that drops some) over the
+    // wall-clock time between two looks, against what the page is told.
+    let look = || {
+        let frames = json(&address, "/api/counts")["since_start"]["frames"].as_u64().unwrap_or(0);
+        (Instant::now(), frames, json(&address, "/api/tracks")["fps"].as_f64().unwrap_or(-1.0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while look().1 == 0 {
+        assert!(Instant::now() < deadline, "no frame processed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(4));
+    let mut checked = 0;
+    for _ in 0..3 {
+        let (t0, f0, _) = look();
+        std::thread::sleep(Duration::from_secs(2));
+        let (t1, f1, fps) = look();
+        let rate = (f1 - f0) as f64 / (t1 - t0).as_secs_f64();
+        if f1 == f0 {
+            break; // the file ended
+        }
+        assert!(rate <= 15.0 * 1.2, "{rate} frames a second from a 15 fps file read in real time");
+        assert!(
+            (fps - rate).abs() <= 0.2 * rate,
+            "the page says {fps} fps; {rate} frames a second were processed"
+        );
+        checked += 1;
+    }
+    assert!(checked >= 2, "the file ended before the rate could be checked twice");
+    drop(running);
+}

@@ -52,7 +52,7 @@ fn a_scripted_clip_gives_exactly_its_number_of_people() {
     assert_eq!(lines[0]["people"], 3);
     assert_eq!(lines[0]["frames"], 64);
     // Each walker is in view for about 20 frames of a 10 fps clip: three visits under 5 s.
-    assert_eq!(lines[0]["schema"], 3);
+    assert_eq!(lines[0]["schema"], 4);
     assert_eq!(lines[0]["source"], clip.to_str().unwrap(), "an unnamed source goes by its own name");
     assert_eq!(lines[0]["dwell"], serde_json::json!([3, 0, 0, 0]), "{}", lines[0]);
     let median = lines[0]["dwell_median_s"].as_f64().unwrap();
@@ -73,6 +73,11 @@ fn a_scripted_clip_gives_exactly_its_number_of_people() {
         .sum();
     // Each person's age shares sum to 1 (stored to the hundredth, 12 cells).
     assert!((by_band - 3.0).abs() < 0.07, "every person counts once over the bands: {by_band}");
+    // Each band's variance is a sum of p(1-p) over the people: at most a quarter a person.
+    for g in ["female_var", "male_var"] {
+        let var: Vec<f64> = lines[0][g].as_array().unwrap().iter().map(|v| v.as_f64().unwrap()).collect();
+        assert!(var.len() == 6 && var.iter().all(|v| (0.0..=0.75).contains(v)), "{g}: {var:?}");
+    }
     let text = std::fs::read_to_string(&log).unwrap();
     assert!(!text.contains("landmarks") && !text.contains("jpeg"), "aggregates only");
 
@@ -373,12 +378,33 @@ fn report_summarises_logs_as_table_json_and_chart() {
     let table = report(&[]);
     ok(&table);
     assert!(stdout(&table).contains("8 people in 3 intervals"), "{}", stdout(&table));
+    // Whole people per band, each with its ±, adding up to the people counted.
+    let text = stdout(&table);
+    let row = |name: &str| -> Vec<String> {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().skip(1).map(str::to_string).collect()
+    };
+    let mut whole = 0;
+    for g in ["female", "male"] {
+        let cells = row(g);
+        assert_eq!(cells.len(), 13, "six bands with their ±, and the total: {text}");
+        let bands: Vec<u64> = cells[..12].iter().step_by(2).map(|c| c.parse().unwrap()).collect();
+        assert!(cells[..12].iter().skip(1).step_by(2).all(|c| c.starts_with('±')), "{text}");
+        assert_eq!(bands.iter().sum::<u64>(), cells[12].parse::<u64>().unwrap(), "{text}");
+        whole += bands.iter().sum::<u64>();
+    }
+    assert_eq!(whole, 8, "{text}");
     let json = report(&["--json", "--from", "2026-11-29T09:15:00Z", "--to", "2026-11-29T15:00:00Z"]);
     ok(&json);
     let v: Value = serde_json::from_str(&stdout(&json)).unwrap();
     assert_eq!(v["people"], 5);
     assert_eq!(v["male"][5], 3.5);
     assert_eq!(v["female"][2], 0.3);
+    let whole = |g: &str| {
+        v["whole"][g].as_array().unwrap().iter().map(|c| c["people"].as_u64().unwrap()).sum::<u64>()
+    };
+    assert_eq!((whole("female"), whole("male")), (1, 4), "whole people as counted: {v}");
+    assert!(v["male_var"][5].as_f64().unwrap() > 0.0, "old lines get the widest variance they allow: {v}");
     let png = work.path().join("hours.png");
     ok(&report(&["--plot", png.to_str().unwrap()]));
     let chart = image::open(&png).unwrap();

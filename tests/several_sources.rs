@@ -65,7 +65,7 @@ fn each_source_is_counted_by_itself_into_its_own_lines_of_one_log() {
         assert_eq!(own.len(), 1, "{source}: {lines:?}");
         let sum = |key: &str| own.iter().map(|l| l[key].as_u64().unwrap()).sum::<u64>();
         assert_eq!((sum("people"), sum("frames")), (people, 64), "{source}: {own:?}");
-        assert!(own.iter().all(|l| l["schema"] == 3));
+        assert!(own.iter().all(|l| l["schema"] == 4));
         let banded: f64 = own
             .iter()
             .flat_map(|l| {

@@ -20,13 +20,12 @@ pub struct Estimate {
     pub female: f32,
     /// One standard deviation of the age estimate, years, when the model gives one.
     pub age_std: Option<f32>,
-    /// Probability mass in each of [`crate::counts::AGE_BANDS`], when the model gives it.
+    /// Probability mass in each of [`crate::bands::AGE_BANDS`], when the model gives it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub age_bands: Option<BandShares>,
 }
 
-/// A share per age band of [`crate::counts::AGE_BANDS`], summing to 1.
-pub type BandShares = [f32; 6];
+pub use crate::bands::BandShares;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Gender {
@@ -70,7 +69,7 @@ impl Estimate {
     /// crowded twenties and thirties that the single reading has), else all in the band of
     /// the reading.
     pub fn band_shares(&self) -> BandShares {
-        self.age_bands.unwrap_or_else(|| crate::counts::one_band(self.age))
+        self.age_bands.unwrap_or_else(|| crate::bands::one_band(self.age))
     }
 }
 

@@ -14,41 +14,23 @@ use anyhow::{Context, Result, bail};
 use jiff::ZonedDateTime as Zoned;
 use serde::{Deserialize, Serialize};
 
-use crate::age_gender::{BandShares, Gender};
-
-/// Age bands of every count and report: (name, from, to) in years, `to` exclusive.
-pub const AGE_BANDS: [(&str, f32, f32); 6] = [
-    ("0-2", 0.0, 3.0),
-    ("3-12", 3.0, 13.0),
-    ("13-19", 13.0, 20.0),
-    ("20-39", 20.0, 40.0),
-    ("40-59", 40.0, 60.0),
-    ("60+", 60.0, f32::INFINITY),
-];
-
-/// Index into [`AGE_BANDS`].
-pub fn age_band_index(age: f32) -> usize {
-    AGE_BANDS.iter().position(|(_, lo, hi)| age >= *lo && age < *hi).unwrap_or(if age < 0.0 { 0 } else { 5 })
-}
-
-pub fn age_band(age: f32) -> &'static str {
-    AGE_BANDS[age_band_index(age)].0
-}
+use crate::age_gender::Gender;
+use crate::bands::{AGE_BANDS, BandShares};
 
 /// Adds one person's band shares to `counts`, renormalised to sum to 1 (a distribution's
-/// float sum is 1 only to within rounding).
-pub fn add_shares(counts: &mut BandCounts, shares: &BandShares) {
-    let total: f32 = shares.iter().sum();
-    for (c, s) in counts.iter_mut().zip(shares) {
-        *c += (*s / total.max(f32::EPSILON)) as f64;
+/// float sum is 1 only to within rounding), and, when given, the variance each share adds to
+/// its band's count to `variance` (see [`BandTally::female_var`]).
+pub fn add_shares(counts: &mut BandCounts, variance: Option<&mut BandCounts>, shares: &BandShares) {
+    let total: f32 = shares.iter().filter(|s| s.is_finite() && **s > 0.0).sum();
+    let p = shares.map(|s| if s.is_finite() && s > 0.0 { (s / total.max(f32::EPSILON)) as f64 } else { 0.0 });
+    for (c, p) in counts.iter_mut().zip(p) {
+        *c += p;
     }
-}
-
-/// All of a face's share in the band of `age`.
-pub fn one_band(age: f32) -> BandShares {
-    let mut shares = [0.0; 6];
-    shares[age_band_index(age)] = 1.0;
-    shares
+    if let Some(variance) = variance {
+        for (v, p) in variance.iter_mut().zip(p) {
+            *v += p * (1.0 - p);
+        }
+    }
 }
 
 /// People per age band, in [`AGE_BANDS`] order. Each person adds their probability mass in
@@ -60,33 +42,49 @@ pub fn one_band(age: f32) -> BandShares {
 pub type BandCounts = [f64; 6];
 
 /// People per gender and age band: the one tally the counts log, the kiosk's day and
-/// `faceage report` keep. Serialised as `"female": [6 bands], "male": [6 bands]`, flattened
-/// into the record that holds it.
+/// `faceage report` keep. Serialised as `"female": [6 bands], "male": [6 bands]` and the
+/// variances `"female_var"`, `"male_var"`, flattened into the record that holds it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BandTally {
     pub female: BandCounts,
     pub male: BandCounts,
+    /// The variance of each band's count: each person falls in a band with their share p
+    /// there, independently of the others, so a band's count is a sum of independent
+    /// Bernoulli draws with mean Σp (the count) and variance Σp(1-p). Variances of
+    /// independent counts add: a fleet sums them like the counts. Absent from lines written
+    /// before them (schema < 4); [`BandTally::variance`] stands in for them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub female_var: Option<BandCounts>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub male_var: Option<BandCounts>,
 }
 
 impl BandTally {
-    /// Columns of a tally in a CSV line: the female bands, then the male ones.
+    /// Columns of the counts in a CSV line: the female bands, then the male ones (the
+    /// variances, when there, take as many again at the end of the line).
     pub const CSV_COLUMNS: usize = 2 * AGE_BANDS.len();
 
     /// One person: their share in each age band ([`add_shares`]).
     pub fn add_person(&mut self, gender: Gender, shares: &BandShares) {
-        let counts = match gender {
-            Gender::Female => &mut self.female,
-            Gender::Male => &mut self.male,
+        let (counts, variance) = match gender {
+            Gender::Female => (&mut self.female, &mut self.female_var),
+            Gender::Male => (&mut self.male, &mut self.male_var),
         };
-        add_shares(counts, shares);
+        add_shares(counts, Some(variance.get_or_insert_with(Default::default)), shares);
     }
 
-    /// Adds another tally's counts (summing intervals).
+    /// Adds another tally's counts and variances (summing intervals).
     pub fn add(&mut self, other: &BandTally) {
+        let (female_var, male_var) = (self.variance(Gender::Female), self.variance(Gender::Male));
+        let (other_female, other_male) = (other.variance(Gender::Female), other.variance(Gender::Male));
+        let mut sum = (female_var, male_var);
         for b in 0..AGE_BANDS.len() {
             self.female[b] += other.female[b];
             self.male[b] += other.male[b];
+            sum.0[b] += other_female[b];
+            sum.1[b] += other_male[b];
         }
+        (self.female_var, self.male_var) = (Some(sum.0), Some(sum.1));
     }
 
     pub fn of(&self, gender: Gender) -> &BandCounts {
@@ -96,18 +94,61 @@ impl BandTally {
         }
     }
 
+    /// The variance of each band count of `gender`: as recorded, else (a line from before
+    /// variances) the largest its counts allow. A band holding c of a gender's n people has
+    /// Σp(1-p) = c - Σp² <= c - c²/n, equal when everyone's share there is c/n.
+    pub fn variance(&self, gender: Gender) -> BandCounts {
+        let recorded = match gender {
+            Gender::Female => self.female_var,
+            Gender::Male => self.male_var,
+        };
+        recorded.unwrap_or_else(|| {
+            let n = self.people(gender);
+            self.of(gender).map(|c| if n > 0.0 { (c - c * c / n).max(0.0) } else { 0.0 })
+        })
+    }
+
     /// People of one gender (the sum over its bands; an expected count, see [`BandCounts`]).
     pub fn people(&self, gender: Gender) -> f64 {
         self.of(gender).iter().sum()
     }
 
-    /// Every band to hundredths, as the log stores them.
+    /// Every band and variance to hundredths, as the log stores them.
     pub fn rounded(&self) -> BandTally {
-        BandTally { female: round_bands(&self.female), male: round_bands(&self.male) }
+        BandTally {
+            female: round_bands(&self.female),
+            male: round_bands(&self.male),
+            female_var: self.female_var.as_ref().map(round_bands),
+            male_var: self.male_var.as_ref().map(round_bands),
+        }
+    }
+
+    /// The whole people a person reads for this tally, `people` in all (see [`whole_counts`]).
+    pub fn whole(&self, people: u64) -> WholeTally {
+        let genders = largest_remainder(&[self.people(Gender::Female), self.people(Gender::Male)], people);
+        WholeTally {
+            female: whole_counts(&self.female, &self.variance(Gender::Female), genders[0]),
+            male: whole_counts(&self.male, &self.variance(Gender::Male), genders[1]),
+            female_people: genders[0],
+            male_people: genders[1],
+        }
+    }
+
+    /// [`Self::whole`] for as many people as the tally sums to (for tallies that keep no
+    /// separate count of people: hours, groups).
+    pub fn whole_of_sum(&self) -> WholeTally {
+        let total = self.people(Gender::Female) + self.people(Gender::Male);
+        self.whole(if total.is_finite() { total.round().max(0.0) as u64 } else { 0 })
     }
 
     fn csv_fields(&self) -> impl Iterator<Item = String> + '_ {
         self.female.iter().chain(&self.male).map(f64::to_string)
+    }
+
+    /// The variance columns at the end of a CSV line.
+    fn csv_variance_fields(&self) -> impl Iterator<Item = String> {
+        let (f, m) = (self.variance(Gender::Female), self.variance(Gender::Male));
+        f.into_iter().chain(m).map(|v| v.to_string())
     }
 
     /// Reads the [`Self::CSV_COLUMNS`] fields starting at column `first` (0-based) of `fields`.
@@ -119,6 +160,17 @@ impl BandTally {
         }
         Ok(tally)
     }
+
+    /// Reads the variances from the [`Self::CSV_COLUMNS`] fields starting at column `first`.
+    fn variance_from_csv_fields(&mut self, fields: &[&str], first: usize) -> Result<()> {
+        let (mut f, mut m) = (BandCounts::default(), BandCounts::default());
+        for (k, v) in f.iter_mut().chain(m.iter_mut()).enumerate() {
+            let i = first + k;
+            *v = fields[i].parse().with_context(|| format!("column {} is not a number", i + 1))?;
+        }
+        (self.female_var, self.male_var) = (Some(f), Some(m));
+        Ok(())
+    }
 }
 
 /// Rounds every band to hundredths, as the log stores them.
@@ -126,11 +178,103 @@ pub fn round_bands(bands: &BandCounts) -> BandCounts {
     bands.map(|v| (v * 100.0).round() / 100.0)
 }
 
+/// A band's count as a person reads it: whole people, and the half-width of the count's 95%
+/// interval (two standard deviations, rounded to whole people). Shown as `41 ±4`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WholeCount {
+    pub people: u64,
+    pub plus_minus: u64,
+}
+
+impl std::fmt::Display for WholeCount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Padded as a whole, so table columns line up.
+        f.pad(&format!("{} ±{}", self.people, self.plus_minus))
+    }
+}
+
+/// A tally as a person reads it: whole people per gender and band that add up to the people
+/// counted, each band with its ±.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct WholeTally {
+    pub female: [WholeCount; 6],
+    pub male: [WholeCount; 6],
+    pub female_people: u64,
+    pub male_people: u64,
+}
+
+impl WholeTally {
+    pub fn of(&self, gender: Gender) -> &[WholeCount; 6] {
+        match gender {
+            Gender::Female => &self.female,
+            Gender::Male => &self.male,
+        }
+    }
+
+    pub fn people(&self, gender: Gender) -> u64 {
+        match gender {
+            Gender::Female => self.female_people,
+            Gender::Male => self.male_people,
+        }
+    }
+}
+
+/// Expected band counts as whole people: `total` people shared out by largest remainder
+/// ([`largest_remainder`]), each band with two standard deviations of its count (from
+/// `variance`) as its ±. The one rounding every table, chart and page uses.
+pub fn whole_counts(expected: &BandCounts, variance: &BandCounts, total: u64) -> [WholeCount; 6] {
+    let people = largest_remainder(expected, total);
+    std::array::from_fn(|b| {
+        let v = variance[b];
+        let sd = if v.is_finite() && v > 0.0 { v.sqrt() } else { 0.0 };
+        WholeCount { people: people[b], plus_minus: (2.0 * sd).round() as u64 }
+    })
+}
+
+/// Whole numbers summing to `total`, as close as can be to `values` once scaled to sum to
+/// `total` (each value's floor, then one more to the largest remainders: Hamilton's method;
+/// ties go to the earlier value). Values that are not finite or below zero count as zero;
+/// when every value is zero nothing can be shared out and all are zero.
+pub fn largest_remainder<const N: usize>(values: &[f64; N], total: u64) -> [u64; N] {
+    let clean = values.map(|v| if v.is_finite() && v > 0.0 { v } else { 0.0 });
+    let sum: f64 = clean.iter().sum();
+    if sum <= 0.0 || total == 0 {
+        return [0; N];
+    }
+    let scaled = clean.map(|v| v * total as f64 / sum);
+    let mut whole = scaled.map(|v| v.floor() as u64);
+    let given: u64 = whole.iter().sum();
+    let mut order: Vec<usize> = (0..N).collect();
+    order.sort_by(|&a, &b| (scaled[b] - scaled[b].floor()).total_cmp(&(scaled[a] - scaled[a].floor())));
+    // Float error can leave the floors one short of `total - N` or over it: walk round.
+    let mut left = total.saturating_sub(given);
+    for &i in order.iter().cycle().take(if left > 0 { left as usize + N } else { 0 }) {
+        if left == 0 {
+            break;
+        }
+        if clean[i] > 0.0 {
+            whole[i] += 1;
+            left -= 1;
+        }
+    }
+    let mut over = given.saturating_sub(total);
+    for &i in order.iter().rev().cycle().take(if over > 0 { (over as usize + 1) * N } else { 0 }) {
+        if over == 0 {
+            break;
+        }
+        if whole[i] > 0 {
+            whole[i] -= 1;
+            over -= 1;
+        }
+    }
+    whole
+}
+
 /// One interval of the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalRecord {
-    /// The line's layout: 3 since sources, 2 since dwell times; lines without it are schema
-    /// 1 (no dwell).
+    /// The line's layout: 4 since band-count variances, 3 since sources, 2 since dwell
+    /// times; lines without it are schema 1 (no dwell).
     #[serde(default = "IntervalRecord::legacy_schema")]
     pub schema: u32,
     /// The `--source` the line counts (its name), when the run named it; absent before
@@ -195,10 +339,13 @@ impl DwellSummary {
 
 impl IntervalRecord {
     /// The layout [`IntervalCounter::roll`] writes.
-    pub const SCHEMA: u32 = 3;
+    pub const SCHEMA: u32 = 4;
     /// Columns of a CSV line: start, end, people, the tally, frames, dropped, the dwell buckets,
-    /// the median dwell (empty when none) and the source (empty when unnamed).
-    pub const CSV_COLUMNS: usize = Self::CSV_COLUMNS_V2 + 1;
+    /// the median dwell (empty when none), the source (empty when unnamed) and the variances
+    /// of the tally's counts (female bands, then male).
+    pub const CSV_COLUMNS: usize = Self::CSV_COLUMNS_V3 + BandTally::CSV_COLUMNS;
+    /// Columns of a line written before variances.
+    pub const CSV_COLUMNS_V3: usize = Self::CSV_COLUMNS_V2 + 1;
     /// Columns of a line written before sources.
     pub const CSV_COLUMNS_V2: usize = Self::CSV_COLUMNS_V1 + DWELL_BUCKETS.len() + 1;
     /// Columns of a line written before dwell times.
@@ -217,6 +364,9 @@ impl IntervalRecord {
         cols.extend(DWELL_BUCKETS.iter().map(|(b, _)| format!("dwell_{b}")));
         cols.push("dwell_median_s".into());
         cols.push("source".into());
+        for g in ["female", "male"] {
+            cols.extend(AGE_BANDS.iter().map(|(b, _, _)| format!("{g}_var_{b}")));
+        }
         cols.join(",")
     }
 
@@ -228,17 +378,21 @@ impl IntervalRecord {
         cols.push(self.dwell.dwell_median_s.map(|m| m.to_string()).unwrap_or_default());
         // Source names never hold a comma (`source::NamedSource`).
         cols.push(self.source.clone().unwrap_or_default());
+        cols.extend(self.tally.csv_variance_fields());
         cols.join(",")
     }
 
-    /// Reads a CSV line of any layout (with or without the dwell and source columns).
+    /// Reads a CSV line of any layout (with or without the dwell, source and variance
+    /// columns).
     pub fn from_csv_line(line: &str) -> Result<Self> {
         let f: Vec<&str> = line.trim_end_matches(['\r', '\n']).split(',').collect();
-        if ![Self::CSV_COLUMNS, Self::CSV_COLUMNS_V2, Self::CSV_COLUMNS_V1].contains(&f.len()) {
+        let layouts = [Self::CSV_COLUMNS, Self::CSV_COLUMNS_V3, Self::CSV_COLUMNS_V2, Self::CSV_COLUMNS_V1];
+        if !layouts.contains(&f.len()) {
             bail!(
-                "{} columns, expected {} (or {} before sources, {} before dwell times)",
+                "{} columns, expected {} (or {} before variances, {} before sources, {} before dwell times)",
                 f.len(),
                 Self::CSV_COLUMNS,
+                Self::CSV_COLUMNS_V3,
                 Self::CSV_COLUMNS_V2,
                 Self::CSV_COLUMNS_V1
             );
@@ -259,11 +413,20 @@ impl IntervalRecord {
             } else {
                 Some(median.parse().with_context(|| format!("column {} is not a number", f.len()))?)
             };
-            (if f.len() == Self::CSV_COLUMNS { Self::SCHEMA } else { 2 }, dwell)
+            let schema = match f.len() {
+                Self::CSV_COLUMNS => Self::SCHEMA,
+                Self::CSV_COLUMNS_V3 => 3,
+                _ => 2,
+            };
+            (schema, dwell)
         } else {
             (1, DwellSummary::default())
         };
         let source = f.get(Self::CSV_COLUMNS_V2).filter(|s| !s.is_empty()).map(|s| s.to_string());
+        let mut tally = BandTally::from_csv_fields(&f, 3)?;
+        if f.len() == Self::CSV_COLUMNS {
+            tally.variance_from_csv_fields(&f, Self::CSV_COLUMNS_V3)?;
+        }
         Ok(Self {
             schema,
             source,
@@ -272,7 +435,7 @@ impl IntervalRecord {
             start: f[0].to_string(),
             end: f[1].to_string(),
             people: n(2)? as u32,
-            tally: BandTally::from_csv_fields(&f, 3)?,
+            tally,
             frames: n(after_tally)?,
             dropped: n(after_tally + 1)?,
             dwell,
@@ -511,6 +674,7 @@ pub fn repair_torn_tail(path: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bands::one_band;
 
     fn record(people: u32) -> IntervalRecord {
         IntervalRecord {
@@ -521,7 +685,12 @@ mod tests {
             start: "2026-11-29T10:00:00+01:00".into(),
             end: "2026-11-29T10:01:00+01:00".into(),
             people,
-            tally: BandTally { female: [0.0, 1.0, 0.0, 2.0, 0.0, 0.0], male: [0.0, 0.0, 0.0, 1.0, 1.0, 0.0] },
+            tally: BandTally {
+                female: [0.0, 1.0, 0.0, 2.0, 0.0, 0.0],
+                male: [0.0, 0.0, 0.0, 1.0, 1.0, 0.0],
+                female_var: Some([0.0, 0.25, 0.0, 0.5, 0.0, 0.0]),
+                male_var: Some([0.0, 0.0, 0.0, 0.09, 0.09, 0.0]),
+            },
             frames: 600,
             dropped: 3,
             dwell: DwellSummary::from_seconds(&[2.0, 12.5, 40.0]),
@@ -542,7 +711,8 @@ mod tests {
     fn lines_round_trip_and_lines_from_before_dwell_times_and_sources_still_read() {
         let r = record(3);
         let json = serde_json::to_value(&r).unwrap();
-        assert_eq!(json["schema"], 3);
+        assert_eq!(json["schema"], 4);
+        assert_eq!(json["female_var"][3], 0.5);
         assert_eq!(json["source"], "entrance");
         assert_eq!(json["dwell"], serde_json::json!([1, 1, 1, 0]));
         assert_eq!(json["dwell_median_s"], 12.5);
@@ -552,6 +722,13 @@ mod tests {
         let unnamed = IntervalRecord { source: None, ..r.clone() };
         assert!(serde_json::to_value(&unnamed).unwrap().get("source").is_none());
         assert_eq!(IntervalRecord::from_csv_line(&unnamed.csv_line()).unwrap(), unnamed);
+
+        // Schema 3: sources, no variances (the line above less its last 12 columns).
+        let csv = r.csv_line();
+        let v3_csv = csv.rsplitn(BandTally::CSV_COLUMNS + 1, ',').last().unwrap();
+        let v3 = IntervalRecord::from_csv_line(v3_csv).unwrap();
+        assert_eq!((v3.schema, v3.tally.female_var, v3.tally.female), (3, None, r.tally.female));
+        assert_eq!(v3.source.as_deref(), Some("entrance"));
 
         // Schema 2: dwell, no source.
         let v2_csv =
@@ -576,15 +753,6 @@ mod tests {
 
     fn now() -> Zoned {
         "2026-11-29T10:00:00+01:00[Europe/Paris]".parse().unwrap()
-    }
-
-    #[test]
-    fn bands_cover_all_ages() {
-        assert_eq!(age_band(0.0), "0-2");
-        assert_eq!(age_band(12.9), "3-12");
-        assert_eq!(age_band(39.9), "20-39");
-        assert_eq!(age_band(116.0), "60+");
-        assert_eq!(age_band(-1.0), "0-2");
     }
 
     #[test]
@@ -662,6 +830,7 @@ mod tests {
         let r: IntervalRecord = serde_json::from_str(line).unwrap();
         assert_eq!(r.tally.people(Gender::Female), 1.0, "whole numbers of older logs read as counts");
         assert_eq!(r.tally.male[4], 0.5);
+        assert_eq!(r.tally.male_var, None, "a line from before variances has none");
         let json = serde_json::to_string(&r).unwrap();
         assert!(
             json.contains(
@@ -672,5 +841,79 @@ mod tests {
         let mut sum = r.tally;
         sum.add(&r.tally);
         assert_eq!((sum.people(Gender::Female), sum.people(Gender::Male)), (2.0, 2.0));
+        // The largest variance two people's counts of 0.5 and 0.5 allow: each 0.5 in each band.
+        assert_eq!(sum.male_var, Some([0.0, 0.0, 0.0, 0.5, 0.5, 0.0]));
+    }
+
+    #[test]
+    fn each_person_adds_the_variance_of_their_draw_and_variances_add_up() {
+        let mut t = BandTally::default();
+        t.add_person(Gender::Female, &[0.0, 0.0, 0.0, 0.8, 0.2, 0.0]);
+        t.add_person(Gender::Female, &[0.0, 0.0, 0.0, 0.5, 0.5, 0.0]);
+        t.add_person(Gender::Male, &one_band(30.0));
+        let var = t.female_var.unwrap();
+        assert!((var[3] - (0.8 * 0.2 + 0.25)).abs() < 1e-6, "{var:?}");
+        assert!((var[4] - var[3]).abs() < 1e-6, "two bands share the same draws");
+        assert_eq!(t.male_var, Some([0.0; 6]), "a sure reading adds no doubt");
+        // Shares that do not sum to 1 are renormalised; NaN or negative shares count as none.
+        let mut odd = BandTally::default();
+        odd.add_person(Gender::Male, &[f32::NAN, -1.0, 0.0, 2.0, 2.0, 0.0]);
+        assert_eq!(odd.male, [0.0, 0.0, 0.0, 0.5, 0.5, 0.0]);
+        assert_eq!(odd.male_var, Some([0.0, 0.0, 0.0, 0.25, 0.25, 0.0]));
+        let mut sum = t;
+        sum.add(&t);
+        assert!((sum.female_var.unwrap()[3] - 2.0 * var[3]).abs() < 1e-9);
+        assert!((sum.female[3] - 2.6).abs() < 1e-6);
+    }
+
+    #[test]
+    fn largest_remainder_gives_whole_numbers_that_sum_to_the_total() {
+        assert_eq!(largest_remainder(&[0.4, 1.1, 0.7, 1.7, 0.0, 0.1], 4), [0, 1, 1, 2, 0, 0]);
+        assert_eq!(largest_remainder(&[0.5, 0.5], 1), [1, 0], "a tie goes to the earlier");
+        assert_eq!(largest_remainder(&[2.0, 1.0, 0.0], 3), [2, 1, 0], "whole numbers stay");
+        // Rounded log values that drift from the people counted are scaled to them.
+        assert_eq!(largest_remainder(&[0.33, 0.33, 0.33], 1), [1, 0, 0]);
+        assert_eq!(largest_remainder(&[0.34, 0.33, 1.33], 2), [1, 0, 1]);
+        assert_eq!(largest_remainder(&[f64::NAN, -3.0, 2.0], 2), [0, 0, 2], "bad values count as zero");
+        assert_eq!(largest_remainder(&[0.0, 0.0], 3), [0, 0], "nothing to share out");
+        assert_eq!(largest_remainder::<2>(&[1.0, 1.0], 0), [0, 0]);
+        // Many random tallies: the sum is always the total, each value within 1 of its share.
+        let mut seed = 7u64;
+        for _ in 0..500 {
+            let v: [f64; 6] = std::array::from_fn(|_| {
+                seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (seed >> 40) as f64 / (1u64 << 20) as f64
+            });
+            let total = v.iter().sum::<f64>().round() as u64;
+            let w = largest_remainder(&v, total);
+            assert_eq!(w.iter().sum::<u64>(), total, "{v:?}");
+            let scale = total as f64 / v.iter().sum::<f64>();
+            assert!(w.iter().zip(v).all(|(w, v)| (*w as f64 - v * scale).abs() < 1.0), "{v:?} -> {w:?}");
+        }
+    }
+
+    #[test]
+    fn a_tally_reads_as_whole_people_with_their_two_sigma() {
+        let mut t = BandTally::default();
+        // Four women, each 0.1 / 0.275 / 0.175 / 0.425 / 0.025 in five bands, and one sure man.
+        for _ in 0..4 {
+            t.add_person(Gender::Female, &[0.1, 0.275, 0.175, 0.425, 0.025, 0.0]);
+        }
+        t.add_person(Gender::Male, &one_band(45.0));
+        let whole = t.whole(5);
+        assert_eq!(whole.female.map(|c| c.people), [0, 1, 1, 2, 0, 0], "0.4 1.1 0.7 1.7 0.1 0");
+        assert_eq!(whole.male.map(|c| c.people), [0, 0, 0, 0, 1, 0]);
+        assert_eq!((whole.female_people, whole.male_people), (4, 1));
+        // 20-39: 4 x 0.425 x 0.575 = 0.98, two sigma 1.98.
+        assert_eq!(whole.female[3].plus_minus, 2);
+        assert_eq!(whole.male[4].plus_minus, 0);
+        assert_eq!(format!("{}", whole.female[3]), "2 ±2");
+        assert_eq!(format!("{:>7}", whole.female[3]), "   2 ±2", "pads as one");
+        assert_eq!(t.whole_of_sum(), whole);
+        // Counted people decide the total when the log's rounding drifted from them.
+        let drifted = BandTally { female: [0.0, 0.0, 0.0, 2.98, 0.0, 0.0], ..Default::default() };
+        assert_eq!(drifted.whole(3).female[3].people, 3);
+        let v = whole_counts(&[1.0, 0.0, 0.0, 0.0, 0.0, 0.0], &[f64::NAN, -1.0, 0.0, 0.0, 0.0, 0.0], 1);
+        assert_eq!(v.map(|c| c.plus_minus), [0; 6], "no variance to speak of: ±0");
     }
 }

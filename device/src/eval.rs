@@ -14,7 +14,9 @@ use image::{Rgb, RgbImage};
 use serde::Serialize;
 
 use crate::age_gender::{Estimate, Gender};
-use crate::counts::{AGE_BANDS, BandCounts, add_shares, age_band_index};
+use crate::bands::{AGE_BANDS, age_band_index};
+use crate::calibration::{Calibration, calibration};
+use crate::counts::{BandCounts, add_shares};
 use crate::imaging::load_rgb;
 use crate::labels::{AgeGroup, RACE_NAMES, Rejected, Sample, fnv1a};
 use crate::pipeline::Pipeline;
@@ -305,6 +307,9 @@ pub struct EvalReport {
     /// the per-band figures and the band counts.
     pub across_bands: usize,
     pub counts: BandCountCheck,
+    /// Whether the band shares mean what they say, and the coverage of the count intervals
+    /// (absent when no face was read).
+    pub calibration: Option<Calibration>,
 }
 
 impl EvalReport {
@@ -316,6 +321,7 @@ impl EvalReport {
         let mut races = vec![Tally::default(); RACE_NAMES.len()];
         let (mut truth, mut counted, mut by_reading) = ([0usize; 6], [0f64; 6], [0usize; 6]);
         let (mut no_face, mut unreadable, mut shares_given, mut across_bands) = (0, Vec::new(), false, 0);
+        let mut shares = Vec::new();
         for (sample, outcome) in samples.iter().zip(outcomes) {
             let e = match outcome {
                 Outcome::Read(e) => e,
@@ -341,7 +347,8 @@ impl EvalReport {
             truth[band] += 1;
             by_reading[age_band_index(e.age)] += 1;
             shares_given |= e.age_bands.is_some();
-            add_shares(&mut counted, &e.band_shares());
+            add_shares(&mut counted, None, &e.band_shares());
+            shares.push((e.band_shares(), band));
         }
         let off = |read: &[f64; 6]| read.iter().zip(&truth).map(|(r, t)| (r - *t as f64).abs()).sum::<f64>();
         let by_reading_f = by_reading.map(|v| v as f64);
@@ -374,6 +381,7 @@ impl EvalReport {
                 by_reading_off: off(&by_reading_f),
                 model_gives_shares: shares_given,
             },
+            calibration: calibration(&shares),
         }
     }
 
@@ -467,6 +475,9 @@ impl EvalReport {
             out.push_str("(counted: each face's age distribution summed per band, as the counts log does)\n");
         } else {
             out.push_str("(1) this model gives no age distribution: each face counts whole in the band of its reading\n");
+        }
+        if let Some(c) = &self.calibration {
+            out.push_str(&c.table());
         }
         out
     }
@@ -575,6 +586,11 @@ mod tests {
         assert!((r.overall.age_bias - (2.0 - 12.0 - 6.0) / 3.0).abs() < 1e-9);
         assert_eq!(band("40-59").age_bias, -12.0);
         assert!(table.contains("(bias -5.33)"), "{table}");
+        let c = r.calibration.as_ref().unwrap();
+        assert_eq!(c.faces, 3, "the faces read, each with its true band");
+        assert_eq!(c.bands[5].frequency, 1.0 / 3.0);
+        assert!(c.coverage.is_none() && table.contains("band shares"), "{table}");
+        assert!(EvalReport::new(&samples[3..], &outcomes[3..]).calibration.is_none(), "nothing read");
     }
 
     #[test]

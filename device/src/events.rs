@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::age_gender::Gender;
-use crate::counts::{IntervalRecord, age_band};
+use crate::bands::age_band;
+use crate::counts::IntervalRecord;
 use crate::live::{FrameReport, Live};
 use crate::run_loop::Observer;
 use crate::source::Frame;

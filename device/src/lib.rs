@@ -11,13 +11,16 @@
 
 pub mod age_gender;
 pub mod align;
+pub mod bands;
 pub mod bench;
+pub mod calibration;
 pub mod chart;
 pub mod counts;
 pub mod detect;
 pub mod draw;
 pub mod eval;
 pub mod events;
+pub mod figures;
 pub mod files;
 pub mod fleet;
 pub mod geometry;

@@ -71,7 +71,7 @@ pub struct ModelContract {
     /// Optional output with the age spread (one standard deviation, years), shape `[N]`.
     pub output_age_std: Option<String>,
     /// Optional output with each face's probability mass in each of the board's age bands
-    /// ([`crate::counts::AGE_BANDS`]), shape `[N, 6]`: counts per band are summed from it.
+    /// ([`crate::bands::AGE_BANDS`]), shape `[N, 6]`: counts per band are summed from it.
     pub output_age_bands: Option<String>,
     pub quant_format: QuantFormat,
     /// How the quantization was calibrated, in words.
@@ -269,7 +269,7 @@ impl Metadata<'_> {
 
 /// The first age of each of the board's bands, as written in a model file: "0,3,13,20,40,60".
 pub fn band_starts() -> String {
-    crate::counts::AGE_BANDS.iter().map(|(_, from, _)| from.to_string()).collect::<Vec<_>>().join(",")
+    crate::bands::AGE_BANDS.iter().map(|(_, from, _)| from.to_string()).collect::<Vec<_>>().join(",")
 }
 
 #[cfg(test)]

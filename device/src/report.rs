@@ -10,8 +10,9 @@ use jiff::{Timestamp, civil};
 use serde::Serialize;
 
 use crate::age_gender::Gender;
+use crate::bands::AGE_BANDS;
 use crate::chart::{Canvas, Series, stacked_bars_canvas};
-use crate::counts::{AGE_BANDS, BandTally, IntervalRecord};
+use crate::counts::{BandTally, IntervalRecord, WholeTally};
 
 /// A line of a counts log with its start read once: the instant (order and `--from`/`--to`)
 /// and the board's local date and time as it wrote them (the hour a report groups by).
@@ -71,8 +72,12 @@ pub struct Summary {
     pub to: Option<String>,
     pub intervals: usize,
     pub people: u32,
+    /// Expected counts and their variances, summed over the lines.
     #[serde(flatten)]
     pub tally: BandTally,
+    /// The tally as a person reads it: whole people adding up to `people`, each band with
+    /// its ±2 sigma.
+    pub whole: WholeTally,
     pub frames: u64,
     pub dropped: u64,
     /// Visits that ended in the range, per [`crate::counts::DWELL_BUCKETS`] bucket (lines of schema 2 on).
@@ -160,6 +165,7 @@ pub fn summarize(lines: &[LogLine], from: Option<Timestamp>, to: Option<Timestam
         }
     }
     s.dwell_median_s = weighted_median(&mut medians);
+    s.whole = s.tally.whole(u64::from(s.people));
     s
 }
 
@@ -177,20 +183,20 @@ fn weighted_median(values: &mut [(f32, u32)]) -> Option<f32> {
     None
 }
 
-/// Rows of people per gender under a `key` column `width` wide (hours, groups).
+/// Rows of whole people per gender under a `key` column `width` wide (hours, groups).
 fn people_table(key: &str, width: usize, rows: &BTreeMap<String, BandTally>) -> String {
     let mut out = format!("\n{key:<width$}{:>8}{:>8}{:>8}\n", "female", "male", "people");
     for (name, tally) in rows {
-        let (f, m) = (tally.people(Gender::Female), tally.people(Gender::Male));
-        out.push_str(&format!(
-            "{name:<width$}{:>8}{:>8}{:>8}\n",
-            count_text(f),
-            count_text(m),
-            count_text(f + m)
-        ));
+        let whole = tally.whole_of_sum();
+        let (f, m) = (whole.female_people, whole.male_people);
+        out.push_str(&format!("{name:<width$}{f:>8}{m:>8}{:>8}\n", f + m));
     }
     out
 }
+
+/// What the ± of the tables means, under them.
+pub const PLUS_MINUS_NOTE: &str = "(whole people: the expected counts rounded to add up to the people counted; ± two standard \
+     deviations of each count, a 95% interval)";
 
 impl Summary {
     /// A plain-text table: totals by gender and age band, then people per hour.
@@ -202,16 +208,18 @@ impl Summary {
         ));
         out.push_str(&format!("{:<8}", ""));
         for (b, _, _) in AGE_BANDS {
-            out.push_str(&format!("{b:>7}"));
+            out.push_str(&format!("{b:>9}"));
         }
         out.push_str(&format!("{:>8}\n", "total"));
-        for (name, counts) in [("female", &self.tally.female), ("male", &self.tally.male)] {
+        for (name, gender) in [("female", Gender::Female), ("male", Gender::Male)] {
             out.push_str(&format!("{name:<8}"));
-            for c in counts {
-                out.push_str(&format!("{:>7}", count_text(*c)));
+            for c in self.whole.of(gender) {
+                out.push_str(&format!("{c:>9}"));
             }
-            out.push_str(&format!("{:>8}\n", count_text(counts.iter().sum())));
+            out.push_str(&format!("{:>8}\n", self.whole.people(gender)));
         }
+        out.push_str(PLUS_MINUS_NOTE);
+        out.push('\n');
         if self.dwell.iter().sum::<u32>() > 0 {
             let buckets = ["under 5 s", "5-30 s", "30 s-2 min", "over 2 min"];
             let parts: Vec<String> =
@@ -254,9 +262,11 @@ impl Summary {
         };
         let mut series = Vec::new();
         for (g, female) in [("F", true), ("M", false)] {
+            let whole = self.whole.of(if female { Gender::Female } else { Gender::Male });
             for (b, (band, _, _)) in AGE_BANDS.iter().enumerate() {
                 series.push(Series {
-                    name: format!("{g} {band}"),
+                    // The legend says how many in all, as the table does.
+                    name: format!("{g} {band}: {}", whole[b]),
                     color: shade(female, b),
                     values: self
                         .per_hour
@@ -278,13 +288,6 @@ impl Summary {
         // The legend wraps under the title; 400 px leave the bars about 300 at 640 px wide.
         stacked_bars_canvas(&title, "hour", &hours, &series, width, 400)
     }
-}
-
-/// A count as printed: whole numbers as they are, expected counts (see
-/// [`crate::counts::BandCounts`]) to one decimal.
-fn count_text(v: f64) -> String {
-    let rounded = (v * 10.0).round() / 10.0;
-    if rounded.fract() == 0.0 { format!("{rounded:.0}") } else { format!("{rounded:.1}") }
 }
 
 #[cfg(test)]
@@ -322,7 +325,7 @@ mod tests {
             start: start.into(),
             end: start.into(),
             people,
-            tally: BandTally { female, male },
+            tally: BandTally { female, male, ..Default::default() },
             frames: 100,
             dropped: 1,
             dwell: Default::default(),
@@ -419,6 +422,26 @@ mod tests {
         assert_eq!(all.per_hour["2026-11-29 11:00"].male[0], 1.0);
         let table = all.table();
         assert!(table.contains("4 people in 3 intervals"), "{table}");
+        // Whole people adding up to the people counted, each band with its ±: 0.25 and 0.75
+        // of one woman are one woman in 60+, give or take one (a line from before variances
+        // is read with the largest variance its counts allow).
+        let row = |name: &str| -> Vec<String> {
+            let line = table.lines().find(|l| l.starts_with(name)).unwrap();
+            line.split_whitespace().skip(1).map(str::to_string).collect()
+        };
+        let female = row("female");
+        assert_eq!(
+            female,
+            ["0", "±0", "0", "±0", "0", "±0", "1", "±0", "0", "±1", "1", "±1", "2"],
+            "{table}"
+        );
+        let male = row("male");
+        assert_eq!(male, ["1", "±0", "0", "±0", "0", "±0", "0", "±0", "1", "±0", "0", "±0", "2"], "{table}");
+        assert!(table.contains("95% interval"), "{table}");
+        let json = serde_json::to_value(&all).unwrap();
+        assert_eq!(json["whole"]["female"][5], serde_json::json!({"people": 1, "plus_minus": 1}));
+        assert_eq!(json["female"][4], 0.25, "the exact expected counts stay in the JSON");
+        assert_eq!(json["female_var"][4], 0.1875);
 
         let from: Timestamp = "2026-11-29T10:00:00Z".parse().unwrap();
         let late = summarize(&records, Some(from), None);
@@ -447,7 +470,10 @@ mod tests {
                 assert_eq!(chart.image.width(), 640, "a few hours draw the narrowest chart");
             }
             crate::chart::assert_readable(&chart);
-            assert!(chart.text_boxes.iter().any(|b| b.text == "M 60+"), "every band is in the legend");
+            assert!(
+                chart.text_boxes.iter().any(|b| b.text.starts_with("M 60+: ") && b.text.contains(" ±")),
+                "every band is in the legend with its people"
+            );
         }
     }
 }

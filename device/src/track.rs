@@ -85,7 +85,7 @@ pub struct FusedReading {
     /// Probability of female from the weighted mean of per-frame logits.
     pub female: f32,
     pub gender: Gender,
-    /// Share of each age band (counts::AGE_BANDS): the per-frame shares' weighted mean, which
+    /// Share of each age band (bands::AGE_BANDS): the per-frame shares' weighted mean, which
     /// is what the person adds to the counts.
     pub bands: BandShares,
     /// Frames fused (the frames in which the face was read).

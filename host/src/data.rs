@@ -4,7 +4,7 @@
 pub use faceage_device::labels::*;
 
 /// Age bands are the board's: reports on both sides use the same ones.
-pub use faceage_device::counts::{AGE_BANDS, age_band};
+pub use faceage_device::bands::{AGE_BANDS, age_band};
 
 /// An independent seed for (`a`, `b`) under `seed`: every epoch's order and every batch's
 /// augmentation can be drawn again on resume.
@@ -92,7 +92,7 @@ fn draws(
         return order;
     }
     let bands: Vec<usize> =
-        indices.iter().map(|&i| faceage_device::counts::age_band_index(samples[i].age)).collect();
+        indices.iter().map(|&i| faceage_device::bands::age_band_index(samples[i].age)).collect();
     let mut per_band = [0usize; AGE_BANDS.len()];
     bands.iter().for_each(|&b| per_band[b] += 1);
     let mut per_race_band = [[0usize; AGE_BANDS.len()]; RACE_NAMES.len()];

@@ -106,7 +106,10 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
     let mut pipeline = models.load_pipeline()?;
     let mut live = Live::new(options);
     let mut frames = faceage_device::source::open(source, &Default::default())?;
-    let figures = time_pipeline(&mut pipeline, &mut live, frames.as_mut(), args.frames, publish_to_kiosk)?;
+    let mut kiosk = KioskWork::default();
+    let figures = time_pipeline(&mut pipeline, &mut live, frames.as_mut(), args.frames, |frame, report| {
+        kiosk.publish(frame, report)
+    })?;
     anyhow::ensure!(figures.frames > 0, "{source}: no frames to time");
     let policy = if args.read_every_frame {
         "every face read in every frame"
@@ -122,16 +125,30 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What the kiosk does with a frame while someone watches: draw the tracks, encode a JPEG.
-#[cfg(feature = "kiosk")]
-fn publish_to_kiosk(frame: &Frame, report: &FrameReport) -> Result<()> {
-    use faceage_device::kiosk::publisher::{overlay, tracks_in_view};
-    let jpeg = faceage_device::imaging::encode_jpeg(&overlay(&frame.image, &tracks_in_view(report)), 80)?;
-    std::hint::black_box(jpeg);
-    Ok(())
+/// What the kiosk does with a frame while someone watches: draw the people in view, encode a
+/// JPEG.
+#[derive(Default)]
+struct KioskWork {
+    #[cfg(feature = "kiosk")]
+    in_view: faceage_device::figures::InView,
+    #[cfg(feature = "kiosk")]
+    started: Option<std::time::Instant>,
 }
 
-#[cfg(not(feature = "kiosk"))]
-fn publish_to_kiosk(_: &Frame, _: &FrameReport) -> Result<()> {
-    Ok(())
+impl KioskWork {
+    #[cfg(feature = "kiosk")]
+    fn publish(&mut self, frame: &Frame, report: &FrameReport) -> Result<()> {
+        use faceage_device::kiosk::publisher::{overlay, tracks_in_view};
+        let now = self.started.get_or_insert_with(std::time::Instant::now).elapsed();
+        self.in_view.update(report, now);
+        let tracks = tracks_in_view(report, &self.in_view, now);
+        let picture = overlay(&frame.image, tracks.iter().map(|(t, _)| t));
+        std::hint::black_box(faceage_device::imaging::encode_jpeg(&picture, 80)?);
+        Ok(())
+    }
+
+    #[cfg(not(feature = "kiosk"))]
+    fn publish(&mut self, _: &Frame, _: &FrameReport) -> Result<()> {
+        Ok(())
+    }
 }

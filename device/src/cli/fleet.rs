@@ -7,12 +7,12 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use faceage_device::counts::Rotation;
+use faceage_device::figures::{FpsMeter, InView};
 use faceage_device::fleet::broker::Broker;
 use faceage_device::fleet::metrics::{MetricsServer, Snapshot, SourceFigures};
 use faceage_device::fleet::outbox::LogFiles;
 use faceage_device::fleet::publisher::{LiveState, Publisher, PublisherConfig};
 use faceage_device::fleet::{check_name, default_device_id};
-use faceage_device::kiosk::publisher::FpsMeter;
 use faceage_device::live::{FrameReport, Live};
 use faceage_device::run_loop::Observer;
 use faceage_device::source::Frame;
@@ -47,6 +47,7 @@ pub struct Fleet {
     metrics: Option<MetricsServer>,
     names: Vec<String>,
     fps: Vec<FpsMeter>,
+    in_view: Vec<InView>,
 }
 
 impl Fleet {
@@ -99,7 +100,14 @@ impl Fleet {
                 Some(server)
             }
         };
-        Ok(Fleet { publisher, metrics, names: names.to_vec(), fps: vec![FpsMeter::default(); names.len()] })
+        let n = names.len();
+        Ok(Fleet {
+            publisher,
+            metrics,
+            names: names.to_vec(),
+            fps: vec![FpsMeter::default(); n],
+            in_view: vec![InView::default(); n],
+        })
     }
 
     /// Lets the publisher send the run's last line (a few seconds at most), then stops it.
@@ -114,10 +122,15 @@ impl Observer for Fleet {
     fn frame(&mut self, _frame: &Frame, report: &FrameReport, live: &Live, elapsed: Duration) -> Result<()> {
         let Some(index) = self.names.iter().position(|n| *n == live.source) else { return Ok(()) };
         let fps = self.fps[index].tick(elapsed);
+        let in_view = &mut self.in_view[index];
+        in_view.update(report, elapsed);
         if let Some(publisher) = &self.publisher {
+            // In view as the kiosk lists them: counted, and a face found within the second.
+            let people_in_view =
+                report.tracks.iter().filter(|t| t.confirmed && in_view.is_in_view(t.id, elapsed)).count();
             publisher.set_state(LiveState {
                 people_today: live.today.people,
-                people_in_view: report.tracks.iter().filter(|t| t.confirmed && t.seen_now).count() as u32,
+                people_in_view: people_in_view as u32,
             });
         }
         if let Some(metrics) = &self.metrics {

@@ -11,7 +11,9 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 
 use super::publisher::PublisherStatus;
-use crate::counts::{AGE_BANDS, BandTally};
+use crate::age_gender::Gender;
+use crate::bands::AGE_BANDS;
+use crate::counts::BandTally;
 
 /// One source's figures since the process started.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -50,14 +52,15 @@ fn label(value: &str) -> String {
 /// The text exposition of `snapshot` at `now`.
 pub fn render(snapshot: &Snapshot, now: Instant) -> String {
     let mut out = String::new();
-    let mut people = Vec::new();
+    let (mut people, mut variance) = (Vec::new(), Vec::new());
     for (source, figures) in &snapshot.sources {
-        for (gender, counts) in [("female", &figures.people.female), ("male", &figures.people.male)] {
-            for ((band, _, _), value) in AGE_BANDS.iter().zip(counts) {
-                people.push((
-                    format!("source=\"{}\",gender=\"{gender}\",band=\"{band}\"", label(source)),
-                    (value * 100.0).round() / 100.0,
-                ));
+        for gender in [Gender::Female, Gender::Male] {
+            let name = if gender == Gender::Female { "female" } else { "male" };
+            let var = figures.people.variance(gender);
+            for (b, (band, _, _)) in AGE_BANDS.iter().enumerate() {
+                let labels = format!("source=\"{}\",gender=\"{name}\",band=\"{band}\"", label(source));
+                people.push((labels.clone(), (figures.people.of(gender)[b] * 100.0).round() / 100.0));
+                variance.push((labels, (var[b] * 100.0).round() / 100.0));
             }
         }
     }
@@ -67,6 +70,14 @@ pub fn render(snapshot: &Snapshot, now: Instant) -> String {
         "counter",
         "People counted since start (expected counts per age band).",
         &people,
+    );
+    family(
+        &mut out,
+        "faceage_people_variance_total",
+        "counter",
+        "Variance of each people count (sum over people of p(1-p), p their share of the band); \
+         variances add over sources and boards: 2 x the square root of the sum is a count's 95% ±.",
+        &variance,
     );
     let per_source = |f: &dyn Fn(&SourceFigures) -> f64| -> Vec<(String, f64)> {
         snapshot.sources.iter().map(|(s, figures)| (format!("source=\"{}\"", label(s)), f(figures))).collect()
@@ -171,7 +182,9 @@ mod tests {
     #[test]
     fn the_text_format_holds_every_family_with_labels() {
         let mut people = BandTally::default();
-        people.female[3] = 2.5;
+        people.add_person(Gender::Female, &[0.0, 0.0, 0.0, 0.5, 0.5, 0.0]);
+        people.add_person(Gender::Female, &[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
+        people.add_person(Gender::Female, &[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
         let now = Instant::now();
         let snapshot = Snapshot {
             sources: vec![(
@@ -195,6 +208,13 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("faceage_frames_total{source=\"door \\\"A\\\"\"} 120"), "{text}");
+        assert!(
+            text.contains(
+                "faceage_people_variance_total{source=\"door \\\"A\\\"\",gender=\"female\",band=\"20-39\"} 0.25"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE faceage_people_variance_total counter"), "{text}");
         assert!(text.contains("faceage_fps{source=\"door \\\"A\\\"\"} 15"), "{text}");
         assert!(
             text.contains("faceage_outbox_backlog_lines 7\n")

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tiny_http::{Header, Method, Response, Server};
@@ -18,6 +18,7 @@ use crate::newest::Newest;
 
 pub mod publisher;
 pub use publisher::KioskPublisher;
+use publisher::TracksView;
 
 const PAGE: &str = include_str!("page.html");
 const BOUNDARY: &str = "faceage-frame";
@@ -29,7 +30,7 @@ struct SourceView {
     name: String,
     /// The newest JPEG; viewers remember the generation they sent last.
     frame: Newest<Arc<Vec<u8>>>,
-    tracks_json: Mutex<String>,
+    tracks: Mutex<TracksView>,
     streams: AtomicUsize,
     /// Set when someone asked for a picture recently: encode frames only then.
     wanted: AtomicUsize,
@@ -43,6 +44,8 @@ pub struct KioskState {
     counts_json: Mutex<String>,
     /// Streams open over all sources (capped at [`MAX_STREAMS`]).
     streams: AtomicUsize,
+    /// The clock of [`KioskState::now`].
+    started: Instant,
 }
 
 impl KioskState {
@@ -52,12 +55,23 @@ impl KioskState {
             .map(|name| SourceView {
                 name: name.clone(),
                 frame: Newest::new(),
-                tracks_json: Mutex::new("{\"tracks\":[]}".into()),
+                tracks: Mutex::new(TracksView { source: name.clone(), ..Default::default() }),
                 streams: AtomicUsize::new(0),
                 wanted: AtomicUsize::new(0),
             })
             .collect();
-        Self { sources, counts_json: Mutex::new("{}".into()), streams: AtomicUsize::new(0) }
+        Self {
+            sources,
+            counts_json: Mutex::new("{}".into()),
+            streams: AtomicUsize::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// The kiosk's clock: the time the publisher stamps frames and faces with, and requests
+    /// read them at.
+    pub fn now(&self) -> Duration {
+        self.started.elapsed()
     }
 
     /// Whether anyone is watching source `source` (a stream open, or a still asked for in
@@ -74,9 +88,9 @@ impl KioskState {
         let _ = view.wanted.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| Some(w.saturating_sub(1)));
     }
 
-    pub fn publish_tracks(&self, source: usize, tracks_json: String) {
+    pub fn publish_tracks(&self, source: usize, tracks: TracksView) {
         if let Some(view) = self.sources.get(source) {
-            *lock(&view.tracks_json) = tracks_json;
+            *lock(&view.tracks) = tracks;
         }
     }
 
@@ -97,8 +111,8 @@ impl SourceView {
     }
 }
 
-/// A publisher that panicked left a string, not a broken invariant.
-fn lock(m: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+/// A publisher that panicked left whole values, not a broken invariant.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -165,7 +179,10 @@ fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
             request.respond(json_response(serde_json::json!({ "sources": state.names() }).to_string()))
         }
         ("/api/counts", _) => request.respond(json_response(lock(&state.counts_json).clone())),
-        ("/api/tracks", Some(view)) => request.respond(json_response(lock(&view.tracks_json).clone())),
+        ("/api/tracks", Some(view)) => {
+            let body = lock(&view.tracks).json(state.now()).to_string();
+            request.respond(json_response(body))
+        }
         ("/frame.jpg", Some(view)) => {
             // Frames are encoded only while someone watches: ask for a fresh one and wait for
             // it, falling back to the last one if the pipeline is stalled.
@@ -205,6 +222,10 @@ fn handle(state: &Arc<KioskState>, request: tiny_http::Request) {
 /// Sends the newest frame each time there is one newer than the last sent, until the viewer
 /// goes away or no frame comes for 30 s (the page then reconnects). Frames that came and went
 /// meanwhile are never sent: a slow viewer skips frames and holds no queue.
+///
+/// The first frame is one drawn after the viewer came (the pipeline draws only while someone
+/// watches, so the newest one already there may be minutes old: an empty scene beside a list
+/// of the people in view now); the old one only if no new frame comes within 2 s.
 fn stream_frames(view: &SourceView, mut out: Box<dyn Write + Send>) -> std::io::Result<()> {
     write!(
         out,
@@ -212,13 +233,17 @@ fn stream_frames(view: &SourceView, mut out: Box<dyn Write + Send>) -> std::io::
          Cache-Control: no-store\r\nConnection: close\r\n\r\n"
     )?;
     out.flush()?;
-    let mut seen = 0;
-    while let Some((generation, jpeg)) = view.frame_after(seen, Duration::from_secs(30)) {
-        seen = generation;
+    let current = view.frame.generation();
+    let mut next = view
+        .frame_after(current, Duration::from_secs(2))
+        .or_else(|| view.frame_after(0, Duration::ZERO))
+        .or_else(|| view.frame_after(0, Duration::from_secs(28)));
+    while let Some((generation, jpeg)) = next {
         write!(out, "--{BOUNDARY}\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n", jpeg.len())?;
         out.write_all(&jpeg)?;
         out.write_all(b"\r\n")?;
         out.flush()?;
+        next = view.frame_after(generation, Duration::from_secs(30));
     }
     Ok(())
 }
@@ -254,11 +279,20 @@ mod tests {
         assert!(String::from_utf8_lossy(&body).contains("stream.mjpg"));
         assert!(!String::from_utf8_lossy(&body).contains("http"), "no external assets");
 
-        server.state.publish_tracks(0, "{\"tracks\":[1]}".into());
-        server.state.publish_tracks(1, "{\"tracks\":[2]}".into());
+        let tracks = |body: Vec<u8>| -> serde_json::Value { serde_json::from_slice(&body).unwrap() };
+        assert_eq!(tracks(get(server.address, "/api/tracks").1)["tracks"], serde_json::json!([]));
+        let published =
+            |source: &str, frame: u64| TracksView { source: source.into(), frame, ..Default::default() };
+        server.state.publish_tracks(0, published("door", 1));
+        server.state.publish_tracks(1, published("till", 2));
         server.state.publish_counts("{\"people\":2}".into());
-        assert_eq!(get(server.address, "/api/tracks").1, b"{\"tracks\":[1]}", "source 0 by default");
-        assert_eq!(get(server.address, "/api/tracks?source=1").1, b"{\"tracks\":[2]}");
+        let door = tracks(get(server.address, "/api/tracks").1);
+        assert_eq!(
+            (door["source"].as_str(), door["frame"].as_u64()),
+            (Some("door"), Some(1)),
+            "source 0 by default"
+        );
+        assert_eq!(tracks(get(server.address, "/api/tracks?source=1").1)["frame"], 2);
         assert_eq!(get(server.address, "/api/counts").1, b"{\"people\":2}");
         assert_eq!(get(server.address, "/api/sources").1, br#"{"sources":["door","till"]}"#);
         assert!(get(server.address, "/nope").0.contains("404"));
@@ -290,6 +324,25 @@ mod tests {
         assert!(seen.contains("JPEG-TWO") && !seen.contains("JPEG-DOOR"), "{seen}");
         assert!(get(server.address, "/frame.jpg?source=1").1 == b"JPEG-TWO");
         assert!(get(server.address, "/frame.jpg").1 == b"JPEG-DOOR");
+
+        // A new viewer of the door is sent a frame drawn after it came, not the old one.
+        let mut stream = TcpStream::connect(server.address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        write!(stream, "GET /stream.mjpg?source=0 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        while server.state.sources[0].streams.load(Ordering::Relaxed) == 0 {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server.state.publish_frame(0, b"JPEG-NOW".to_vec());
+        let mut reader = BufReader::new(stream);
+        let mut seen = String::new();
+        while !seen.contains("JPEG-") {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                break;
+            }
+            seen.push_str(&line);
+        }
+        assert!(seen.contains("JPEG-NOW") && !seen.contains("JPEG-DOOR"), "{seen}");
     }
 
     #[test]

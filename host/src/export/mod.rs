@@ -306,7 +306,7 @@ fn median_age(g: &mut Graph, p: &str, bins: usize) -> String {
 /// board's age bands (a MatMul with a 0/1 matrix).
 pub(crate) fn band_shares(g: &mut Graph, probs: &str, bins: usize) -> String {
     let band_matrix: Vec<f32> =
-        (0..bins).flat_map(|age| faceage_device::counts::one_band(age as f32)).collect();
+        (0..bins).flat_map(|age| faceage_device::bands::one_band(age as f32)).collect();
     g.init_f32("age.band_matrix", &[bins, AGE_BANDS.len()], &band_matrix);
     g.node("MatMul", OUTPUT_AGE_BANDS, &[probs, "age.band_matrix"], &[OUTPUT_AGE_BANDS], vec![])
 }

@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use anyhow::{Context, Result, bail, ensure};
-use faceage_device::counts::{AGE_BANDS, age_band_index};
+use faceage_device::bands::{AGE_BANDS, age_band_index};
 use faceage_device::{AgeGenderModel, ModelContract};
 use image::{Rgb, RgbImage};
 use prost::Message;
