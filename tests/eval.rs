@@ -64,7 +64,7 @@ fn eval_reads_a_manifest_names_bad_rows_and_counts_per_band() {
     assert!(out.status.success(), "{text}\n{err}");
     assert!(err.contains("missing.jpg") && err.contains("cannot open"), "{err}");
     assert!(err.contains("corrupt.jpg") && err.contains("not a decodable image"), "{err}");
-    assert!(err.contains("age \"old\" is not a number"), "{err}");
+    assert!(err.contains("age \"old\" is neither a number of years nor an age group"), "{err}");
     assert!(text.contains("32 images") && text.contains("2 unreadable"), "{text}");
     assert!(text.contains("1 entries skipped for unusable labels"), "{text}");
     assert!(text.contains("age MAE") && text.contains("20-39") && text.contains("off by"), "{text}");

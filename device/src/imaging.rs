@@ -9,12 +9,25 @@ use crate::geometry::{Affine, Point};
 
 /// Decodes an image file to RGB; the error names the file and what is wrong with it.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let reader = ImageReader::open(path)
-        .with_context(|| format!("{}: cannot open", path.display()))?
+    let bytes = std::fs::read(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    // A JPEG cut short (a copy or download that stopped) still decodes, grey below the cut,
+    // and the detector may find a "face" in what is left: refuse it as the broken file it is.
+    if bytes.starts_with(&[0xFF, 0xD8]) && !ends_with_jpeg_end(&bytes) {
+        anyhow::bail!("{}: truncated JPEG (no end-of-image marker): the file was cut short", path.display());
+    }
+    let reader = ImageReader::new(std::io::Cursor::new(&bytes))
         .with_guessed_format()
         .with_context(|| format!("{}: cannot read", path.display()))?;
     let image = reader.decode().with_context(|| format!("{}: not a decodable image", path.display()))?;
     Ok(image.into_rgb8())
+}
+
+/// Whether a JPEG's end-of-image marker (FF D9) is in its last kilobyte: a whole file ends
+/// with it, give or take a few bytes some writers append. (Scan data never holds FF D9, its
+/// FF bytes are stuffed; an embedded thumbnail's marker sits near the start.)
+fn ends_with_jpeg_end(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(1024)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
 }
 
 /// Decodes an in-memory encoded image (JPEG, PNG, GIF) to RGB.
@@ -136,6 +149,20 @@ pub fn letterbox(frame: &RgbImage, size: u32) -> (RgbImage, Letterbox) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_jpeg_cut_short_is_refused_by_name_and_a_whole_one_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes =
+            encode_jpeg(&RgbImage::from_fn(64, 48, |x, y| Rgb([x as u8 * 4, y as u8 * 5, 90])), 80).unwrap();
+        let whole = dir.path().join("whole.jpg");
+        std::fs::write(&whole, &bytes).unwrap();
+        assert_eq!(load_rgb(&whole).unwrap().dimensions(), (64, 48));
+        let cut = dir.path().join("cut.jpg");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let err = format!("{:#}", load_rgb(&cut).unwrap_err());
+        assert!(err.contains("cut.jpg") && err.contains("truncated JPEG"), "{err}");
+    }
 
     #[test]
     fn identity_warp_reproduces_the_image() {
