@@ -97,6 +97,11 @@ pub fn recent(found: Duration, now: Duration) -> bool {
     now.saturating_sub(found) <= InView::RECENT
 }
 
+/// [`recent`] on the wall clock.
+pub fn recent_instant(found: std::time::Instant, now: std::time::Instant) -> bool {
+    now.saturating_duration_since(found) <= InView::RECENT
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,15 +3,15 @@
 //! run loop.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use faceage_device::counts::Rotation;
-use faceage_device::figures::{FpsMeter, InView};
+use faceage_device::figures::InView;
 use faceage_device::fleet::broker::Broker;
 use faceage_device::fleet::metrics::{MetricsServer, Snapshot, SourceFigures};
 use faceage_device::fleet::outbox::LogFiles;
-use faceage_device::fleet::publisher::{LiveState, Publisher, PublisherConfig};
+use faceage_device::fleet::publisher::{LiveFeed, Publisher, PublisherConfig};
 use faceage_device::fleet::{check_name, default_device_id};
 use faceage_device::live::{FrameReport, Live};
 use faceage_device::run_loop::Observer;
@@ -46,7 +46,9 @@ pub struct Fleet {
     publisher: Option<Publisher>,
     metrics: Option<MetricsServer>,
     names: Vec<String>,
-    fps: Vec<FpsMeter>,
+    /// The origin of the fleet's wall clock: frame times and faces found, read when the
+    /// page is scraped or the state sent.
+    started: Instant,
     in_view: Vec<InView>,
 }
 
@@ -83,6 +85,7 @@ impl Fleet {
         if args.ha_discovery && publisher.is_none() {
             bail!("--ha-discovery publishes to the broker: give --mqtt too");
         }
+        let started = Instant::now();
         let metrics = match &args.metrics {
             None => None,
             Some(bind) => {
@@ -90,6 +93,7 @@ impl Fleet {
                     eprintln!("warning: /metrics on {bind} is reachable beyond this machine");
                 }
                 let snapshot = Snapshot {
+                    started,
                     sources: names.iter().map(|n| (n.clone(), SourceFigures::default())).collect(),
                     publisher: None,
                     model_file: model_file.display().to_string(),
@@ -101,13 +105,7 @@ impl Fleet {
             }
         };
         let n = names.len();
-        Ok(Fleet {
-            publisher,
-            metrics,
-            names: names.to_vec(),
-            fps: vec![FpsMeter::default(); n],
-            in_view: vec![InView::default(); n],
-        })
+        Ok(Fleet { publisher, metrics, names: names.to_vec(), started, in_view: vec![InView::default(); n] })
     }
 
     /// Lets the publisher send the run's last line (a few seconds at most), then stops it.
@@ -119,29 +117,33 @@ impl Fleet {
 }
 
 impl Observer for Fleet {
-    fn frame(&mut self, _frame: &Frame, report: &FrameReport, live: &Live, elapsed: Duration) -> Result<()> {
+    fn frame(&mut self, _frame: &Frame, report: &FrameReport, live: &Live, _elapsed: Duration) -> Result<()> {
         let Some(index) = self.names.iter().position(|n| *n == live.source) else { return Ok(()) };
-        let fps = self.fps[index].tick(elapsed);
+        // The fleet's own wall clock, not the run's `elapsed`: the figures are read against it
+        // later, when scraped or sent.
+        let now = self.started.elapsed();
         let in_view = &mut self.in_view[index];
-        in_view.update(report, elapsed);
+        in_view.update(report, now);
         if let Some(publisher) = &self.publisher {
-            // In view as the kiosk lists them: counted, and a face found within the second.
-            let people_in_view =
-                report.tracks.iter().filter(|t| t.confirmed && in_view.is_in_view(t.id, elapsed)).count();
-            publisher.set_state(LiveState {
-                people_today: live.today.people,
-                people_in_view: people_in_view as u32,
-            });
+            // In view as the kiosk lists them: counted, and a face found within the second
+            // of the time the state is sent.
+            let faces_found = report
+                .tracks
+                .iter()
+                .filter(|t| t.confirmed)
+                .filter_map(|t| in_view.last_found(t.id))
+                .map(|found| self.started + found)
+                .collect();
+            publisher.set_state(LiveFeed { people_today: live.today.people, faces_found });
         }
         if let Some(metrics) = &self.metrics {
             let publisher = self.publisher.as_ref().map(Publisher::status);
             metrics.update(|s| {
-                s.sources[index].1 = SourceFigures {
-                    people: live.tally_total,
-                    frames: live.frames_total,
-                    dropped: live.dropped_total(),
-                    fps,
-                };
+                let figures = &mut s.sources[index].1;
+                figures.people = live.tally_total;
+                figures.frames = live.frames_total;
+                figures.dropped = live.dropped_total();
+                figures.frame_times.tick(now);
                 s.publisher = publisher;
             });
         }

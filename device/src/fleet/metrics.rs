@@ -14,19 +14,24 @@ use super::publisher::PublisherStatus;
 use crate::age_gender::Gender;
 use crate::bands::AGE_BANDS;
 use crate::counts::BandTally;
+use crate::figures::FpsMeter;
 
 /// One source's figures since the process started.
-#[derive(Clone, Debug, Default, PartialEq)]
+#[derive(Clone, Debug, Default)]
 pub struct SourceFigures {
     pub people: BandTally,
     pub frames: u64,
     pub dropped: u64,
-    pub fps: f64,
+    /// The recent frames' times since [`Snapshot::started`]: the rate is read when scraped,
+    /// so a source that stalls reads 0 a window later instead of its last rate for ever.
+    pub frame_times: FpsMeter,
 }
 
 /// What `/metrics` shows, updated by the run loop.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
+    /// The origin of the frame times' clock.
+    pub started: Instant,
     /// By source name, in `--source` order.
     pub sources: Vec<(String, SourceFigures)>,
     /// Present when publishing to a broker.
@@ -79,6 +84,7 @@ pub fn render(snapshot: &Snapshot, now: Instant) -> String {
          variances add over sources and boards: 2 x the square root of the sum is a count's 95% ±.",
         &variance,
     );
+    let since_start = now.saturating_duration_since(snapshot.started);
     let per_source = |f: &dyn Fn(&SourceFigures) -> f64| -> Vec<(String, f64)> {
         snapshot.sources.iter().map(|(s, figures)| (format!("source=\"{}\"", label(s)), f(figures))).collect()
     };
@@ -100,8 +106,8 @@ pub fn render(snapshot: &Snapshot, now: Instant) -> String {
         &mut out,
         "faceage_fps",
         "gauge",
-        "Frames processed per second, recent average.",
-        &per_source(&|f| (f.fps * 10.0).round() / 10.0),
+        "Frames processed per second: the frames of the last 3 s over 3 s, at the time of the scrape.",
+        &per_source(&|f| (f.frame_times.rate(since_start) * 10.0).round() / 10.0),
     );
     if let Some(p) = &snapshot.publisher {
         family(
@@ -177,6 +183,8 @@ impl MetricsServer {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -185,11 +193,20 @@ mod tests {
         people.add_person(Gender::Female, &[0.0, 0.0, 0.0, 0.5, 0.5, 0.0]);
         people.add_person(Gender::Female, &[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
         people.add_person(Gender::Female, &[0.0, 0.0, 0.0, 1.0, 0.0, 0.0]);
-        let now = Instant::now();
+        let started = Instant::now();
+        // 15 fps handed over in bursts of three, for 10 s; scraped right after the last.
+        let mut frame_times = FpsMeter::default();
+        for burst in 0..50 {
+            for k in 0..3 {
+                frame_times.tick(Duration::from_millis(burst * 200 + k));
+            }
+        }
+        let now = started + Duration::from_millis(9_900);
         let snapshot = Snapshot {
+            started,
             sources: vec![(
                 "door \"A\"".into(),
-                SourceFigures { people, frames: 120, dropped: 3, fps: 14.96 },
+                SourceFigures { people, frames: 120, dropped: 3, frame_times },
             )],
             publisher: Some(PublisherStatus {
                 connected: true,
@@ -231,6 +248,11 @@ mod tests {
             let value = l.rsplit(' ').next().unwrap();
             assert!(value.parse::<f64>().is_ok(), "{l}");
         }
+        let stalled = render(&snapshot, now + FpsMeter::WINDOW);
+        assert!(
+            stalled.contains("faceage_fps{source=\"door \\\"A\\\"\"} 0\n"),
+            "a stalled source reads 0: {stalled}"
+        );
         let without = render(&Snapshot { publisher: None, ..snapshot }, now);
         assert!(!without.contains("broker"), "no broker figures without a broker");
     }

@@ -54,12 +54,30 @@ pub struct LiveState {
     pub people_in_view: u32,
 }
 
+/// What the run last said, from which the state is read when it is sent: a source that
+/// stalls (a camera unplugged, a stream that stops) no longer shows its last people in view.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiveFeed {
+    pub people_today: u32,
+    /// When a face was last found on each counted track.
+    pub faces_found: Vec<Instant>,
+}
+
+impl LiveFeed {
+    /// The state at `now`: in view are the people whose face was found within
+    /// [`crate::figures::InView::RECENT`] of it, as the kiosk lists them.
+    pub fn state(&self, now: Instant) -> LiveState {
+        let in_view = self.faces_found.iter().filter(|&&t| crate::figures::recent_instant(t, now)).count();
+        LiveState { people_today: self.people_today, people_in_view: in_view as u32 }
+    }
+}
+
 pub struct Publisher {
     stop: Arc<AtomicBool>,
     /// Set by [`Publisher::finish`]: send what is in the log, then stop.
     drain: Arc<AtomicBool>,
     status: Arc<Mutex<PublisherStatus>>,
-    state: Arc<Mutex<Option<LiveState>>>,
+    state: Arc<Mutex<Option<LiveFeed>>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -82,8 +100,8 @@ impl Publisher {
         self.status.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The newest numbers for Home Assistant (sent when they change).
-    pub fn set_state(&self, state: LiveState) {
+    /// The newest numbers for Home Assistant (their state is sent when it changes).
+    pub fn set_state(&self, state: LiveFeed) {
         *self.state.lock().unwrap_or_else(|p| p.into_inner()) = Some(state);
     }
 
@@ -139,7 +157,7 @@ struct Session {
     connected: bool,
     attempt: u32,
     status: Arc<Mutex<PublisherStatus>>,
-    state: Arc<Mutex<Option<LiveState>>>,
+    state: Arc<Mutex<Option<LiveFeed>>>,
     last_state: Option<LiveState>,
     /// The last cursor-write error reported (each distinct one once).
     cursor_error: Option<String>,
@@ -151,7 +169,7 @@ impl Session {
     fn new(
         config: PublisherConfig,
         status: Arc<Mutex<PublisherStatus>>,
-        state: Arc<Mutex<Option<LiveState>>>,
+        state: Arc<Mutex<Option<LiveFeed>>>,
     ) -> Result<Session> {
         let mut options = config.broker.options(&format!("faceage-{}-{}", config.site, config.device))?;
         options.set_inflight(WINDOW as u16);
@@ -378,7 +396,8 @@ impl Session {
         if !self.config.ha_discovery {
             return;
         }
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let state =
+            self.state.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|f| f.state(Instant::now()));
         if let Some(state) = state
             && self.last_state.as_ref() != Some(&state)
         {
@@ -443,5 +462,27 @@ impl Session {
             }
         }
         self.save_cursor();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn people_in_view_are_read_when_sent_so_a_stalled_source_empties() {
+        let t0 = Instant::now();
+        let feed = LiveFeed { people_today: 9, faces_found: vec![t0, t0 + Duration::from_millis(600)] };
+        assert_eq!(
+            feed.state(t0 + Duration::from_millis(700)),
+            LiveState { people_today: 9, people_in_view: 2 }
+        );
+        assert_eq!(
+            feed.state(t0 + Duration::from_millis(1300)).people_in_view,
+            1,
+            "the first face is 1.3 s old"
+        );
+        // No frame since: a second after the last face nobody is in view, the day's total stays.
+        assert_eq!(feed.state(t0 + Duration::from_secs(5)), LiveState { people_today: 9, people_in_view: 0 });
     }
 }
