@@ -256,4 +256,23 @@ fn upgrade_gives_an_old_file_band_shares_and_an_age_map_fitted_on_board_crops() 
     let again = run_host(&["upgrade", new.to_str().unwrap()], work.path());
     assert!(!again.status.success());
     assert!(stderr(&again).contains("nothing to do"), "{}", stderr(&again));
+
+    // A band temperature (what `eval --split val` fits) goes into the file and the board
+    // reads the shares through it: sharper, the same gender and people.
+    let tempered = work.path().join("tempered.onnx");
+    let out = ok(&run_host(
+        &["upgrade", new.to_str().unwrap(), "--out", tempered.to_str().unwrap(), "--band-temperature", "0.5"],
+        work.path(),
+    ))
+    .clone();
+    assert!(stdout(&out).contains("band temperature none -> 0.500"), "{}", stdout(&out));
+    let sharp = read(&tempered);
+    assert_eq!(figure(&sharp, "gender_accuracy"), figure(&after, "gender_accuracy"));
+    let total = |c: Vec<f64>| c.iter().sum::<f64>();
+    // The report gives each band's count to a tenth: six roundings apart at most.
+    let (people, before) = (total(counted(&sharp)), total(counted(&after)));
+    assert!((people - before).abs() <= 0.3 + 1e-9, "the same people: {people} and {before}");
+    assert_ne!(counted(&sharp), counted(&after), "the shares went through the temperature");
+    let bad = run_host(&["upgrade", old.to_str().unwrap(), "--band-temperature=-1"], work.path());
+    assert!(!bad.status.success() && stderr(&bad).contains("positive"), "{}", stderr(&bad));
 }

@@ -177,7 +177,13 @@ impl AgeGenderModel {
                 age: ages[i],
                 female: female[i],
                 age_std: spread.as_ref().map(|s| s[i]),
-                age_bands: bands.as_ref().map(|b| std::array::from_fn(|k| b[i * 6 + k])),
+                age_bands: bands.as_ref().map(|b| {
+                    let shares = std::array::from_fn(|k| b[i * 6 + k]);
+                    match self.contract.band_temperature {
+                        Some(t) => crate::bands::tempered(&shares, t),
+                        None => shares,
+                    }
+                }),
             })
             .collect())
     }

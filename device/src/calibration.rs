@@ -6,8 +6,8 @@
 
 use serde::Serialize;
 
-use crate::bands::{AGE_BANDS, BandShares};
-use crate::counts::{BandCounts, add_shares};
+use crate::bands::{AGE_BANDS, BandShares, tempered};
+use crate::counts::{BandCounts, add_shares, whole_counts};
 
 /// Bins of predicted share (tenths) in the reliability tables.
 pub const BINS: usize = 10;
@@ -53,6 +53,10 @@ pub struct Coverage {
     /// Percent of the groups whose true count in the band lay within the expected count ±2
     /// sigma, per band in [`AGE_BANDS`] order (95 for intervals that mean what they say).
     pub per_band: Vec<f64>,
+    /// The same for the interval as a person reads it ([`crate::counts::whole_counts`]: the
+    /// whole count, largest-remainder rounded, ± 2 sigma rounded to whole people, e.g.
+    /// `3 ±2`): what the bar is set on and the temperature is fitted to.
+    pub per_band_shown: Vec<f64>,
     /// Mean half-width (2 sigma) of the intervals, people, per band.
     pub mean_plus_minus: Vec<f64>,
 }
@@ -65,6 +69,51 @@ pub struct Calibration {
     pub ece: f64,
     /// Absent when there are fewer read faces than a group.
     pub coverage: Option<Coverage>,
+    /// The temperature on the shares that would bring the coverage nearest 95% in every band
+    /// on these faces; absent with the coverage. Fitted on the validation split, it goes into
+    /// the model file (`faceage-host upgrade --band-temperature`).
+    pub temperature_fit: Option<TemperatureFit>,
+}
+
+/// A temperature for the band shares ([`crate::bands::tempered`]) and the coverage it gives.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct TemperatureFit {
+    /// On top of the file's own (1: leave the file as it is).
+    pub temperature: f64,
+    pub coverage: Coverage,
+}
+
+/// Temperatures tried: 1/4 to 4 in steps of 2^(1/20), about 3.5% each.
+const TEMPERATURE_STEPS: i32 = 20;
+const TEMPERATURE_OCTAVES: i32 = 2;
+
+/// Of the temperatures 1/4..4, the one whose intervals hold the true counts nearest 95% of the
+/// time (least squares over the bands, the one nearest 1 among equals). Coverage is what a
+/// shop owner's `41 ±4` promises; a likelihood fit weighs the crowded bands and can leave a
+/// rare band's intervals too wide.
+pub fn fit_temperature(faces: &[(BandShares, usize)]) -> Option<TemperatureFit> {
+    let truth: Vec<usize> = faces.iter().map(|(_, t)| *t).collect();
+    let mut best: Option<(f64, TemperatureFit)> = None;
+    // From 1 outwards, so that among equal fits the mildest wins.
+    let steps = (0..=TEMPERATURE_STEPS * TEMPERATURE_OCTAVES)
+        .flat_map(|k| if k == 0 { vec![0] } else { vec![-k, k] });
+    for k in steps {
+        let t = 2f64.powf(f64::from(k) / f64::from(TEMPERATURE_STEPS));
+        let shares: Vec<BandCounts> = faces.iter().map(|(s, _)| normalised(&tempered(s, t as f32))).collect();
+        let coverage = coverage(&shares, &truth, GROUP_SIZE, GROUPS, SEED)?;
+        let miss: f64 = coverage.per_band_shown.iter().map(|c| (c - 95.0).powi(2)).sum();
+        if best.as_ref().is_none_or(|(m, _)| miss < *m) {
+            best = Some((miss, TemperatureFit { temperature: t, coverage }));
+        }
+    }
+    best.map(|(_, fit)| fit)
+}
+
+/// Shares as the counts add them: renormalised, in f64.
+fn normalised(shares: &BandShares) -> BandCounts {
+    let mut p = BandCounts::default();
+    add_shares(&mut p, None, shares);
+    p
 }
 
 /// A random stream for drawing groups (splitmix64: small, and the same everywhere).
@@ -91,14 +140,7 @@ pub fn calibration(faces: &[(BandShares, usize)]) -> Option<Calibration> {
     if faces.is_empty() {
         return None;
     }
-    let shares: Vec<BandCounts> = faces
-        .iter()
-        .map(|(s, _)| {
-            let mut p = BandCounts::default();
-            add_shares(&mut p, None, s);
-            p
-        })
-        .collect();
+    let shares: Vec<BandCounts> = faces.iter().map(|(s, _)| normalised(s)).collect();
     let truth: Vec<usize> = faces.iter().map(|(_, t)| *t).collect();
     let n = faces.len() as f64;
     let bands: Vec<BandCalibration> = AGE_BANDS
@@ -142,6 +184,7 @@ pub fn calibration(faces: &[(BandShares, usize)]) -> Option<Calibration> {
         bands,
         ece,
         coverage: coverage(&shares, &truth, GROUP_SIZE, GROUPS, SEED),
+        temperature_fit: fit_temperature(faces),
     })
 }
 
@@ -160,7 +203,7 @@ pub fn coverage(
     }
     let mut draws = Draws(seed);
     let mut order: Vec<usize> = (0..n).collect();
-    let mut covered = [0usize; 6];
+    let (mut covered, mut covered_shown) = ([0usize; 6], [0usize; 6]);
     let mut plus_minus = [0f64; 6];
     for _ in 0..groups {
         // A partial Fisher-Yates shuffle: the first `size` of `order` are the group.
@@ -179,10 +222,13 @@ pub fn coverage(
                 *c += 1;
             }
         }
+        let shown = whole_counts(&expected, &variance, size as u64);
         for b in 0..6 {
             let half = 2.0 * variance[b].max(0.0).sqrt();
             // A hair of slack for a count the shares state exactly (float sums of 0s and 1s).
             covered[b] += usize::from((true_count[b] as f64 - expected[b]).abs() <= half + 1e-9);
+            covered_shown[b] +=
+                usize::from(true_count[b].abs_diff(shown[b].people as usize) as u64 <= shown[b].plus_minus);
             plus_minus[b] += half;
         }
     }
@@ -191,6 +237,7 @@ pub fn coverage(
         groups,
         seed,
         per_band: covered.iter().map(|&c| 100.0 * c as f64 / groups as f64).collect(),
+        per_band_shown: covered_shown.iter().map(|&c| 100.0 * c as f64 / groups as f64).collect(),
         mean_plus_minus: plus_minus.iter().map(|&s| s / groups as f64).collect(),
     })
 }
@@ -220,11 +267,25 @@ impl Calibration {
                     &mut c.mean_plus_minus.iter().map(|v| format!("{v:.1}")),
                 ));
                 out.push_str(&row("coverage %", &mut c.per_band.iter().map(|v| format!("{v:.1}"))));
+                out.push_str(&row("as shown %", &mut c.per_band_shown.iter().map(|v| format!("{v:.1}"))));
                 out.push_str(&format!(
                     "\n(ECE mean {:.3}; coverage: how often the true count of {} groups of {} read faces lay \
-                     within the expected count ±2 sigma; 95 when the shares mean what they say)\n",
+                     within the expected count ±2 sigma; as shown: within the whole count ± whole people a \
+                     person reads, e.g. `3 ±2`; 95 when the shares mean what they say)\n",
                     self.ece, c.groups, c.group_size
                 ));
+                if let Some(fit) = &self.temperature_fit {
+                    out.push_str(&row(
+                        &format!("at T x {:.3}", fit.temperature),
+                        &mut fit.coverage.per_band_shown.iter().map(|v| format!("{v:.1}")),
+                    ));
+                    out.push_str(&format!(
+                        "\n(coverage as shown with the shares at the temperature nearest 95% in every band; on the \
+                         validation split, `faceage-host upgrade MODEL --band-temperature {:.3}` writes it \
+                         into the file)\n",
+                        fit.temperature
+                    ));
+                }
             }
             None => out.push_str(&format!(
                 "\n(ECE mean {:.3}; fewer than {GROUP_SIZE} read faces: no count coverage)\n",
@@ -296,6 +357,10 @@ mod tests {
         for (b, pct) in cov.per_band.iter().enumerate() {
             assert!((88.0..=99.5).contains(pct), "band {b}: {pct}% of intervals hold the truth");
         }
+        // Whole people ± whole people: rounding moves it a little, not far.
+        for (b, (pct, shown)) in cov.per_band.iter().zip(&cov.per_band_shown).enumerate() {
+            assert!((shown - pct).abs() < 8.0 && *shown >= 85.0, "band {b}: {pct}% exact, {shown}% as shown");
+        }
         for b in &c.bands {
             assert!((b.mean_share - b.frequency).abs() < 0.03, "{b:?}");
         }
@@ -312,6 +377,30 @@ mod tests {
         assert!(adult < 85.0, "20-39: {adult}% with intervals too narrow");
         let table = calibration(&faces(4000, 3.0, 5)).unwrap().table();
         assert!(table.contains("coverage %") && table.contains("0.9-1.0"), "{table}");
+    }
+
+    #[test]
+    fn a_fitted_temperature_undoes_overconfidence_and_leaves_honest_shares_near_one() {
+        // Shares cubed: a temperature near 3 gives the honest ones back.
+        let sure = fit_temperature(&faces(4000, 3.0, 5)).unwrap();
+        assert!((2.4..=3.6).contains(&sure.temperature), "T = {}", sure.temperature);
+        let before = calibration(&faces(4000, 3.0, 5)).unwrap().coverage.unwrap();
+        let worst = |c: &Coverage| c.per_band_shown.iter().map(|p| (p - 95.0).abs()).fold(0.0, f64::max);
+        assert!(
+            worst(&sure.coverage) < worst(&before),
+            "{:?} -> {:?}",
+            before.per_band_shown,
+            sure.coverage.per_band_shown
+        );
+        assert!(sure.coverage.per_band_shown[3] > 90.0, "{:?}", sure.coverage.per_band_shown);
+        // Shares too timid (square roots): sharpened.
+        let timid = fit_temperature(&faces(4000, 0.5, 7)).unwrap();
+        assert!(timid.temperature < 0.8, "T = {}", timid.temperature);
+        let honest = fit_temperature(&faces(4000, 1.0, 3)).unwrap();
+        assert!((0.8..=1.25).contains(&honest.temperature), "T = {}", honest.temperature);
+        assert!(fit_temperature(&faces(10, 1.0, 3)).is_none(), "fewer faces than a group");
+        let table = calibration(&faces(4000, 3.0, 5)).unwrap().table();
+        assert!(table.contains("--band-temperature"), "{table}");
     }
 
     #[test]
@@ -347,6 +436,7 @@ mod tests {
         let truth: Vec<usize> = (0..10).map(|i| i % 6).collect();
         let c = coverage(&shares, &truth, 10, 50, 1).unwrap();
         assert!(c.per_band.iter().all(|&p| p == 100.0), "{c:?}");
+        assert!(c.per_band_shown.iter().all(|&p| p == 100.0), "{c:?}");
         assert!(c.mean_plus_minus.iter().all(|&w| w == 0.0));
         assert!(coverage(&shares, &truth, 11, 50, 1).is_none());
         assert!(coverage(&shares, &truth, 10, 0, 1).is_none());

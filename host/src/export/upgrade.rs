@@ -190,17 +190,61 @@ pub fn upgrade_file(input: &Path, output: &Path, map_on: Option<&CropSet>) -> Re
     Ok(Upgrade { bands, age_map })
 }
 
+/// What [`temper_file`] did: the file's band temperature before and after.
+#[derive(Debug, PartialEq)]
+pub struct Tempered {
+    pub before: Option<f32>,
+    pub after: f32,
+}
+
+/// Puts a temperature `factor` on the band shares of the file `input` (on top of any it has:
+/// `faceage eval` fits it on the file's own readings) and writes it to `output`, checked with
+/// the board's library: ages and gender as before, shares as the old ones tempered by `factor`.
+pub fn temper_file(input: &Path, output: &Path, factor: f32) -> Result<Tempered> {
+    let label = input.display().to_string();
+    ensure!(factor.is_finite() && factor > 0.0, "--band-temperature {factor}: give a positive number");
+    let mut model = faceage_device::onnx::read_model(input)?;
+    let original = AgeGenderModel::from_bytes(&model.encode_to_vec(), &label)?;
+    ensure!(
+        original.contract().output_age_bands.is_some(),
+        "{label}: has no band shares to temper; run `faceage-host upgrade {label}` first"
+    );
+    let before = original.contract().band_temperature;
+    let after = before.unwrap_or(1.0) * factor;
+    set_metadata(&mut model, faceage_device::model_file::BAND_TEMPERATURE_KEY.into(), after.to_string());
+    let bytes = model.encode_to_vec();
+    let new = AgeGenderModel::from_bytes(&bytes, &format!("{label} (tempered)"))?;
+    let crops = textured_crops(new.input_size());
+    for (i, (x, y)) in original.predict(&crops)?.iter().zip(&new.predict(&crops)?).enumerate() {
+        let (Some(old), Some(shares)) = (x.age_bands, y.age_bands) else {
+            bail!("{label}: test input {i} has no band shares")
+        };
+        let want = faceage_device::bands::tempered(&old, factor);
+        ensure!(
+            x.age == y.age
+                && x.female == y.female
+                && want.iter().zip(&shares).all(|(a, b)| (a - b).abs() < 1e-4),
+            "{label}: the tempered file reads test input {i} as {y:?}, expected {x:?} with shares {want:?}"
+        );
+    }
+    super::write(&model, output)?;
+    Ok(Tempered { before, after })
+}
+
+/// Faces are not needed to compare two graphs: textured inputs spread the readings.
+fn textured_crops(size: u32) -> Vec<RgbImage> {
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+    (0..16)
+        .map(|_| RgbImage::from_fn(size, size, |_, _| Rgb([rng.random(), rng.random(), rng.random()])))
+        .collect()
+}
+
 /// The upgraded file must read every face as the original did (through `map` when one was
 /// added), and its band shares must sum to one and agree with the original reading (a median:
 /// at most half the mass lies below its band and at most half above).
 fn check_readings(old: &AgeGenderModel, upgraded: &[u8], map: Option<&AgeMap>, label: &str) -> Result<()> {
     let new = AgeGenderModel::from_bytes(upgraded, &format!("{label} (upgraded)"))?;
-    let size = new.input_size();
-    // Faces are not needed to compare two graphs: textured inputs spread the readings.
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
-    let crops: Vec<RgbImage> = (0..16)
-        .map(|_| RgbImage::from_fn(size, size, |_, _| Rgb([rng.random(), rng.random(), rng.random()])))
-        .collect();
+    let crops = textured_crops(new.input_size());
     let (a, b) = (old.predict(&crops)?, new.predict(&crops)?);
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
         let expected = map.map_or(x.age, |m| m.apply(x.age));
@@ -296,5 +340,32 @@ mod tests {
         model.graph.as_mut().unwrap().node.retain(|n| n.name != "age.mean");
         let err = add_age_bands(&mut model, "regression.onnx").unwrap_err().to_string();
         assert!(err.contains("regression.onnx") && err.contains("no age distribution"), "{err}");
+    }
+
+    #[test]
+    fn a_band_temperature_tempers_the_shares_and_stacks_on_the_files_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let once = dir.path().join("once.onnx");
+        let done = temper_file(&shipped(), &once, 0.8).unwrap();
+        assert_eq!(done, Tempered { before: None, after: 0.8 });
+        let file = AgeGenderModel::load(&once).unwrap();
+        assert_eq!(file.contract().band_temperature, Some(0.8));
+        let twice = dir.path().join("twice.onnx");
+        let done = temper_file(&once, &twice, 1.5).unwrap();
+        assert!((done.after - 1.2).abs() < 1e-6, "{done:?}");
+        // The board reads the shares sharper or softer, the ages and gender as before.
+        let (plain, tempered) =
+            (AgeGenderModel::load(&shipped()).unwrap(), AgeGenderModel::load(&twice).unwrap());
+        let crops = textured_crops(plain.input_size());
+        let (a, b) = (plain.predict(&crops).unwrap(), tempered.predict(&crops).unwrap());
+        let want = faceage_device::bands::tempered(&a[0].age_bands.unwrap(), done.after);
+        assert!(want.iter().zip(&b[0].age_bands.unwrap()).all(|(x, y)| (x - y).abs() < 1e-4));
+        assert_ne!(a[0].age_bands, b[0].age_bands);
+        let err = temper_file(&shipped(), &twice, 0.0).unwrap_err().to_string();
+        assert!(err.contains("positive"), "{err}");
+        let bandless = dir.path().join("old.onnx");
+        super::super::write(&without_bands(), &bandless).unwrap();
+        let err = temper_file(&bandless, &twice, 0.9).unwrap_err().to_string();
+        assert!(err.contains("old.onnx") && err.contains("no band shares"), "{err}");
     }
 }
