@@ -16,9 +16,15 @@ pub fn write_atomically(path: &Path, fill: impl FnOnce(&mut dyn Write) -> Result
         _ => Path::new("."),
     };
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut tmp = tempfile::Builder::new()
-        .prefix(&format!(".{name}."))
-        .suffix(".partial")
+    let prefix = format!(".{name}.");
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".partial");
+    // tempfile makes its files readable by their owner only (0600); the file this one becomes
+    // gets the permissions a plain create gives (0666 less the umask), as `cp` or `cargo`
+    // would: a model file exported here is read by the board's service user.
+    #[cfg(unix)]
+    builder.permissions(<std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o666));
+    let mut tmp = builder
         .tempfile_in(dir)
         .map_err(without_temporary_name)
         .with_context(|| format!("{}: cannot create a file", dir.display()))?;
@@ -71,6 +77,19 @@ mod tests {
         assert_eq!(names, vec![std::ffi::OsString::from("cache.bin")], "no temporary file is left behind");
         write_atomically(&path, |w| Ok(w.write_all(b"second")?)).unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), b"second");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_file_gets_the_permissions_of_a_plain_create() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("plain");
+        std::fs::write(&plain, b"x").unwrap();
+        let path = dir.path().join("model.onnx");
+        write_atomically(&path, |w| Ok(w.write_all(b"x")?)).unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), mode(&plain), "{:o} against {:o}", mode(&path), mode(&plain));
     }
 
     #[test]
