@@ -20,7 +20,7 @@ install -m 644 "$here/faceage.service" /etc/systemd/system/faceage.service
 ln -sf /opt/faceage/bin/faceage /usr/local/bin/faceage
 
 # A quick self-check before the service starts: the model loads and reads a face-free frame.
-/opt/faceage/bin/faceage bench --model /opt/faceage/models/faceage-int8.onnx --runs 20 >/dev/null
+/opt/faceage/bin/faceage bench --model /opt/faceage/models/faceage-run-int8.onnx --runs 20 >/dev/null
 
 systemctl daemon-reload
 systemctl enable --now faceage

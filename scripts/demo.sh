@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on a default: three people from UTKFace walk through a clip, `faceage run`
-# counts them with the shipped model (printing each person as a JSON line), and `faceage report`
+# counts them with the shipped model (`run`'s own, models/faceage-run-int8.onnx: each face read
+# once; printing each person as a JSON line), and `faceage report`
 # summarises the counts log it wrote. Needs the release build (scripts/setup.sh makes it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ cargo build --release -q --example make_clip
 "$T/examples/make_clip" "$out/clip.avi" walk 96 640x480
 rm -f "$out/counts.jsonl"
 "$T/faceage" run --source "$out/clip.avi" --counts-log "$out/counts.jsonl" --events \
-  --model models/faceage-int8.onnx --detector models/face_detection_back_256x256_barracuda.onnx
+  --detector models/face_detection_back_256x256_barracuda.onnx
 echo
 "$T/faceage" report "$out/counts.jsonl" --plot "$out/hours.png"
 echo

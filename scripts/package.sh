@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=(aarch64-unknown-linux-gnu)
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-for f in models/faceage-int8.onnx models/faceage-f32.onnx models/face_detection_back_256x256_barracuda.onnx; do
+for f in models/faceage-run-int8.onnx models/faceage-int8.onnx models/faceage-f32.onnx models/face_detection_back_256x256_barracuda.onnx; do
   [ -f "$f" ] || { echo "error: $f missing (scripts/fetch-detector.sh fetches the detector)" >&2; exit 1; }
 done
 mkdir -p dist
@@ -50,7 +50,7 @@ for target in "${targets[@]}"; do
   stage=$(mktemp -d)/$name
   mkdir -p "$stage/bin" "$stage/models" "$stage/kiosk"
   cp "$bin" "$stage/bin/faceage"
-  cp models/faceage-int8.onnx models/faceage-f32.onnx models/face_detection_back_256x256_barracuda.onnx "$stage/models/"
+  cp models/faceage-run-int8.onnx models/faceage-int8.onnx models/faceage-f32.onnx models/face_detection_back_256x256_barracuda.onnx "$stage/models/"
   cp models/MODEL_CARD.md "$stage/models/" 2>/dev/null || true
   [ -f models/BLAZEFACE-LICENSE.txt ] && cp models/BLAZEFACE-LICENSE.txt "$stage/models/"
   cp deploy/faceage.service deploy/faceage.env deploy/install.sh "$stage/"

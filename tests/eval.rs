@@ -3,6 +3,7 @@
 //! like a face in a room.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use faceage_device::labels::{Split, split_of};
 use faceage_e2e::*;
@@ -275,4 +276,45 @@ fn upgrade_gives_an_old_file_band_shares_and_an_age_map_fitted_on_board_crops() 
     assert_ne!(counted(&sharp), counted(&after), "the shares went through the temperature");
     let bad = run_host(&["upgrade", old.to_str().unwrap(), "--band-temperature=-1"], work.path());
     assert!(!bad.status.success() && stderr(&bad).contains("positive"), "{}", stderr(&bad));
+}
+
+/// `run` reads faces with its own file unless told otherwise: the shipped net, int8, each face
+/// read once (a track fuses a person's readings over frames, where the mirrored second reading
+/// buys nothing). Read alone, face by face, it stays close to the reference file.
+#[test]
+fn run_reads_with_its_one_reading_file_which_reads_faces_close_to_the_reference() {
+    let work = tempfile::tempdir().unwrap();
+    let csv = manifest(work.path(), &test_split_faces(40), "");
+    let read = |model: &Path, name: &str| -> Vec<(f64, f64)> {
+        let readings = work.path().join(name);
+        ok(&run_device(&["eval", csv.to_str().unwrap(), "--readings", readings.to_str().unwrap()], model));
+        let mut rows = csv::Reader::from_path(&readings).unwrap();
+        rows.records()
+            .map(|r| r.unwrap())
+            .filter(|r| &r[4] == "read")
+            .map(|r| (r[5].parse().unwrap(), r[7].parse().unwrap()))
+            .collect()
+    };
+    let reference = read(&shipped_model(), "mirrored.csv");
+    let run_file = root().join("models").join("faceage-run-int8.onnx");
+    let once = read(&run_file, "once.csv");
+    assert_eq!(once.len(), reference.len());
+    assert!(reference.len() >= 39, "{} of 40 faces read", reference.len());
+    let n = once.len() as f64;
+    let age_apart = once.iter().zip(&reference).map(|(a, b)| (a.0 - b.0).abs()).sum::<f64>() / n;
+    let same_gender = once.iter().zip(&reference).filter(|(a, b)| (a.1 > 0.5) == (b.1 > 0.5)).count();
+    assert!(age_apart <= 1.5, "one reading is {age_apart:.2} years from the mirrored reading on average");
+    assert!(same_gender as f64 >= 0.9 * n, "the same gender for {same_gender} of {n} faces");
+
+    // `run` without --model (nor FACEAGE_MODEL) reads with it.
+    let clip = one_walker_clip(work.path(), 20);
+    let out = ok(&run(Command::new(bin("faceage"))
+        .current_dir(root())
+        .env_remove("FACEAGE_MODEL")
+        .args(["run", "--source", clip.to_str().unwrap(), "--counts-log", "-", "--detector"])
+        .arg(detector())))
+    .clone();
+    let said = stderr(&out);
+    assert!(said.contains("reading faces with models/faceage-run-int8.onnx"), "{said}");
+    assert!(said.contains("1 people counted"), "{said}");
 }

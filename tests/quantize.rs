@@ -211,3 +211,60 @@ fn verify_measures_a_file_on_the_split_it_records_without_its_run() {
     let neither = run_host(&["verify", model_arg], work.path());
     assert!(!neither.status.success() && stderr(&neither).contains("--run"), "{}", stderr(&neither));
 }
+
+/// `export --run-out` writes `run`'s file beside the others: int8, each face read once (no
+/// mirrored view in its graph, where the f32 file has one), measured against its own
+/// one-reading f32 step, which is not left behind.
+#[test]
+fn export_writes_runs_one_reading_file_on_request() {
+    let run = tiny_run();
+    let folder = run.dir.join("once");
+    std::fs::create_dir_all(&folder).unwrap();
+    let (f32_out, int8_out, run_out) =
+        (folder.join("m-f32.onnx"), folder.join("m-int8.onnx"), folder.join("m-run-int8.onnx"));
+    let exported = run_host(
+        &[
+            "export",
+            "--run",
+            run.dir.join("run").to_str().unwrap(),
+            "--out",
+            f32_out.to_str().unwrap(),
+            "--quantize",
+            "int8",
+            "--int8-out",
+            int8_out.to_str().unwrap(),
+            "--run-out",
+            run_out.to_str().unwrap(),
+            "--calibration-crops",
+            "64",
+        ],
+        &run.dir,
+    );
+    let said = stdout(ok(&exported));
+    assert!(said.contains("m-run-int8.onnx") && said.contains("read once"), "{said}");
+    let mut names: Vec<String> = std::fs::read_dir(&folder)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["m-f32.onnx", "m-int8.onnx", "m-run-int8.onnx"], "no scratch file left");
+    let nodes = |file: &Path| -> Vec<(String, String)> {
+        use prost::Message;
+        let bytes = std::fs::read(file).unwrap();
+        let proto = tract_onnx::pb::ModelProto::decode(bytes.as_slice()).unwrap();
+        proto.graph.unwrap().node.into_iter().map(|n| (n.name, n.op_type)).collect()
+    };
+    let mirrored = |file: &Path| nodes(file).iter().any(|(name, op)| name == "mirror" && op == "Slice");
+    assert!(mirrored(&f32_out) && mirrored(&int8_out), "the shipped reading is mirrored");
+    assert!(!mirrored(&run_out), "run's file reads each face once");
+    assert!(nodes(&run_out).iter().any(|(_, op)| op == "QuantizeLinear"), "and is int8");
+    // The board loads it and reads a real face.
+    let photo = one_face_photo(&run.dir, "once.png", 5);
+    assert_eq!(readings(&run_out, &photo).len(), 1);
+
+    let refused = run_host(
+        &["export", "--run", run.dir.join("run").to_str().unwrap(), "--run-out", "x.onnx"],
+        &run.dir,
+    );
+    assert!(!refused.status.success() && stderr(&refused).contains("--quantize"), "{}", stderr(&refused));
+}

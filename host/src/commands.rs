@@ -474,6 +474,11 @@ pub struct ExportArgs {
     /// The quantized file [default: --out with "f32" replaced by "int8" (or "int8-qop")].
     #[arg(long)]
     int8_out: Option<PathBuf>,
+    /// Also write the quantized file that `faceage run` reads by default
+    /// (models/faceage-run-int8.onnx): each face read once, not also mirrored, since `run`
+    /// fuses a person's readings over the frames of their track.
+    #[arg(long, requires = "quantize", value_name = "FILE")]
+    run_out: Option<PathBuf>,
     /// Largest tolerated difference between tract and candle (years and probability).
     #[arg(long, default_value_t = 1e-3)]
     tolerance: f32,
@@ -500,13 +505,13 @@ pub fn export(a: ExportArgs) -> Result<()> {
     if model.age_map.is_some() {
         notes.push("age corrected by the run's age-map.json: export --age-map");
     }
-    let options = ExportOptions {
+    let f32_options = ExportOptions {
         out: a.out.clone(),
         mirror: !a.no_mirror,
         tolerance: a.tolerance,
         train_command: if notes.is_empty() { command } else { format!("{command} ({})", notes.join("; ")) },
     };
-    let exported = from_run::export_f32(&model, &config, &data, &device, &options)?;
+    let exported = from_run::export_f32(&model, &config, &data, &device, &f32_options)?;
     println!("{exported}");
 
     let Some(Quantize::Int8) = a.quantize else { return Ok(()) };
@@ -514,13 +519,28 @@ pub fn export(a: ExportArgs) -> Result<()> {
         QuantFormatArg::Qdq => QuantFormat::Int8Qdq,
         QuantFormatArg::Qoperator => QuantFormat::Int8Qoperator,
     };
-    let options = QuantOptions {
+    let quant_options = QuantOptions {
         format,
         calibration: a.calibration,
         calibration_crops: a.calibration_crops,
         out: a.int8_out.clone().unwrap_or_else(|| from_run::int8_path(&a.out, format)),
     };
-    println!("{}", from_run::export_quantized(&model, &exported, &data, &device, &options)?);
+    println!("{}", from_run::export_quantized(&model, &exported, &data, &device, &quant_options)?);
+
+    let Some(run_out) = &a.run_out else { return Ok(()) };
+    // The one-reading f32 file is a step on the way: the int8 file is made from it and
+    // measured against it.
+    let folder = run_out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let scratch = tempfile::tempdir_in(folder)
+        .with_context(|| format!("{}: cannot create a scratch folder", folder.display()))?;
+    let once_options =
+        ExportOptions { out: scratch.path().join("run-f32.onnx"), mirror: false, ..f32_options.clone() };
+    let once = from_run::export_f32(&model, &config, &data, &device, &once_options)?;
+    let run_options = QuantOptions { out: run_out.clone(), ..quant_options };
+    println!(
+        "{} (read once: `faceage run`'s file)",
+        from_run::export_quantized(&model, &once, &data, &device, &run_options)?
+    );
     Ok(())
 }
 

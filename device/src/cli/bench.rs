@@ -14,7 +14,8 @@ use faceage_device::track::ReadPolicy;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Model files to compare (repeat the option) [default: the default model].
+    /// Model files to compare (repeat the option) [default: `classify`'s model; with --source,
+    /// `run`'s].
     #[arg(long = "model")]
     models: Vec<PathBuf>,
     /// Time the whole pipeline stage by stage on this source instead (any `run --source`).
@@ -98,7 +99,8 @@ fn pipeline(args: Args, source: &str) -> Result<ExitCode> {
         detector: args.detector.clone(),
         min_score: 0.5,
         plain_detector: args.plain_detector,
-    };
+    }
+    .for_run();
     let mut options = LiveOptions { detect_every: args.detect_every.max(1), ..LiveOptions::default() };
     if args.read_every_frame {
         options.tracker.read = ReadPolicy::every_frame();

@@ -117,7 +117,9 @@ pub fn run(args: Args) -> Result<ExitCode> {
         sources.push(SourceRun::new(frames, Live::new(live_options(&args)).named(&source.name)));
     }
     // One model for every source.
-    let mut pipeline = args.models.load_pipeline()?;
+    let models = args.models.clone().for_run();
+    let mut pipeline = models.load_pipeline()?;
+    eprintln!("reading faces with {} ({})", models.model_path().display(), pipeline.model.contract().name);
     if let Some(dir) = &args.save_crops {
         eprintln!("warning: saving face crops of counted people to {} (--save-crops)", dir.display());
     }
@@ -134,7 +136,7 @@ pub fn run(args: Args) -> Result<ExitCode> {
             &args.fleet,
             log.is_some().then_some((args.counts_log.as_path(), rotation(args.rotate))),
             &names,
-            &args.models.model_path(),
+            &models.model_path(),
             &pipeline.model.contract().name,
         )?,
     };
