@@ -156,9 +156,7 @@ fn the_kiosk_page_shows_the_live_picture_and_the_readings_of_every_face() {
     assert!(first != second, "the picture moves on");
 
     // The page in a real browser: the labels of the faces in view appear.
-    let dom =
-        run(headless(&work.path().join("profile-dom")).arg("--dump-dom").arg(format!("http://{address}/")));
-    let dom = stdout(&dom);
+    let dom = page_listing(&address, work.path(), 3);
     // The list items' labels ("F 27 (±4 y, 80%)"): as many as people in view, with the same
     // genders and ages close to the endpoint's (fused ages can move a little in between).
     let items: Vec<&str> =
@@ -220,6 +218,22 @@ fn a_bind_address_beyond_loopback_comes_with_a_warning() {
     );
     ok(&out);
     assert!(stderr(&out).contains("shows the live camera picture to anyone"), "{}", stderr(&out));
+}
+
+/// The page as a real browser renders it, looked at until it lists `people` people (three
+/// looks at most; the last is returned). A person is listed while their face was found in the
+/// last second: on a loaded machine (CI, or a training beside the tests) a face can go unfound
+/// for a moment and drop out of the list, rightly, so one look could miss one.
+fn page_listing(address: &str, work: &std::path::Path, people: usize) -> String {
+    let mut dom = String::new();
+    for look in 0..3 {
+        let profile = work.join(format!("profile-dom-{look}"));
+        dom = stdout(&run(headless(&profile).arg("--dump-dom").arg(format!("http://{address}/"))));
+        if dom.matches("<li").count() == people {
+            break;
+        }
+    }
+    dom
 }
 
 #[test]
@@ -284,9 +298,7 @@ fn one_page_shows_every_source_with_its_own_picture_and_people() {
     let (a, b) = (http_get(&address, "/frame.jpg?source=0"), http_get(&address, "/frame.jpg?source=1"));
     assert!(a.starts_with(&[0xFF, 0xD8]) && b.starts_with(&[0xFF, 0xD8]) && a != b);
 
-    let dom =
-        run(headless(&work.path().join("profile-dom")).arg("--dump-dom").arg(format!("http://{address}/")));
-    let dom = stdout(&dom);
+    let dom = page_listing(&address, work.path(), 4);
     assert!(
         dom.contains(r#"src="/stream.mjpg?source=0"#) && dom.contains(r#"src="/stream.mjpg?source=1"#),
         "{dom}"
