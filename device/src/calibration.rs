@@ -69,8 +69,8 @@ pub struct Calibration {
     pub ece: f64,
     /// Absent when there are fewer read faces than a group.
     pub coverage: Option<Coverage>,
-    /// The temperature on the shares that would bring the coverage nearest 95% in every band
-    /// on these faces; absent with the coverage. Fitted on the validation split, it goes into
+    /// The temperature on the shares that would bring the coverage inside 90-98%, then nearest
+    /// 95%, in every band on these faces ([`fit_temperature`]); absent with the coverage. Fitted on the validation split, it goes into
     /// the model file (`faceage-host upgrade --band-temperature`).
     pub temperature_fit: Option<TemperatureFit>,
 }
@@ -294,9 +294,10 @@ impl Calibration {
                         &mut fit.coverage.per_band_shown.iter().map(|v| format!("{v:.1}")),
                     ));
                     out.push_str(&format!(
-                        "\n(coverage as shown with the shares at the temperature nearest 95% in every band; on the \
-                         validation split, `faceage-host upgrade MODEL --band-temperature {:.3}` writes it \
-                         into the file)\n",
+                        "\n(coverage as shown with the shares at the temperature that brings every band inside \
+                         90-98% as nearly as one can, then nearest 95, fitted on these faces; fit it on the \
+                         validation split, where `faceage-host upgrade MODEL --band-temperature {:.3}` writes \
+                         it into the file)\n",
                         fit.temperature
                     ));
                 }
