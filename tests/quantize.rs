@@ -7,28 +7,32 @@ use std::path::Path;
 use faceage_e2e::*;
 use serde_json::Value;
 
+/// `faceage-host export` of the shared tiny run to `f32_out` and an int8 file `int8_out`
+/// (calibrated on few crops: quick), with `extra` options.
+fn export_tiny(f32_out: &Path, int8_out: &Path, extra: &[&str]) -> std::process::Output {
+    let run = tiny_run();
+    let run_folder = run.dir.join("run");
+    let args = [
+        "export",
+        "--run",
+        run_folder.to_str().unwrap(),
+        "--out",
+        f32_out.to_str().unwrap(),
+        "--quantize",
+        "int8",
+        "--int8-out",
+        int8_out.to_str().unwrap(),
+        "--calibration-crops",
+        "64",
+    ];
+    run_host(&[&args[..], extra].concat(), &run.dir)
+}
+
 fn export_int8(format: &str) -> std::path::PathBuf {
     let run = tiny_run();
     let f32_out = run.dir.join(format!("q-{format}-f32.onnx"));
     let out = run.dir.join(format!("q-{format}.onnx"));
-    let exported = run_host(
-        &[
-            "export",
-            "--run",
-            run.dir.join("run").to_str().unwrap(),
-            "--out",
-            f32_out.to_str().unwrap(),
-            "--quantize",
-            "int8",
-            "--quant-format",
-            format,
-            "--int8-out",
-            out.to_str().unwrap(),
-            "--calibration-crops",
-            "64",
-        ],
-        &run.dir,
-    );
+    let exported = export_tiny(&f32_out, &out, &["--quant-format", format]);
     ok(&exported);
     assert!(
         stdout(&exported).contains(&format!("int8-{}", if format == "qdq" { "qdq" } else { "qoperator" })),
@@ -222,26 +226,11 @@ fn export_writes_runs_one_reading_file_on_request() {
     std::fs::create_dir_all(&folder).unwrap();
     let (f32_out, int8_out, run_out) =
         (folder.join("m-f32.onnx"), folder.join("m-int8.onnx"), folder.join("m-run-int8.onnx"));
-    let exported = run_host(
-        &[
-            "export",
-            "--run",
-            run.dir.join("run").to_str().unwrap(),
-            "--out",
-            f32_out.to_str().unwrap(),
-            "--quantize",
-            "int8",
-            "--int8-out",
-            int8_out.to_str().unwrap(),
-            "--run-out",
-            run_out.to_str().unwrap(),
-            "--calibration-crops",
-            "64",
-        ],
-        &run.dir,
-    );
+    let exported = export_tiny(&f32_out, &int8_out, &["--run-out", run_out.to_str().unwrap()]);
     let said = stdout(ok(&exported));
     assert!(said.contains("m-run-int8.onnx") && said.contains("read once"), "{said}");
+    // Both int8 files are measured against an f32 reading of their own.
+    assert_eq!(said.matches("vs f32").count(), 2, "{said}");
     let mut names: Vec<String> = std::fs::read_dir(&folder)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
