@@ -214,16 +214,44 @@ pub fn run_metrics(run: &Path) -> Vec<serde_json::Value> {
     text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
 }
 
-/// The crop cache every training of this test process shares (`--cache-dir`). Finding and
-/// cropping the 300 faces of a small run takes about 40 s of CPU, training one on them about
-/// 1 s: with a cache per test, most of the suite's training time was cropping the same faces
-/// again. It lives as long as the process, so a test run never reads crops an older build made
-/// (tests of the cache itself give their own `--cache-dir`). Concurrent writers are safe: the
-/// host writes a cache whole or not at all, and crops missing from it are made again.
+/// The crop cache every training of the tests shares (`--cache-dir`). Finding and cropping the
+/// 300 faces of a small run takes about 40 s of CPU, training one on them about 1 s: with a
+/// cache per test, most of the suite's training time was cropping the same faces again.
+///
+/// It is kept between test runs of the same build: the folder is named by a hash of the
+/// `faceage-host` binary (its detector and crop code made the crops), beside the binary, so a
+/// run never reads crops an older build made, and a second run of an unchanged tree crops
+/// nothing. Caches of other builds are removed when a new one is made. Tests of the cache
+/// itself give their own `--cache-dir`. Concurrent writers are safe: the host writes a cache
+/// whole or not at all, and crops missing from it are made again.
 pub fn crop_cache() -> &'static Path {
     static CACHE: OnceLock<PathBuf> = OnceLock::new();
-    CACHE
-        .get_or_init(|| tempfile::Builder::new().prefix("faceage-crops-").tempdir().expect("temp dir").keep())
+    CACHE.get_or_init(|| {
+        let host = bin("faceage-host");
+        let dir = host.parent().expect("binary folder").to_path_buf();
+        let name = format!("test-crops-{:016x}", file_hash(&host));
+        for entry in std::fs::read_dir(&dir).expect("binary folder").flatten() {
+            let other = entry.file_name();
+            let other = other.to_string_lossy();
+            if other.starts_with("test-crops-") && other != name {
+                // Another build's crops; a concurrent run of that build crops again.
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+        let cache = dir.join(name);
+        std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{}: {e}", cache.display()));
+        cache
+    })
+}
+
+/// A hash of a file's bytes (std's SipHash with fixed keys: the same bytes give the same value
+/// for as long as the toolchain that built the file, whose change rebuilds it anyway).
+fn file_hash(path: &Path) -> u64 {
+    use std::hash::Hasher;
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    hasher.write(&bytes);
+    hasher.finish()
 }
 
 /// Runs `faceage-host` with the shared data (unless `args` name a `--data`), the detector and
