@@ -211,8 +211,14 @@ pub fn time_pipeline(
 /// Refuses a thread count this build cannot honour: without the `multithread` feature tract
 /// runs on the calling thread only, and asking for more must not be silently ignored.
 pub fn check_inference_threads(threads: usize) -> Result<()> {
+    threads_allowed(threads, cfg!(feature = "multithread"))
+}
+
+/// [`check_inference_threads`] for a build with or without `multithread`: a function of both,
+/// so the tests' one build (with the feature) also checks the refusal the default build gives.
+fn threads_allowed(threads: usize, multithread: bool) -> Result<()> {
     anyhow::ensure!(
-        threads <= 1 || cfg!(feature = "multithread"),
+        threads <= 1 || multithread,
         "--threads {threads}: this faceage was built without the `multithread` feature \
          (cargo build --features multithread); it reads faces on one thread"
     );
@@ -313,12 +319,17 @@ mod tests {
         assert_eq!((figures.faces, figures.reads), (20, 20));
     }
 
-    #[cfg(not(feature = "multithread"))]
     #[test]
     fn more_threads_without_the_feature_is_an_error_naming_it() {
-        set_inference_threads(1).unwrap();
-        let err = set_inference_threads(4).unwrap_err().to_string();
+        threads_allowed(1, false).unwrap();
+        let err = threads_allowed(4, false).unwrap_err().to_string();
         assert!(err.contains("--threads 4") && err.contains("multithread"), "{err}");
+        threads_allowed(4, true).unwrap();
+        assert_eq!(
+            check_inference_threads(4).is_ok(),
+            cfg!(feature = "multithread"),
+            "this build's own check is the same function"
+        );
     }
 
     /// The shipped model read on two threads gives the one-thread readings.
