@@ -496,31 +496,45 @@ pub fn select(samples: Vec<Sample>, split: Option<(crate::labels::Split, u64)>) 
 /// Each image's label and reading as CSV, one row per sample in order: for a user who wants to
 /// look past the averages (which faces are read too young, how sure the model was). `outcome`
 /// is `read`, `no_face` or `unreadable`; the reading's columns are empty when nothing was read.
+/// Then the face's share in each age band as the counts log adds it (`band_0-2` ... `band_60+`,
+/// the file's band temperature applied; empty for a model without an age distribution).
 pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::io::Write) -> csv::Result<()> {
     let mut csv = csv::Writer::from_writer(out);
-    csv.write_record(["path", "age", "gender", "race", "outcome", "read_age", "age_std", "p_female"])?;
+    let mut header: Vec<String> =
+        ["path", "age", "gender", "race", "outcome", "read_age", "age_std", "p_female"]
+            .map(String::from)
+            .into();
+    header.extend(AGE_BANDS.iter().map(|(name, _, _)| format!("band_{name}")));
+    csv.write_record(&header)?;
     for (sample, outcome) in samples.iter().zip(outcomes) {
         let race = sample.race.and_then(|r| RACE_NAMES.get(r as usize)).copied().unwrap_or("");
-        let (what, read_age, age_std, p_female) = match outcome {
+        let (what, mut reading) = match outcome {
             Outcome::Read(e) => (
                 "read",
-                format!("{:.2}", e.age),
-                e.age_std.map(|s| format!("{s:.2}")).unwrap_or_default(),
-                format!("{:.4}", e.female),
+                vec![
+                    format!("{:.2}", e.age),
+                    e.age_std.map(|s| format!("{s:.2}")).unwrap_or_default(),
+                    format!("{:.4}", e.female),
+                ],
             ),
-            Outcome::NoFace => ("no_face", String::new(), String::new(), String::new()),
-            Outcome::Unreadable(_) => ("unreadable", String::new(), String::new(), String::new()),
+            Outcome::NoFace => ("no_face", vec![String::new(); 3]),
+            Outcome::Unreadable(_) => ("unreadable", vec![String::new(); 3]),
         };
-        csv.write_record([
-            sample.path.to_string_lossy().as_ref(),
-            &sample.age_group.map_or_else(|| sample.age.to_string(), |g| g.to_string()),
-            &Gender::of(sample.female).letter().to_string(),
-            race,
-            what,
-            &read_age,
-            &age_std,
-            &p_female,
-        ])?;
+        // Six significant digits: a rare band's small shares still add up right.
+        let shares = match outcome {
+            Outcome::Read(Estimate { age_bands: Some(b), .. }) => b.map(|p| format!("{p:.6}")),
+            _ => std::array::from_fn(|_| String::new()),
+        };
+        reading.extend(shares);
+        let mut row = vec![
+            sample.path.to_string_lossy().into_owned(),
+            sample.age_group.map_or_else(|| sample.age.to_string(), |g| g.to_string()),
+            Gender::of(sample.female).letter().to_string(),
+            race.to_string(),
+            what.to_string(),
+        ];
+        row.extend(reading);
+        csv.write_record(&row)?;
     }
     csv.flush()?;
     Ok(())
@@ -600,16 +614,31 @@ mod tests {
             Outcome::Read(Estimate { age: 32.5, female: 0.9, age_std: Some(4.0), age_bands: None }),
             Outcome::NoFace,
             Outcome::Unreadable("not a decodable image".into()),
+            Outcome::Read(Estimate {
+                age: 6.0,
+                female: 0.2,
+                age_std: None,
+                age_bands: Some([0.125, 0.75, 0.0625, 0.0625, 0.0, 0.0]),
+            }),
         ];
+        let samples = [samples, vec![sample(7.0, false, 3)]].concat();
         let mut out = Vec::new();
         write_readings(&samples, &outcomes, &mut out).unwrap();
         let text = String::from_utf8(out).unwrap();
         let rows: Vec<&str> = text.lines().collect();
-        assert_eq!(rows[0], "path,age,gender,race,outcome,read_age,age_std,p_female");
-        assert_eq!(rows[1], "30_1.jpg,30,F,White,read,32.50,4.00,0.9000");
-        assert_eq!(rows[2], "50_0.jpg,50,M,Black,no_face,,,");
-        assert_eq!(rows[3], "5_1.jpg,5,F,Asian,unreadable,,,");
-        assert_eq!(rows.len(), 4);
+        assert_eq!(
+            rows[0],
+            "path,age,gender,race,outcome,read_age,age_std,p_female,\
+             band_0-2,band_3-12,band_13-19,band_20-39,band_40-59,band_60+"
+        );
+        assert_eq!(rows[1], "30_1.jpg,30,F,White,read,32.50,4.00,0.9000,,,,,,");
+        assert_eq!(rows[2], "50_0.jpg,50,M,Black,no_face,,,,,,,,,");
+        assert_eq!(rows[3], "5_1.jpg,5,F,Asian,unreadable,,,,,,,,,");
+        assert_eq!(
+            rows[4],
+            "7_0.jpg,7,M,Indian,read,6.00,,0.2000,0.125000,0.750000,0.062500,0.062500,0.000000,0.000000"
+        );
+        assert_eq!(rows.len(), 5);
     }
 
     #[test]

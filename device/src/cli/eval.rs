@@ -35,7 +35,8 @@ pub struct Args {
     #[arg(long)]
     list_faceless: Option<PathBuf>,
     /// Write every image's label and reading to this CSV file (path, age, gender, race,
-    /// outcome, read_age, age_std, p_female): for looking past the averages.
+    /// outcome, read_age, age_std, p_female, then the face's share in each age band as the counts
+    /// add it: band_0-2 ... band_60+): for looking past the averages.
     #[arg(long)]
     readings: Option<PathBuf>,
     #[command(flatten)]
