@@ -50,6 +50,11 @@ if ! command -v cargo >/dev/null; then
   # shellcheck disable=SC1091
   . "$HOME/.cargo/env"
 fi
+# The test suite formats and lints (scripts/test.sh: rustfmt, clippy-driver as our crates'
+# compiler); rustup's minimal profile has neither.
+if command -v rustup >/dev/null; then
+  rustup component add clippy rustfmt
+fi
 cargo --version
 
 step "face detector"
