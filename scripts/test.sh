@@ -63,7 +63,9 @@ step "fmt" cargo fmt --all -- --check
 # (libraries, binaries, tests, examples) and with every feature's code in: what `cargo clippy
 # --all-targets -- -D warnings` checked, without compiling the ~360 dependencies again as
 # metadata. A lint failure stops the build like a compile error.
-export RUSTC_WORKSPACE_WRAPPER="${RUSTC_WORKSPACE_WRAPPER:-$(command -v clippy-driver || true)}"
+# Always clippy-driver, whatever the caller's environment holds: another wrapper would build
+# without the lints, and the suite would pass unlinted.
+export RUSTC_WORKSPACE_WRAPPER="$(command -v clippy-driver || true)"
 if [[ -z "$RUSTC_WORKSPACE_WRAPPER" ]]; then
   echo "clippy-driver not found: install clippy (rustup component add clippy)" >&2
   exit 1
