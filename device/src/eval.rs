@@ -508,24 +508,11 @@ pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::i
     csv.write_record(&header)?;
     for (sample, outcome) in samples.iter().zip(outcomes) {
         let race = sample.race.and_then(|r| RACE_NAMES.get(r as usize)).copied().unwrap_or("");
-        let (what, mut reading) = match outcome {
-            Outcome::Read(e) => (
-                "read",
-                vec![
-                    format!("{:.2}", e.age),
-                    e.age_std.map(|s| format!("{s:.2}")).unwrap_or_default(),
-                    format!("{:.4}", e.female),
-                ],
-            ),
-            Outcome::NoFace => ("no_face", vec![String::new(); 3]),
-            Outcome::Unreadable(_) => ("unreadable", vec![String::new(); 3]),
+        let what = match outcome {
+            Outcome::Read(_) => "read",
+            Outcome::NoFace => "no_face",
+            Outcome::Unreadable(_) => "unreadable",
         };
-        // Six significant digits: a rare band's small shares still add up right.
-        let shares = match outcome {
-            Outcome::Read(Estimate { age_bands: Some(b), .. }) => b.map(|p| format!("{p:.6}")),
-            _ => std::array::from_fn(|_| String::new()),
-        };
-        reading.extend(shares);
         let mut row = vec![
             sample.path.to_string_lossy().into_owned(),
             sample.age_group.map_or_else(|| sample.age.to_string(), |g| g.to_string()),
@@ -533,7 +520,15 @@ pub fn write_readings(samples: &[Sample], outcomes: &[Outcome], out: impl std::i
             race.to_string(),
             what.to_string(),
         ];
-        row.extend(reading);
+        if let Outcome::Read(e) = outcome {
+            row.push(format!("{:.2}", e.age));
+            row.push(e.age_std.map(|s| format!("{s:.2}")).unwrap_or_default());
+            row.push(format!("{:.4}", e.female));
+            // Six decimals: a rare band's small shares still add up right.
+            row.extend(e.age_bands.iter().flatten().map(|p| format!("{p:.6}")));
+        }
+        // Empty cells for what was not read (or a model without band shares).
+        row.resize(header.len(), String::new());
         csv.write_record(&row)?;
     }
     csv.flush()?;

@@ -229,7 +229,9 @@ pub fn crop_cache() -> &'static Path {
     CACHE.get_or_init(|| {
         let host = bin("faceage-host");
         let dir = host.parent().expect("binary folder").to_path_buf();
-        let name = format!("test-crops-{:016x}", file_hash(&host));
+        // The project's own stable hash (the host's cache keys use it too).
+        let bytes = std::fs::read(&host).unwrap_or_else(|e| panic!("{}: {e}", host.display()));
+        let name = format!("test-crops-{:016x}", faceage_device::labels::fnv1a(0, &bytes));
         for entry in std::fs::read_dir(&dir).expect("binary folder").flatten() {
             let other = entry.file_name();
             let other = other.to_string_lossy();
@@ -242,16 +244,6 @@ pub fn crop_cache() -> &'static Path {
         std::fs::create_dir_all(&cache).unwrap_or_else(|e| panic!("{}: {e}", cache.display()));
         cache
     })
-}
-
-/// A hash of a file's bytes (std's SipHash with fixed keys: the same bytes give the same value
-/// for as long as the toolchain that built the file, whose change rebuilds it anyway).
-fn file_hash(path: &Path) -> u64 {
-    use std::hash::Hasher;
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    hasher.write(&bytes);
-    hasher.finish()
 }
 
 /// Runs `faceage-host` with the shared data (unless `args` name a `--data`), the detector and
