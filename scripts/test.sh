@@ -71,6 +71,21 @@ if [[ -z "$RUSTC_WORKSPACE_WRAPPER" ]]; then
   exit 1
 fi
 export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# CLIPPY_ARGS is the driver's private protocol with cargo-clippy: if a toolchain changed it,
+# lints would stop failing the build without a word. So first a file with a lint (a needless
+# vec!) must fail to compile through the driver as our crates are compiled.
+probe=$(mktemp -d)
+printf 'fn main() {
+    let v = vec![1, 2];
+    println!("{}", v.len());
+}
+' > "$probe/probe.rs"
+if "$RUSTC_WORKSPACE_WRAPPER" rustc "$probe/probe.rs" --edition 2021 --emit=metadata --out-dir "$probe" \
+  >/dev/null 2>&1; then
+  echo "clippy-driver compiled a file with a lint: CLIPPY_ARGS no longer denies warnings" >&2
+  exit 1
+fi
+rm -rf "$probe"
 
 # The build selects the whole workspace: with `-p faceage-device` alone cargo unifies the
 # dependencies' features over that crate only (serde_json, syn, hashbrown, ... differ), and
