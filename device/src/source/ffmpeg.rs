@@ -29,9 +29,21 @@ fn ffmpeg_missing(tool: &str) -> anyhow::Error {
     )
 }
 
-/// Width, height and frame rate of the first video stream, as ffprobe reports them.
-fn probe(url: &str) -> Result<(u32, u32, f64)> {
+/// How much of a live stream ffprobe and ffmpeg read before they settle its format: 1 s, not
+/// their default 5 s. Each opening of a network camera is a probe and a decoder, each of which
+/// waited the whole window on an MPEG-TS stream (10 s before the first frame, on every reconnect
+/// after an outage; 2.5 s with this window). A stream whose picture size is not known within it
+/// (a long keyframe interval) is probed again with ffmpeg's default window.
+const LIVE_ANALYZE_WINDOW: [&str; 2] = ["-analyzeduration", "1000000"];
+
+/// ffmpeg's options that set the analysis window (empty: its default).
+type AnalyzeWindow = &'static [&'static str];
+
+/// Width, height and frame rate of the first video stream, as ffprobe reports them, reading
+/// `window` of it (empty: ffmpeg's default).
+fn probe(url: &str, window: &[&str]) -> Result<(u32, u32, f64)> {
     let out = Command::new("ffprobe")
+        .args(window)
         .args([
             "-v",
             "error",
@@ -57,6 +69,10 @@ fn probe(url: &str) -> Result<(u32, u32, f64)> {
     }
     let width: u32 = fields[0].parse().context("width")?;
     let height: u32 = fields[1].parse().context("height")?;
+    // 0x0: the stream is listed but none of its picture was read (see LIVE_ANALYZE_WINDOW).
+    if width == 0 || height == 0 {
+        bail!("{url}: no picture size found in the part of the stream read");
+    }
     let fps = match fields[2].split_once('/') {
         Some((n, d)) => n.parse::<f64>().unwrap_or(0.0) / d.parse::<f64>().unwrap_or(1.0).max(1e-9),
         None => fields[2].parse().unwrap_or(0.0),
@@ -64,13 +80,22 @@ fn probe(url: &str) -> Result<(u32, u32, f64)> {
     Ok((width, height, if fps.is_finite() && fps > 0.0 { fps } else { 25.0 }))
 }
 
+/// The analysis window for `url` (for ffprobe and then ffmpeg) and what the probe found in it:
+/// the short one for a live stream where that is enough, else ffmpeg's default (empty).
+fn settle(url: &str, live: bool) -> Result<(AnalyzeWindow, (u32, u32, f64))> {
+    if live && let Ok(found) = probe(url, &LIVE_ANALYZE_WINDOW) {
+        return Ok((&LIVE_ANALYZE_WINDOW, found));
+    }
+    Ok((&[], probe(url, &[])?))
+}
+
 impl FfmpegSource {
     /// Opens `url`; `live` streams are read as they come (RTSP over TCP), files as fast as
     /// they decode (`--realtime` paces them: `source::RealTime`).
     pub fn open(url: &str, live: bool) -> Result<Self> {
-        let (width, height, fps) = probe(url)?;
+        let (window, (width, height, fps)) = settle(url, live)?;
         let mut cmd = Command::new("ffmpeg");
-        cmd.args(["-nostdin", "-loglevel", "error"]);
+        cmd.args(["-nostdin", "-loglevel", "error"]).args(window);
         if url.starts_with("rtsp://") {
             cmd.args(["-rtsp_transport", "tcp"]);
         }
@@ -142,5 +167,58 @@ impl Drop for FfmpegSource {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream whose picture starts 2 s in (audio before it): the short window of a live
+    /// opening finds no picture size, and the opening falls back to ffmpeg's default window.
+    #[test]
+    fn a_live_stream_whose_picture_starts_late_is_probed_again_with_the_default_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = dir.path().join("late.ts");
+        let made = Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "sine=d=4", "-itsoffset", "2"])
+            .args(["-f", "lavfi", "-i", "testsrc=d=2:size=160x120:rate=10", "-map", "0:a", "-map", "1:v"])
+            .args(["-c:v", "mpeg2video", "-c:a", "mp2", "-f", "mpegts"])
+            .arg(&ts)
+            .status()
+            .expect("ffmpeg missing: install it (scripts/setup.sh does)");
+        assert!(made.success());
+        let url = ts.to_str().unwrap();
+        let short = probe(url, &LIVE_ANALYZE_WINDOW).unwrap_err().to_string();
+        assert!(short.contains("no picture size") && short.contains("late.ts"), "{short}");
+
+        assert_eq!(settle(url, true).unwrap(), (&[][..], (160, 120, 10.0)), "the default window");
+        let mut live = FfmpegSource::open(url, true).unwrap();
+        let frame = live.next_frame().unwrap().expect("a frame");
+        assert_eq!(frame.image.dimensions(), (160, 120));
+    }
+
+    #[test]
+    fn a_file_is_read_with_the_default_window_and_a_stream_with_the_short_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ts = dir.path().join("clip.ts");
+        let made = Command::new("ffmpeg")
+            .args(["-nostdin", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc=d=1:size=96x64:rate=10"])
+            .args(["-c:v", "mpeg2video", "-f", "mpegts"])
+            .arg(&ts)
+            .status()
+            .expect("ffmpeg missing: install it (scripts/setup.sh does)");
+        assert!(made.success());
+        let url = ts.to_str().unwrap();
+        for live in [false, true] {
+            let window = if live { &LIVE_ANALYZE_WINDOW[..] } else { &[] };
+            assert_eq!(settle(url, live).unwrap(), (window, (96, 64, 10.0)));
+            let mut source = FfmpegSource::open(url, live).unwrap();
+            let mut frames = 0;
+            while let Ok(Some(_)) = source.next_frame() {
+                frames += 1;
+            }
+            assert_eq!(frames, 10, "live: {live}");
+        }
     }
 }
