@@ -205,6 +205,7 @@ fn the_retraining_script_trains_seven_teachers_then_the_student() {
             .arg(utkface_dir())
             .arg(&out)
             .env("FACEAGE_HOST", bin("faceage-host"))
+            .env("FACEAGE_THREADS", TRAINER_THREADS)
             .env("FACEAGE_TRAIN_ARGS", "--net tiny --limit 300 --epochs 1 --batch 32")
             .env(
                 "FACEAGE_HOST_ARGS",

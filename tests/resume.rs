@@ -84,6 +84,7 @@ fn a_run_interrupted_mid_epoch_continues_from_its_checkpoint() {
         .arg(detector())
         .arg("--cache-dir")
         .arg(crop_cache())
+        .env("FACEAGE_THREADS", TRAINER_THREADS)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

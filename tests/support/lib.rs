@@ -246,6 +246,13 @@ pub fn crop_cache() -> &'static Path {
     })
 }
 
+/// The worker threads of the tests' `faceage-host` runs (`FACEAGE_THREADS`; a `--threads`
+/// argument still wins): one. The tests run one more at a time than there are cores, and
+/// trainers sized to every core beside them spent their time waiting on each other (e2e
+/// binary on 2 cores, 3 test threads: 200 s, 191 s with one thread each). Training is
+/// deterministic for a given thread count, so a test that starts the host itself sets it too.
+pub const TRAINER_THREADS: &str = "1";
+
 /// Runs `faceage-host` with the shared data (unless `args` name a `--data`), the detector and
 /// the process's shared [`crop_cache`]. `_work` is the calling test's folder (its cache was
 /// `_work/cache` before the cache was shared).
@@ -256,6 +263,7 @@ pub fn run_host(args: &[&str], _work: &Path) -> Output {
         cmd.arg("--data").arg(utkface_dir());
     }
     cmd.arg("--detector").arg(detector()).arg("--cache-dir").arg(crop_cache());
+    cmd.env("FACEAGE_THREADS", TRAINER_THREADS);
     run(&mut cmd)
 }
 
