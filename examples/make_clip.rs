@@ -1,7 +1,7 @@
 //! Makes an MJPEG AVI clip of UTKFace faces moving over a background, for demos and
 //! benchmarks on machines without a camera.
 //!
-//!     cargo run --release --example make_clip -- OUT.avi [walk|together|crowd:N] [FRAMES] [WIDTHxHEIGHT]
+//!     scripts/build.sh && target/release/examples/make_clip OUT.avi [walk|together|crowd:N] [FRAMES] [WIDTHxHEIGHT]
 //!
 //! With OUT.png or OUT.jpg it writes one still photo of three faces instead.
 //!

@@ -3,7 +3,7 @@
 //! cursor), and the CPU the publisher takes while the log grows by one line a minute.
 //!
 //!   mosquitto -p 18830 &
-//!   cargo run --release --example publish_bench -- mqtt://127.0.0.1:18830 [LINES] [IDLE_SECONDS]
+//!   scripts/build.sh && target/release/examples/publish_bench mqtt://127.0.0.1:18830 [LINES] [IDLE_SECONDS]
 //!
 //! Defaults: 100000 lines, 60 s idle. A benchmark, not a test: the figures depend on the machine.
 

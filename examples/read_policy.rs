@@ -2,7 +2,7 @@
 //! crowd clips of validation-split faces whose labels are known (the model card's "Reading each
 //! person" figures):
 //!
-//!     cargo run --release --example read_policy -- [LANES...] [--people N] [--model FILE]
+//!     scripts/build.sh && target/release/examples/read_policy [LANES...] [--people N] [--model FILE]
 //!
 //! For each lane count (default 1 3 6) it renders a crowd clip (`make_clip crowd:N`) of faces
 //! of the model's own validation split, runs it through `faceage run`'s loop (the library's

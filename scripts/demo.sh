@@ -2,13 +2,13 @@
 # The main job on a default: three people from UTKFace walk through a clip, `faceage run`
 # counts them with the shipped model (`run`'s own, models/faceage-run-int8.onnx: each face read
 # once; printing each person as a JSON line), and `faceage report`
-# summarises the counts log it wrote. Needs the release build (scripts/setup.sh makes it).
+# summarises the counts log it wrote. Builds through scripts/build.sh (a no-op after scripts/setup.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 T="${CARGO_TARGET_DIR:-target}/release"
 out="${1:-runs/demo}"
 mkdir -p "$out"
-cargo build --release -q --example make_clip
+scripts/build.sh -q
 "$T/examples/make_clip" "$out/clip.avi" walk 96 640x480
 rm -f "$out/counts.jsonl"
 "$T/faceage" run --source "$out/clip.avi" --counts-log "$out/counts.jsonl" --events \

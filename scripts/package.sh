@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Builds a release bundle per board target: a tarball with the `faceage` binary, the models,
-# the systemd unit, a default config, the kiosk autostart and an install script.
+# Builds a release bundle per board target: a tarball with the `faceage` binary (Cargo.toml's
+# `board` profile: fat LTO, stripped), the models, the systemd unit, a default config, the
+# kiosk autostart and an install script.
 #
 #   scripts/package.sh [TARGET...]     # default: aarch64-unknown-linux-gnu
 #
@@ -20,8 +21,8 @@ mkdir -p dist
 build() {
   local target="$1"
   if command -v cross >/dev/null && docker info >/dev/null 2>&1; then
-    cross build --release --target "$target" -p faceage-device --bin faceage
-    echo "target/$target/release/faceage"
+    cross build --profile board --target "$target" -p faceage-device --bin faceage
+    echo "target/$target/board/faceage"
     return
   fi
   local dir="${FACEAGE_ARM_TARGET_DIR:-$HOME/.cache/faceage-arm/target}"
@@ -39,9 +40,9 @@ build() {
       extra=(-Z build-std=std,panic_abort) ;;
     *) echo "unknown target $target" >&2; exit 2 ;;
   esac
-  PATH=/usr/bin:/bin CARGO_TARGET_DIR="$dir" cargo build --release --target "$target" "${extra[@]}" \
+  PATH=/usr/bin:/bin CARGO_TARGET_DIR="$dir" cargo build --profile board --target "$target" "${extra[@]}" \
     -p faceage-device --bin faceage >&2
-  echo "$dir/$target/release/faceage"
+  echo "$dir/$target/board/faceage"
 }
 
 for target in "${targets[@]}"; do

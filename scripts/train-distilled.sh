@@ -17,7 +17,7 @@ read -r -a train_args <<< "${FACEAGE_TRAIN_ARGS:-}"
 read -r -a host_args <<< "${FACEAGE_HOST_ARGS:-}"
 host="${FACEAGE_HOST:-}"
 if [[ -z "$host" ]]; then
-  cargo build --release -q -p faceage-host
+  scripts/build.sh -q
   host="${CARGO_TARGET_DIR:-target}/release/faceage-host"
 fi
 
