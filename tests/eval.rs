@@ -276,6 +276,39 @@ fn upgrade_gives_an_old_file_band_shares_and_an_age_map_fitted_on_board_crops() 
     assert_ne!(counted(&sharp), counted(&after), "the shares went through the temperature");
     let bad = run_host(&["upgrade", old.to_str().unwrap(), "--band-temperature=-1"], work.path());
     assert!(!bad.status.success() && stderr(&bad).contains("positive"), "{}", stderr(&bad));
+
+    // Band weights (also fitted by `eval --split val`) move shares between bands: 60+ weighed
+    // eight times holds more of the same people, and the temperature stays as it was. Two
+    // data sets' fits go in as their geometric mean (4 and 16: 8).
+    let weighted = work.path().join("weighted.onnx");
+    let out = ok(&run_host(
+        &[
+            "upgrade",
+            tempered.to_str().unwrap(),
+            "--out",
+            weighted.to_str().unwrap(),
+            "--band-weights",
+            "1,1,1,1,1,4",
+            "--band-weights",
+            "1,1,1,1,1,16",
+        ],
+        work.path(),
+    ))
+    .clone();
+    let said = stdout(&out);
+    assert!(
+        said.contains("band temperature 0.500 -> 0.500")
+            && said.contains("-> 1.000,1.000,1.000,1.000,1.000,8.000"),
+        "{said}"
+    );
+    let heavy = read(&weighted);
+    assert!(counted(&heavy)[5] > counted(&sharp)[5], "60+: {:?} -> {:?}", counted(&sharp), counted(&heavy));
+    assert!((total(counted(&heavy)) - people).abs() <= 0.3 + 1e-9, "the same people");
+    for bad_weights in ["1,1,1,1,1", "1,1,1,1,1,0"] {
+        let bad =
+            run_host(&["upgrade", tempered.to_str().unwrap(), "--band-weights", bad_weights], work.path());
+        assert!(!bad.status.success() && stderr(&bad).contains(bad_weights), "{}", stderr(&bad));
+    }
 }
 
 /// `run` reads faces with its own file unless told otherwise: the shipped net, int8, each face

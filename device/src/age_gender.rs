@@ -179,10 +179,8 @@ impl AgeGenderModel {
                 age_std: spread.as_ref().map(|s| s[i]),
                 age_bands: bands.as_ref().map(|b| {
                     let shares = std::array::from_fn(|k| b[i * 6 + k]);
-                    match self.contract.band_temperature {
-                        Some(t) => crate::bands::tempered(&shares, t),
-                        None => shares,
-                    }
+                    let c = &self.contract;
+                    crate::bands::calibrated(&shares, c.band_temperature, c.band_weights.as_ref())
                 }),
             })
             .collect())

@@ -51,6 +51,30 @@ pub fn tempered(shares: &BandShares, t: f32) -> BandShares {
     powered.map(|p| p / sum)
 }
 
+/// `shares` weighted per band, `w_k p_k` renormalised: the model file's fitted band weights
+/// ([`crate::model_file::ModelContract::band_weights`]) correct a net that gives a band too
+/// little or too much on average (the old read as younger puts too little in 60+), which no
+/// temperature can. Weights that are not all positive numbers, or shares that sum to nothing,
+/// leave them as they are.
+pub fn weighted(shares: &BandShares, weights: &BandShares) -> BandShares {
+    if !weights.iter().all(|w| w.is_finite() && *w > 0.0) {
+        return *shares;
+    }
+    let products: BandShares = std::array::from_fn(|k| shares[k] * weights[k]);
+    let sum: f32 = products.iter().sum();
+    if !(sum.is_finite() && sum > 0.0) {
+        return *shares;
+    }
+    products.map(|p| p / sum)
+}
+
+/// The band shares as the board counts them: the file's temperature ([`tempered`]), then its
+/// band weights ([`weighted`]); either may be absent.
+pub fn calibrated(shares: &BandShares, temperature: Option<f32>, weights: Option<&BandShares>) -> BandShares {
+    let tempered = temperature.map_or(*shares, |t| tempered(shares, t));
+    weights.map_or(tempered, |w| weighted(&tempered, w))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +95,26 @@ mod tests {
         assert_eq!(tempered(&shares, 0.0), shares, "no temperature");
         assert_eq!(tempered(&shares, f32::NAN), shares);
         assert_eq!(tempered(&[0.0; 6], 0.5), [0.0; 6]);
+    }
+
+    #[test]
+    fn weights_move_the_shares_between_bands_and_keep_their_sum() {
+        let shares = [0.0, 0.1, 0.2, 0.6, 0.05, 0.05];
+        let w = [1.0, 1.0, 1.0, 1.0, 1.0, 3.0];
+        // 60+ three times: 0.15 of 1.1.
+        let moved = weighted(&shares, &w);
+        assert!((moved[5] - 0.15 / 1.1).abs() < 1e-6 && (moved[3] - 0.6 / 1.1).abs() < 1e-6, "{moved:?}");
+        assert!((moved.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert_eq!(moved[0], 0.0, "a band given nothing stays at nothing");
+        assert_eq!(weighted(&shares, &[1.0; 6]), shares);
+        assert_eq!(weighted(&shares, &[1.0, 1.0, 0.0, 1.0, 1.0, 1.0]), shares, "not all positive");
+        assert_eq!(weighted(&shares, &[f32::NAN; 6]), shares);
+        assert_eq!(weighted(&[0.0; 6], &w), [0.0; 6]);
+        // The temperature first, then the weights; each optional.
+        assert_eq!(calibrated(&shares, Some(0.5), Some(&w)), weighted(&tempered(&shares, 0.5), &w));
+        assert_eq!(calibrated(&shares, None, Some(&w)), moved);
+        assert_eq!(calibrated(&shares, Some(0.5), None), tempered(&shares, 0.5));
+        assert_eq!(calibrated(&shares, None, None), shares);
     }
 
     #[test]

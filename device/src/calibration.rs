@@ -6,7 +6,7 @@
 
 use serde::Serialize;
 
-use crate::bands::{AGE_BANDS, BandShares, tempered};
+use crate::bands::{AGE_BANDS, BandShares, tempered, weighted};
 use crate::counts::{BandCounts, add_shares, whole_counts};
 
 /// Bins of predicted share (tenths) in the reliability tables.
@@ -54,8 +54,8 @@ pub struct Coverage {
     /// sigma, per band in [`AGE_BANDS`] order (95 for intervals that mean what they say).
     pub per_band: Vec<f64>,
     /// The same for the interval as a person reads it ([`crate::counts::whole_counts`]: the
-    /// whole count, largest-remainder rounded, ± 2 sigma rounded to whole people, e.g.
-    /// `3 ±2`): what the bar is set on and the temperature is fitted to.
+    /// whole count, largest-remainder rounded, ± the whole people within 2 sigma, e.g.
+    /// `3 ±1`): what the bar is set on and the temperature and weights are fitted to.
     pub per_band_shown: Vec<f64>,
     /// Mean half-width (2 sigma) of the intervals, people, per band.
     pub mean_plus_minus: Vec<f64>,
@@ -69,44 +69,118 @@ pub struct Calibration {
     pub ece: f64,
     /// Absent when there are fewer read faces than a group.
     pub coverage: Option<Coverage>,
-    /// The temperature on the shares that would bring the coverage inside 90-98%, then nearest
-    /// 95%, in every band on these faces ([`fit_temperature`]); absent with the coverage. Fitted on the validation split, it goes into
-    /// the model file (`faceage-host upgrade --band-temperature`).
-    pub temperature_fit: Option<TemperatureFit>,
+    /// The temperature and band weights on the shares that bring each band's mean share to
+    /// its frequency and the coverage inside 90-98%, then nearest 95%, in every band on these
+    /// faces ([`fit_shares`]); absent with the coverage. Fitted on the validation split, they
+    /// go into the model file (`faceage-host upgrade --band-temperature T --band-weights W`).
+    pub share_fit: Option<ShareFit>,
 }
 
-/// A temperature for the band shares ([`crate::bands::tempered`]) and the coverage it gives.
+/// A temperature ([`crate::bands::tempered`]) and band weights ([`crate::bands::weighted`])
+/// for the band shares, and the coverage they give.
 #[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct TemperatureFit {
+pub struct ShareFit {
     /// On top of the file's own (1: leave the file as it is).
     pub temperature: f64,
+    /// On top of the file's own, relative to 20-39's (all 1: leave the file as it is).
+    pub weights: [f64; 6],
     pub coverage: Coverage,
+}
+
+impl ShareFit {
+    /// The weights as `--band-weights` takes them, three decimals.
+    pub fn weights_text(&self) -> String {
+        self.weights.map(|w| format!("{w:.3}")).join(",")
+    }
+}
+
+fn apply(shares: &BandShares, temperature: f64, weights: &[f64; 6]) -> BandCounts {
+    normalised(&weighted(&tempered(shares, temperature as f32), &weights.map(|w| w as f32)))
 }
 
 /// Temperatures tried: 1/4 to 4 in steps of 2^(1/20), about 3.5% each.
 const TEMPERATURE_STEPS: i32 = 20;
 const TEMPERATURE_OCTAVES: i32 = 2;
 
-/// Of the temperatures 1/4..4, the one whose intervals hold the true counts nearest 95% of the
-/// time: first every band inside [`COVERAGE_BAR`] as nearly as it can be (least squares of
-/// the distance outside it), then least squares around 95 over the bands, the one nearest 1
-/// among equals. Coverage is what a shop owner's `41 ±4` promises; a likelihood fit weighs the
-/// crowded bands and can leave a rare band's intervals too wide. The bar comes first because
-/// whole-people intervals are coarse for a rare band (`2 ±1` holds most groups' babies), and a
-/// plain least-squares fit traded that band's over-coverage away for a crowded band's 95.
-pub fn fit_temperature(faces: &[(BandShares, usize)]) -> Option<TemperatureFit> {
+/// Steps of the weights' fixed point in a round.
+const WEIGHT_STEPS: usize = 50;
+/// A band with fewer faces than this among the fitting faces keeps its weight of 1: its
+/// frequency is not known well enough to correct it.
+const MIN_BAND_FACES: usize = 20;
+/// The weights stay within 1/16..16 of 20-39's.
+const MAX_WEIGHT: f64 = 16.0;
+
+/// The temperature and band weights for the shares (on top of the file's own), fitted on
+/// labelled faces: the weights make each band's mean share its frequency (a net that reads the
+/// old as younger gives 60+ too little, and no temperature can move a mean), then the
+/// temperature with them brings the intervals' coverage inside the bar ([`fit_temperature`]).
+/// Once each: refitting the weights at the new temperature, round after round, let the two
+/// drift together (honest shares of the tests came out weighted up to 2.8 at a sharper
+/// temperature), where one round leaves honest shares near 1 and 1. `None` with fewer faces
+/// than a group.
+pub fn fit_shares(faces: &[(BandShares, usize)]) -> Option<ShareFit> {
+    fit_temperature(faces, &fit_weights(faces, 1.0))
+}
+
+/// Weights that bring each band's mean share (tempered by `temperature`, weighted,
+/// renormalised) to the share of `faces` truly in it: the fixed point of `w_k <- w_k x
+/// frequency_k / mean share_k` (how a classifier's shares are moved to another prior), scaled
+/// to 20-39's. Bands with fewer than [`MIN_BAND_FACES`] faces keep 1.
+fn fit_weights(faces: &[(BandShares, usize)], temperature: f64) -> [f64; 6] {
+    let n = faces.len() as f64;
+    let mut in_band = [0usize; 6];
+    for (_, t) in faces {
+        if let Some(c) = in_band.get_mut(*t) {
+            *c += 1;
+        }
+    }
+    let mut weights = [1.0f64; 6];
+    for _ in 0..WEIGHT_STEPS {
+        let mut mean = [0.0f64; 6];
+        for (s, _) in faces {
+            let p = apply(s, temperature, &weights);
+            for b in 0..6 {
+                mean[b] += p[b] / n;
+            }
+        }
+        for b in 0..6 {
+            if in_band[b] >= MIN_BAND_FACES && mean[b] > 0.0 {
+                weights[b] *= in_band[b] as f64 / n / mean[b];
+            }
+        }
+        let reference = weights[3];
+        for b in 0..6 {
+            weights[b] = if in_band[b] >= MIN_BAND_FACES {
+                (weights[b] / reference).clamp(1.0 / MAX_WEIGHT, MAX_WEIGHT)
+            } else {
+                1.0
+            };
+        }
+    }
+    weights
+}
+
+/// Of the temperatures 1/4..4 (with `weights` on the tempered shares), the one whose
+/// intervals hold the true counts nearest 95% of the time: first every band inside
+/// [`COVERAGE_BAR`] as nearly as it can be (least squares of the distance outside it), then
+/// least squares around 95 over the bands, the one nearest 1 among equals. Coverage is what a
+/// shop owner's `41 ±4` promises; a likelihood fit weighs the crowded bands and can leave a
+/// rare band's intervals too wide. The bar comes first because whole-people intervals are
+/// coarse for a rare band (`2 ±1` holds most groups' babies), and a plain least-squares fit
+/// traded that band's over-coverage away for a crowded band's 95.
+pub fn fit_temperature(faces: &[(BandShares, usize)], weights: &[f64; 6]) -> Option<ShareFit> {
     let truth: Vec<usize> = faces.iter().map(|(_, t)| *t).collect();
-    let mut best: Option<(f64, TemperatureFit)> = None;
+    let mut best: Option<(f64, ShareFit)> = None;
     // From 1 outwards, so that among equal fits the mildest wins.
     let steps = (0..=TEMPERATURE_STEPS * TEMPERATURE_OCTAVES)
         .flat_map(|k| if k == 0 { vec![0] } else { vec![-k, k] });
     for k in steps {
         let t = 2f64.powf(f64::from(k) / f64::from(TEMPERATURE_STEPS));
-        let shares: Vec<BandCounts> = faces.iter().map(|(s, _)| normalised(&tempered(s, t as f32))).collect();
+        let shares: Vec<BandCounts> = faces.iter().map(|(s, _)| apply(s, t, weights)).collect();
         let coverage = coverage(&shares, &truth, GROUP_SIZE, GROUPS, SEED)?;
         let miss: f64 = coverage.per_band_shown.iter().map(|&c| coverage_miss(c)).sum();
         if best.as_ref().is_none_or(|(m, _)| miss < *m) {
-            best = Some((miss, TemperatureFit { temperature: t, coverage }));
+            best = Some((miss, ShareFit { temperature: t, weights: *weights, coverage }));
         }
     }
     best.map(|(_, fit)| fit)
@@ -198,7 +272,7 @@ pub fn calibration(faces: &[(BandShares, usize)]) -> Option<Calibration> {
         bands,
         ece,
         coverage: coverage(&shares, &truth, GROUP_SIZE, GROUPS, SEED),
-        temperature_fit: fit_temperature(faces),
+        share_fit: fit_shares(faces),
     })
 }
 
@@ -285,20 +359,23 @@ impl Calibration {
                 out.push_str(&format!(
                     "\n(ECE mean {:.3}; coverage: how often the true count of {} groups of {} read faces lay \
                      within the expected count ±2 sigma; as shown: within the whole count ± whole people a \
-                     person reads, e.g. `3 ±2`; 95 when the shares mean what they say)\n",
+                     person reads, e.g. `3 ±1`; 95 when the shares mean what they say)\n",
                     self.ece, c.groups, c.group_size
                 ));
-                if let Some(fit) = &self.temperature_fit {
+                if let Some(fit) = &self.share_fit {
+                    out.push_str(&row("band weights", &mut fit.weights.iter().map(|w| format!("{w:.3}"))));
                     out.push_str(&row(
                         &format!("at T x {:.3}", fit.temperature),
                         &mut fit.coverage.per_band_shown.iter().map(|v| format!("{v:.1}")),
                     ));
                     out.push_str(&format!(
-                        "\n(coverage as shown with the shares at the temperature that brings every band inside \
-                         90-98% as nearly as one can, then nearest 95, fitted on these faces; fit it on the \
-                         validation split, where `faceage-host upgrade MODEL --band-temperature {:.3}` writes \
-                         it into the file)\n",
-                        fit.temperature
+                        "\n(coverage as shown with the shares weighted per band so that each band's mean share is \
+                         its frequency, at the temperature that then brings every band inside 90-98% as nearly \
+                         as one can, nearest 95, fitted on these faces; fit them on the validation split, where \
+                         `faceage-host upgrade MODEL --band-temperature {:.3} --band-weights {}` writes them into \
+                         the file)\n",
+                        fit.temperature,
+                        fit.weights_text()
                     ));
                 }
             }
@@ -397,7 +474,7 @@ mod tests {
     #[test]
     fn a_fitted_temperature_undoes_overconfidence_and_leaves_honest_shares_near_one() {
         // Shares cubed: a temperature near 3 gives the honest ones back.
-        let sure = fit_temperature(&faces(4000, 3.0, 5)).unwrap();
+        let sure = fit_temperature(&faces(4000, 3.0, 5), &[1.0; 6]).unwrap();
         assert!((2.4..=3.6).contains(&sure.temperature), "T = {}", sure.temperature);
         let before = calibration(&faces(4000, 3.0, 5)).unwrap().coverage.unwrap();
         let worst = |c: &Coverage| c.per_band_shown.iter().map(|p| (p - 95.0).abs()).fold(0.0, f64::max);
@@ -409,13 +486,69 @@ mod tests {
         );
         assert!(sure.coverage.per_band_shown[3] > 90.0, "{:?}", sure.coverage.per_band_shown);
         // Shares too timid (square roots): sharpened.
-        let timid = fit_temperature(&faces(4000, 0.5, 7)).unwrap();
+        let timid = fit_temperature(&faces(4000, 0.5, 7), &[1.0; 6]).unwrap();
         assert!(timid.temperature < 0.8, "T = {}", timid.temperature);
-        let honest = fit_temperature(&faces(4000, 1.0, 3)).unwrap();
+        let honest = fit_temperature(&faces(4000, 1.0, 3), &[1.0; 6]).unwrap();
         assert!((0.8..=1.25).contains(&honest.temperature), "T = {}", honest.temperature);
-        assert!(fit_temperature(&faces(10, 1.0, 3)).is_none(), "fewer faces than a group");
+        assert!(fit_temperature(&faces(10, 1.0, 3), &[1.0; 6]).is_none(), "fewer faces than a group");
         let table = calibration(&faces(4000, 3.0, 5)).unwrap().table();
         assert!(table.contains("--band-temperature"), "{table}");
+    }
+
+    #[test]
+    fn band_weights_undo_a_band_given_too_little_and_leave_honest_shares_near_one() {
+        // The net gives 60+ a third of what it should (the old read as younger): the truth
+        // follows the honest shares.
+        let biased: Vec<(BandShares, usize)> = faces(4000, 1.0, 11)
+            .into_iter()
+            .map(|(s, t)| (weighted(&s, &[1.0, 1.0, 1.0, 1.0, 1.0, 1.0 / 3.0]), t))
+            .collect();
+        let before = calibration(&biased).unwrap();
+        let old = &before.bands[5];
+        assert!(old.mean_share < 0.8 * old.frequency, "{old:?}");
+        let fit = fit_shares(&biased).unwrap();
+        // 60+ weighed up the most (the temperature is fitted too, so not exactly 3), and its
+        // mean share is now how often faces are in it.
+        let heaviest = (0..6).max_by(|&a, &b| fit.weights[a].total_cmp(&fit.weights[b]));
+        assert!(
+            heaviest == Some(5) && fit.weights[5] > 1.5,
+            "weights {:?} at T {}",
+            fit.weights,
+            fit.temperature
+        );
+        assert_eq!(fit.weights[3], 1.0, "relative to 20-39");
+        let mean =
+            biased.iter().map(|(s, _)| apply(s, fit.temperature, &fit.weights)[5]).sum::<f64>() / 4000.0;
+        let (gap, gap_before) = ((mean - old.frequency).abs(), (old.mean_share - old.frequency).abs());
+        assert!(
+            gap < 0.6 * gap_before,
+            "60+ mean share {} -> {mean}, frequency {}",
+            old.mean_share,
+            old.frequency
+        );
+        let covered = |c: &Coverage| c.per_band_shown[5];
+        assert!(
+            covered(&fit.coverage) > covered(before.coverage.as_ref().unwrap())
+                && covered(&fit.coverage) >= 90.0,
+            "60+: {:?} -> {:?}",
+            before.coverage.unwrap().per_band_shown,
+            fit.coverage.per_band_shown
+        );
+        assert_eq!(before.share_fit.as_ref(), Some(&fit), "eval reports the same fit");
+        assert!(before.table().contains("--band-weights"), "{}", before.table());
+        // Honest shares keep weights near 1 (a band too rare to weigh keeps exactly 1).
+        let honest = fit_shares(&faces(4000, 1.0, 3)).unwrap();
+        assert!(honest.weights.iter().all(|w| (0.8..=1.25).contains(w)), "{:?}", honest.weights);
+        assert!((0.8..=1.25).contains(&honest.temperature), "T = {}", honest.temperature);
+        let mut babies = 0;
+        let few: Vec<(BandShares, usize)> = faces(400, 1.0, 3)
+            .into_iter()
+            .filter(|(_, t)| {
+                babies += usize::from(*t == 0);
+                *t != 0 || babies <= 5
+            })
+            .collect();
+        assert_eq!(fit_weights(&few, 1.0)[0], 1.0, "five babies are too few to weigh their band");
     }
 
     #[test]

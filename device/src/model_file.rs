@@ -17,6 +17,9 @@ pub const SCHEMA_KEY: &str = "faceage.schema";
 pub const SCHEMA_VERSION: u32 = 1;
 /// Optional: a board that predates it reads the shares untempered, as before.
 pub const BAND_TEMPERATURE_KEY: &str = "faceage.output.age_bands.temperature";
+/// Optional, six positive numbers "w0,...,w5" in band order: a board that predates it reads
+/// the shares unweighted.
+pub const BAND_WEIGHTS_KEY: &str = "faceage.output.age_bands.weights";
 
 /// How a model's weights and activations are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +83,11 @@ pub struct ModelContract {
     /// times in 100 (`faceage eval`'s coverage); absent: the shares as the net gives them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub band_temperature: Option<f32>,
+    /// The weights the board puts on the tempered band shares ([`crate::bands::weighted`]),
+    /// fitted with the temperature so that each band's mean share is how often faces are in
+    /// it; absent: unweighted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub band_weights: Option<[f32; 6]>,
     pub quant_format: QuantFormat,
     /// How the quantization was calibrated, in words.
     pub quant_details: String,
@@ -132,6 +140,9 @@ impl ModelContract {
             if let Some(t) = self.band_temperature {
                 props.push((BAND_TEMPERATURE_KEY, t.to_string()));
             }
+            if let Some(w) = &self.band_weights {
+                props.push((BAND_WEIGHTS_KEY, band_weights_text(w)));
+            }
         }
         props.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
     }
@@ -180,6 +191,7 @@ impl ModelContract {
             output_age_std: props.get("faceage.output.age_std").cloned(),
             output_age_bands: m.age_bands_output()?,
             band_temperature: m.band_temperature()?,
+            band_weights: m.band_weights()?,
             quant_format: m
                 .get("faceage.quant.format")?
                 .parse()
@@ -274,6 +286,13 @@ impl Metadata<'_> {
         Ok(Some(t))
     }
 
+    fn band_weights(&self) -> Result<Option<[f32; 6]>> {
+        let Some(text) = self.props.get(BAND_WEIGHTS_KEY) else { return Ok(None) };
+        parse_band_weights(text)
+            .map(Some)
+            .with_context(|| format!("{}: metadata {BAND_WEIGHTS_KEY}", self.label))
+    }
+
     /// The split seed: its own key, or, in files before it, the words of the data entry
     /// ("... (A train / B val / C test faces, split seed S)").
     fn split_seed(&self) -> Result<Option<u64>> {
@@ -289,6 +308,28 @@ impl Metadata<'_> {
                 .and_then(|seed| seed.parse().ok())),
         }
     }
+}
+
+/// Band weights as the metadata (and `faceage-host upgrade --band-weights`) write them:
+/// six numbers, comma-separated, in band order.
+pub fn band_weights_text(weights: &[f32; 6]) -> String {
+    weights.map(|w| w.to_string()).join(",")
+}
+
+/// Reads [`band_weights_text`]: exactly six positive numbers.
+pub fn parse_band_weights(text: &str) -> Result<[f32; 6]> {
+    let values: Vec<f32> = text
+        .split(',')
+        .map(|v| v.trim().parse::<f32>().with_context(|| format!("{text:?}: {v:?} is not a number")))
+        .collect::<Result<_>>()?;
+    let weights: [f32; 6] = values.try_into().map_err(|v: Vec<f32>| {
+        anyhow::anyhow!("{text:?}: {} numbers, expected one per age band (6)", v.len())
+    })?;
+    ensure!(
+        weights.iter().all(|w| w.is_finite() && *w > 0.0),
+        "{text:?}: every weight must be a positive number"
+    );
+    Ok(weights)
 }
 
 /// The first age of each of the board's bands, as written in a model file: "0,3,13,20,40,60".
@@ -314,6 +355,7 @@ pub(crate) mod tests {
             output_age_std: Some("age_std".into()),
             output_age_bands: Some("age_bands".into()),
             band_temperature: Some(0.8),
+            band_weights: Some([0.5, 0.25, 1.5, 1.0, 1.375, 2.25]),
             quant_format: QuantFormat::None,
             quant_details: String::new(),
             train_data: "UTKFace".into(),
@@ -345,6 +387,22 @@ pub(crate) mod tests {
             let err = format!("{:#}", ModelContract::from_metadata(&p, "m.onnx").unwrap_err());
             assert!(err.contains("m.onnx") && err.contains(BAND_TEMPERATURE_KEY), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn the_band_weights_are_optional_and_must_be_six_positive_numbers() {
+        let mut p = props(&example());
+        assert_eq!(p.get(BAND_WEIGHTS_KEY).map(String::as_str), Some("0.5,0.25,1.5,1,1.375,2.25"));
+        p.remove(BAND_WEIGHTS_KEY);
+        assert_eq!(ModelContract::from_metadata(&p, "m.onnx").unwrap().band_weights, None, "older files");
+        for bad in
+            ["1,1,1,1,1", "1,1,1,1,1,1,1", "1,1,0,1,1,1", "1,1,-2,1,1,1", "1,1,x,1,1,1", "", "1,1,1,1,1,inf"]
+        {
+            p.insert(BAND_WEIGHTS_KEY.into(), bad.into());
+            let err = format!("{:#}", ModelContract::from_metadata(&p, "m.onnx").unwrap_err());
+            assert!(err.contains("m.onnx") && err.contains(BAND_WEIGHTS_KEY), "{bad}: {err}");
+        }
+        assert_eq!(parse_band_weights(" 1, 2,3,4,5,6 ").unwrap(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     }
 
     #[test]

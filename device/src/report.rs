@@ -195,8 +195,8 @@ fn people_table(key: &str, width: usize, rows: &BTreeMap<String, BandTally>) -> 
 }
 
 /// What the ± of the tables means, under them.
-pub const PLUS_MINUS_NOTE: &str = "(whole people: the expected counts rounded to add up to the people counted; ± two standard \
-     deviations of each count, a 95% interval)";
+pub const PLUS_MINUS_NOTE: &str = "(whole people: the expected counts rounded to add up to the people counted; ± the whole \
+     people within two standard deviations of each count, a 95% interval)";
 
 impl Summary {
     /// A plain-text table: totals by gender and age band, then people per hour.

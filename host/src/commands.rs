@@ -592,18 +592,44 @@ pub struct UpgradeArgs {
     /// coverage to 95%.
     #[arg(long)]
     band_temperature: Option<f32>,
+    /// Put these weights on the band shares, after the temperature and on top of the file's
+    /// own: six numbers `w0,...,w5` in band order, the values `faceage eval MODEL --split val`
+    /// prints beside its temperature ("band weights") to bring each band's mean share to its
+    /// frequency. Given once per data set (each fitted on its own validation split), the file
+    /// gets their geometric mean, band by band: every data set weighs the same.
+    #[arg(long, value_parser = parse_band_weights)]
+    band_weights: Vec<[f32; 6]>,
     #[command(flatten)]
     data_args: DataArgs,
 }
 
+fn parse_band_weights(text: &str) -> Result<[f32; 6]> {
+    faceage_device::model_file::parse_band_weights(text)
+}
+
+/// Band by band, the geometric mean of weight sets (each data set's fit): weights act as
+/// factors, so their logarithms are averaged. `None` for no set.
+fn geometric_mean(sets: &[[f32; 6]]) -> Option<[f32; 6]> {
+    if sets.is_empty() {
+        return None;
+    }
+    let n = sets.len() as f64;
+    Some(std::array::from_fn(|k| (sets.iter().map(|w| f64::from(w[k]).ln()).sum::<f64>() / n).exp() as f32))
+}
+
 pub fn upgrade(a: UpgradeArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.model.clone());
-    if let Some(factor) = a.band_temperature {
+    // Weights alone leave the temperature as it is.
+    let calibration = match (a.band_temperature, geometric_mean(&a.band_weights)) {
+        (None, None) => None,
+        (t, w) => Some((t.unwrap_or(1.0), w)),
+    };
+    if let Some((factor, weights)) = calibration {
         // Checked before anything is written.
         ensure!(factor.is_finite() && factor > 0.0, "--band-temperature {factor}: give a positive number");
         let has_bands = AgeGenderModel::load(&a.model)?.contract().output_age_bands.is_some();
         if has_bands && a.age_map_data.is_none() {
-            return temper(&a.model, &out, factor);
+            return temper(&a.model, &out, factor, weights);
         }
     }
     let val = match &a.age_map_data {
@@ -646,20 +672,23 @@ pub fn upgrade(a: UpgradeArgs) -> Result<()> {
     println!(
         "checked with the device library: gender and band shares as before, ages through the map if any"
     );
-    match a.band_temperature {
-        Some(factor) => temper(&out, &out, factor),
+    match calibration {
+        Some((factor, weights)) => temper(&out, &out, factor, weights),
         None => Ok(()),
     }
 }
 
-fn temper(model: &Path, out: &Path, factor: f32) -> Result<()> {
-    let done = export::upgrade::temper_file(model, out, factor)?;
+fn temper(model: &Path, out: &Path, factor: f32, weights: Option<[f32; 6]>) -> Result<()> {
+    let done = export::upgrade::temper_file(model, out, factor, weights)?;
     let before = done.before.map_or("none".to_string(), |t| format!("{t:.3}"));
+    let text = |w: Option<[f32; 6]>| w.map_or("none".to_string(), |w| w.map(|x| format!("{x:.3}")).join(","));
     println!(
-        "{}: band temperature {before} -> {:.3}; checked with the device library: ages and gender as before, \
-         band shares tempered",
+        "{}: band temperature {before} -> {:.3}, band weights {} -> {}; checked with the device library: ages \
+         and gender as before, band shares tempered and weighted",
         out.display(),
-        done.after
+        done.after,
+        text(done.weights_before),
+        text(done.weights_after)
     );
     Ok(())
 }

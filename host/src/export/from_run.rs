@@ -119,6 +119,7 @@ fn contract_for(config: &TrainConfig, data: &Prepared, folded: &FoldedNet, comma
         output_age_std: folded.age_distribution.then(|| super::OUTPUT_AGE_STD.into()),
         output_age_bands: folded.age_distribution.then(|| super::OUTPUT_AGE_BANDS.into()),
         band_temperature: None,
+        band_weights: None,
         quant_format: QuantFormat::None,
         quant_details: "f32 weights and activations".into(),
         train_data: RecordedSplit {

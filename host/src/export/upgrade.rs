@@ -190,19 +190,31 @@ pub fn upgrade_file(input: &Path, output: &Path, map_on: Option<&CropSet>) -> Re
     Ok(Upgrade { bands, age_map })
 }
 
-/// What [`temper_file`] did: the file's band temperature before and after.
+/// What [`temper_file`] did: the file's band temperature and weights before and after.
 #[derive(Debug, PartialEq)]
 pub struct Tempered {
     pub before: Option<f32>,
     pub after: f32,
+    pub weights_before: Option<[f32; 6]>,
+    pub weights_after: Option<[f32; 6]>,
 }
 
-/// Puts a temperature `factor` on the band shares of the file `input` (on top of any it has:
-/// `faceage eval` fits it on the file's own readings) and writes it to `output`, checked with
-/// the board's library: ages and gender as before, shares as the old ones tempered by `factor`.
-pub fn temper_file(input: &Path, output: &Path, factor: f32) -> Result<Tempered> {
+/// Puts a temperature `factor` and band `weights` on the band shares of the file `input` (on
+/// top of any it has: `faceage eval` fits them on the file's own readings) and writes it to
+/// `output`, checked with the board's library: ages and gender as before, shares as the old
+/// ones tempered by `factor`, then weighted.
+///
+/// The file keeps one temperature and one set of weights, `w p^(1/T)`: on top of them,
+/// `w2 (w p^(1/T))^(1/f)` is `(w2 w^(1/f)) p^(1/(T f))`.
+pub fn temper_file(input: &Path, output: &Path, factor: f32, weights: Option<[f32; 6]>) -> Result<Tempered> {
     let label = input.display().to_string();
     ensure!(factor.is_finite() && factor > 0.0, "--band-temperature {factor}: give a positive number");
+    if let Some(w) = &weights {
+        ensure!(
+            w.iter().all(|w| w.is_finite() && *w > 0.0),
+            "--band-weights {w:?}: give six positive numbers"
+        );
+    }
     let mut model = faceage_device::onnx::read_model(input)?;
     let original = AgeGenderModel::from_bytes(&model.encode_to_vec(), &label)?;
     ensure!(
@@ -211,7 +223,20 @@ pub fn temper_file(input: &Path, output: &Path, factor: f32) -> Result<Tempered>
     );
     let before = original.contract().band_temperature;
     let after = before.unwrap_or(1.0) * factor;
+    let weights_before = original.contract().band_weights;
+    let weights_after = match (weights_before, weights) {
+        (None, None) => None,
+        (old, new) => {
+            let old = old.unwrap_or([1.0; 6]).map(|w| w.powf(1.0 / factor));
+            let new = new.unwrap_or([1.0; 6]);
+            Some(std::array::from_fn(|k| old[k] * new[k]))
+        }
+    };
     set_metadata(&mut model, faceage_device::model_file::BAND_TEMPERATURE_KEY.into(), after.to_string());
+    if let Some(w) = &weights_after {
+        let text = faceage_device::model_file::band_weights_text(w);
+        set_metadata(&mut model, faceage_device::model_file::BAND_WEIGHTS_KEY.into(), text);
+    }
     let bytes = model.encode_to_vec();
     let new = AgeGenderModel::from_bytes(&bytes, &format!("{label} (tempered)"))?;
     let crops = textured_crops(new.input_size());
@@ -219,7 +244,7 @@ pub fn temper_file(input: &Path, output: &Path, factor: f32) -> Result<Tempered>
         let (Some(old), Some(shares)) = (x.age_bands, y.age_bands) else {
             bail!("{label}: test input {i} has no band shares")
         };
-        let want = faceage_device::bands::tempered(&old, factor);
+        let want = faceage_device::bands::calibrated(&old, Some(factor), weights.as_ref());
         ensure!(
             x.age == y.age
                 && x.female == y.female
@@ -228,7 +253,7 @@ pub fn temper_file(input: &Path, output: &Path, factor: f32) -> Result<Tempered>
         );
     }
     super::write(&model, output)?;
-    Ok(Tempered { before, after })
+    Ok(Tempered { before, after, weights_before, weights_after })
 }
 
 /// Faces are not needed to compare two graphs: textured inputs spread the readings.
@@ -348,13 +373,13 @@ mod tests {
         let once = dir.path().join("once.onnx");
         // The shipped file may carry a temperature of its own: the new one stacks on it.
         let own = AgeGenderModel::load(&shipped()).unwrap().contract().band_temperature;
-        let done = temper_file(&shipped(), &once, 0.8).unwrap();
+        let done = temper_file(&shipped(), &once, 0.8, None).unwrap();
         assert_eq!(done.before, own);
         assert!((done.after - own.unwrap_or(1.0) * 0.8).abs() < 1e-6, "{done:?}");
         let file = AgeGenderModel::load(&once).unwrap();
         assert_eq!(file.contract().band_temperature, Some(done.after));
         let twice = dir.path().join("twice.onnx");
-        let again = temper_file(&once, &twice, 1.5).unwrap();
+        let again = temper_file(&once, &twice, 1.5, None).unwrap();
         assert!((again.after - done.after * 1.5).abs() < 1e-5, "{again:?}");
         let done = again;
         // The board reads the shares sharper or softer, the ages and gender as before.
@@ -365,11 +390,45 @@ mod tests {
         let want = faceage_device::bands::tempered(&a[0].age_bands.unwrap(), done.after / own.unwrap_or(1.0));
         assert!(want.iter().zip(&b[0].age_bands.unwrap()).all(|(x, y)| (x - y).abs() < 1e-4));
         assert_ne!(a[0].age_bands, b[0].age_bands);
-        let err = temper_file(&shipped(), &twice, 0.0).unwrap_err().to_string();
+        let err = temper_file(&shipped(), &twice, 0.0, None).unwrap_err().to_string();
         assert!(err.contains("positive"), "{err}");
         let bandless = dir.path().join("old.onnx");
         super::super::write(&without_bands(), &bandless).unwrap();
-        let err = temper_file(&bandless, &twice, 0.9).unwrap_err().to_string();
+        let err = temper_file(&bandless, &twice, 0.9, None).unwrap_err().to_string();
         assert!(err.contains("old.onnx") && err.contains("no band shares"), "{err}");
+    }
+
+    #[test]
+    fn band_weights_weigh_the_tempered_shares_and_stack_on_the_files_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let (once, twice) = (dir.path().join("once.onnx"), dir.path().join("twice.onnx"));
+        let plain = AgeGenderModel::load(&shipped()).unwrap();
+        let crops = textured_crops(plain.input_size());
+        let read = |path: &Path| -> Vec<faceage_device::bands::BandShares> {
+            let model = AgeGenderModel::load(path).unwrap();
+            model.predict(&crops).unwrap().iter().map(|e| e.age_bands.unwrap()).collect()
+        };
+        let (w1, w2) = ([0.5, 0.25, 1.5, 1.0, 1.4, 2.2], [1.2, 1.0, 0.8, 1.0, 1.0, 1.5]);
+        let done = temper_file(&shipped(), &once, 0.9, Some(w1)).unwrap();
+        assert!(done.weights_after.is_some(), "{done:?}");
+        let again = temper_file(&once, &twice, 1.2, Some(w2)).unwrap();
+        assert_eq!(again.weights_before, done.weights_after);
+        let file = AgeGenderModel::load(&twice).unwrap();
+        assert_eq!(file.contract().band_weights, again.weights_after, "in the metadata");
+        // Each step as the board reads it: tempered, then weighted, on top of the last.
+        use faceage_device::bands::calibrated;
+        for (i, (a, b)) in read(&shipped()).iter().zip(read(&twice)).enumerate() {
+            let want = calibrated(&calibrated(a, Some(0.9), Some(&w1)), Some(1.2), Some(&w2));
+            assert!(want.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "input {i}: {want:?} vs {b:?}");
+        }
+        // Only a temperature on a weighted file keeps the weights' effect the same.
+        let third = dir.path().join("third.onnx");
+        temper_file(&twice, &third, 0.7, None).unwrap();
+        for (a, b) in read(&twice).iter().zip(read(&third)) {
+            let want = calibrated(a, Some(0.7), None);
+            assert!(want.iter().zip(&b).all(|(x, y)| (x - y).abs() < 1e-4), "{want:?} vs {b:?}");
+        }
+        let err = temper_file(&shipped(), &third, 1.0, Some([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])).unwrap_err();
+        assert!(err.to_string().contains("--band-weights"), "{err}");
     }
 }
