@@ -5,15 +5,19 @@ The study behind models/EXPERIMENTS.md "Band weights beside the temperature": it
 `faceage eval --readings` file of a split (UTKFace-style exact ages), undoes the file's band
 temperature, and for each half of the faces (seeded) fits on it and measures on the other half
 the shown coverage of the count intervals, as `faceage eval` defines it (groups of 50 faces,
-whole people by largest remainder, ± round(2 sigma)): the file's temperature alone, the
-temperature refitted by the same rule as `calibration::fit_temperature`, and a weight per band
-(the mean share made equal to each band's frequency) with the temperature refitted, three rounds.
+whole people by largest remainder, and the ±: RULE=within, the board's since 2026-12-07, the
+least whole number holding every whole count within expected ± 2 sigma; RULE=round, before it,
+2 sigma rounded): the file's temperature alone, the temperature refitted by the same rule as
+`calibration::fit_temperature`, and a weight per band (the mean share made equal to each band's
+frequency) with the temperature refitted, ROUNDS times (`calibration::fit_shares` does one).
 Its groups are numpy's draws, not the board's: figures agree with `faceage eval` to a point or two.
+The file given must be read without band weights (the study undoes its temperature only).
 
     faceage eval ~/UTKFace --split val --model models/faceage-f32.onnx --readings val.csv
-    pip install numpy && scripts/study/band_weights.py val.csv 0.683
+    pip install numpy && RULE=within ROUNDS=1 scripts/study/band_weights.py val.csv 0.683
 """
 import csv
+import os
 import sys
 
 import numpy as np
@@ -48,6 +52,19 @@ def largest_remainder(values, total):
     return whole
 
 
+RULE = os.environ.get("RULE", "within")
+
+
+def half_width(expected, variance, shown):
+    """The ± shown beside each whole count: 2 sigma rounded (`round`), or the least whole number
+    that holds every whole count within expected ± 2 sigma (`within`)."""
+    two_sigma = 2 * np.sqrt(variance)
+    if RULE == "round":
+        return np.floor(two_sigma + 0.5)
+    low, high = np.ceil(expected - two_sigma - 1e-9), np.floor(expected + two_sigma + 1e-9)
+    return np.maximum(np.maximum(shown - low, high - shown), 0)
+
+
 def coverage(s, truth, groups=1000, size=50, seed=1):
     rng = np.random.default_rng(seed)
     covered = np.zeros(6)
@@ -57,7 +74,7 @@ def coverage(s, truth, groups=1000, size=50, seed=1):
         expected, variance = p.sum(0), (p * (1 - p)).sum(0)
         count = np.bincount(truth[idx], minlength=6)
         shown = largest_remainder(expected, size)
-        covered += np.abs(count - shown) <= np.floor(2 * np.sqrt(variance) + 0.5)
+        covered += np.abs(count - shown) <= half_width(expected, variance, shown)
     return 100 * covered / groups
 
 
@@ -100,7 +117,7 @@ def main():
         qf, tf, qt, tt = q[halves[fit]], truth[halves[fit]], q[halves[test]], truth[halves[test]]
         t = fit_t(qf, tf, np.ones(6))
         w, tw = np.ones(6), file_t
-        for _ in range(3):
+        for _ in range(int(os.environ.get("ROUNDS", "1"))):
             w = fit_w(qf, tf, tw)
             tw = fit_t(qf, tf, w)
         for name, cov in [
@@ -111,7 +128,7 @@ def main():
             print(f"{fit} -> {test}: {name}: shown coverage {np.round(cov, 1)}, worst {worst(cov):.1f} outside")
     # Fitted on every face and measured on them (what a file would carry).
     w, tw = np.ones(6), file_t
-    for _ in range(3):
+    for _ in range(int(os.environ.get("ROUNDS", "1"))):
         w = fit_w(q, truth, tw)
         tw = fit_t(q, truth, w)
     cov = coverage(apply(q, tw, w), truth, seed=7)
