@@ -507,8 +507,8 @@ mod tests {
         let old = &before.bands[5];
         assert!(old.mean_share < 0.8 * old.frequency, "{old:?}");
         let fit = fit_shares(&biased).unwrap();
-        // 60+ weighed up the most (the temperature is fitted too, so not exactly 3), and its
-        // mean share is now how often faces are in it.
+        // 60+ weighed up the most (the temperature is fitted after the weights, so not exactly
+        // 3), and its mean share much nearer how often faces are in it.
         let heaviest = (0..6).max_by(|&a, &b| fit.weights[a].total_cmp(&fit.weights[b]));
         assert!(
             heaviest == Some(5) && fit.weights[5] > 1.5,
